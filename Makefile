@@ -1,0 +1,39 @@
+# The two commands of the README: `make run` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+JS := tests/interop/js
+
+.PHONY: run test install install-test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+$(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test $(JS)/node_modules/.package-lock.json
+
+## Run the server on embedded defaults: port 3006, SQLite under ./data, no Redis or PostgreSQL.
+run: install
+	$(BIN)/python -m server
+
+## Run the whole test suite (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379).
+test: install-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install-test
+	$(BIN)/python -m benchmarks.fanout $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) $(JS)/node_modules

@@ -1,0 +1,45 @@
+"""``Store``: the one object the server holds to reach the database."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import documents
+from .documents import Compaction, StoredDocument
+from .engine import open_engine, translate_errors
+
+
+class Store:
+    """Persistence of documents (and, through its engine, everything else in the schema)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @translate_errors
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def load_document(self, workspace_id: str, path: str) -> StoredDocument:
+        return await documents.load_document(self.engine, workspace_id=workspace_id, path=path)
+
+    async def append_updates(self, rows: Sequence[tuple[int, bytes]]) -> None:
+        await documents.append_updates(self.engine, rows=rows)
+
+    async def compact_document(self, document_id: int) -> Compaction:
+        return await documents.compact_document(self.engine, document_id=document_id)
+
+
+@contextlib.asynccontextmanager
+async def open_store(url: str) -> AsyncIterator[Store]:
+    """Connect, apply migrations, and close the pool on exit."""
+    async with open_engine(url) as engine:
+        yield Store(engine)

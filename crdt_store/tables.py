@@ -1,0 +1,66 @@
+"""The schema, as SQLAlchemy Core tables. Changes go through an Alembic migration, never by hand."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    func,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+documents = Table(
+    "documents",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(255), nullable=False),
+    Column("path", String(1024), nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("workspace_id", "path", name="uq_documents_workspace_path"),
+)
+
+# The clients' own Yjs updates, exactly as received. Rows are only ever deleted by compaction,
+# in the same transaction that writes the snapshot containing them.
+document_updates = Table(
+    "document_updates",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column(
+        "document_id",
+        BigId,
+        ForeignKey("documents.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# One row per document: every update merged so far (Yjs ``mergeUpdates`` of the clients' updates).
+document_snapshots = Table(
+    "document_snapshots",
+    metadata,
+    Column("document_id", BigId, ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True),
+    Column("state", LargeBinary, nullable=False),
+    Column("merged_updates", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -1,0 +1,1 @@
+"""Yjs-compatible real-time collaboration server."""

@@ -1,0 +1,26 @@
+"""WebSocket close codes, named once with their number. Application codes are HTTP status + 4000."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class CloseCode:
+    code: int
+    reason: str
+
+
+CLOSE_1000_NORMAL = CloseCode(1000, "normal closure")
+CLOSE_1003_UNSUPPORTED_DATA = CloseCode(1003, "text frames are not part of the Yjs sync protocol")
+CLOSE_1009_MESSAGE_TOO_BIG = CloseCode(1009, "message too big")
+CLOSE_1011_INTERNAL_ERROR = CloseCode(1011, "internal error")
+CLOSE_1012_SERVICE_RESTART = CloseCode(1012, "service restarting")
+CLOSE_1013_SEND_QUEUE_FULL = CloseCode(1013, "client is not reading fast enough; reconnect to resync")
+CLOSE_1013_SERVER_FULL = CloseCode(1013, "too many connections; try again later")
+CLOSE_1013_STORE_UNAVAILABLE = CloseCode(1013, "document storage unavailable; try again later")
+CLOSE_4400_BAD_MESSAGE = CloseCode(4400, "malformed message")
+CLOSE_4401_UNAUTHORIZED = CloseCode(4401, "unauthorized")
+CLOSE_4403_FORBIDDEN = CloseCode(4403, "forbidden")
+CLOSE_4404_NOT_FOUND = CloseCode(4404, "not found")
+CLOSE_4429_RATE_LIMITED = CloseCode(4429, "rate limit exceeded")

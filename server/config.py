@@ -1,0 +1,118 @@
+"""Settings: every environment variable the service reads, validated once at start.
+
+This is the only module that reads the environment. Tests build ``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    STAGING = "staging"
+    PRODUCTION = "production"
+
+
+LogLevel = Annotated[str, Field(pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")]
+
+
+class Settings(BaseSettings):
+    """The service configuration. Field ``foo_bar`` is read from the variable ``FOO_BAR``."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # The spec's variables.
+    environment: Environment = Environment.DEVELOPMENT
+    log_level: LogLevel = "INFO"
+    port: int = Field(default=3006, ge=0, le=65535)
+    redis_url: str | None = None
+    database_url: str = "sqlite+aiosqlite:///./data/collab.db"
+    jwt_secret: str | None = None
+    ai_agents_url: str | None = None
+    ide_bridge_url: str | None = None
+    max_connections: int = Field(default=10_000, ge=1)
+    heartbeat_interval: float = Field(default=15.0, gt=0, le=3600)
+    message_queue_size: int = Field(default=1_000, ge=1)
+
+    # Ours.
+    host: str = "0.0.0.0"
+    max_message_size: int = Field(default=32 * MiB, ge=1024)
+    persist_interval_ms: int = Field(default=100, ge=0, le=60_000)
+    compact_after_updates: int = Field(default=500, ge=2)
+    compact_after_bytes: int = Field(default=4 * MiB, ge=1024)
+    room_unload_grace: float = Field(default=5.0, ge=0)
+    store_retry_max: float = Field(default=10.0, gt=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("redis_url", "jwt_secret", "ai_agents_url", "ide_bridge_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        return normalise_database_url(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_secret(self) -> Settings:
+        if self.environment is Environment.PRODUCTION and not self.jwt_secret:
+            raise ValueError("JWT_SECRET must be set when ENVIRONMENT=production")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.jwt_secret is not None
+
+
+def normalise_database_url(url: str) -> str:
+    """Map the URLs people write (``postgres://``, ``sqlite:///``) to the async drivers we use."""
+    for prefix, replacement in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgresql+psycopg2://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(prefix):
+            return replacement + url[len(prefix) :]
+    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        return url
+    raise ValueError("must be a postgresql:// or sqlite:/// URL")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (and overrides), turning validation errors into one
+    ``ConfigError`` whose message names each offending variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]).upper() or "configuration"
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

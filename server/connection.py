@@ -1,0 +1,95 @@
+"""One client connection: a bounded outbound queue drained by a single writer task."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from typing import Any
+
+from .channel import Channel, ChannelClosed
+from .close_codes import CLOSE_1013_SEND_QUEUE_FULL, CloseCode
+
+log = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+
+
+class Connection:
+    """Queues frames for one client and writes them in order from one task.
+
+    ``send`` never blocks and never creates a task: it appends to the queue and wakes the writer.
+    A client whose queue reaches ``max_queue`` frames is closed with 1013: it can reconnect and
+    resync, which costs less than buffering without bound.
+    """
+
+    __slots__ = (
+        "id",
+        "channel",
+        "user",
+        "awareness_ids",
+        "last_sent",
+        "close_code",
+        "_queue",
+        "_max_queue",
+        "_wakeup",
+        "_loop",
+    )
+
+    def __init__(self, channel: Channel, *, max_queue: int, user: Any = None) -> None:
+        self.id = next(_ids)
+        self.channel = channel
+        self.user = user
+        self.awareness_ids: set[int] = set()
+        self._loop = asyncio.get_running_loop()
+        self.last_sent = self._loop.time()
+        self.close_code: CloseCode | None = None
+        self._queue: deque[bytes] = deque()
+        self._max_queue = max_queue
+        self._wakeup: asyncio.Future[None] | None = None
+
+    @property
+    def is_closing(self) -> bool:
+        return self.close_code is not None
+
+    def send(self, data: bytes) -> None:
+        if self.close_code is not None:
+            return
+        if len(self._queue) >= self._max_queue:
+            log.warning("connection %s: send queue full (%d frames), closing", self.id, self._max_queue)
+            self._queue.clear()
+            self.close(CLOSE_1013_SEND_QUEUE_FULL)
+            return
+        self._queue.append(data)
+        self._wake()
+
+    def close(self, code: CloseCode) -> None:
+        """Ask the writer to send what is queued (unless the queue overflowed), then close."""
+        if self.close_code is None:
+            self.close_code = code
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def run_writer(self) -> None:
+        """Write queued frames until closed. Runs as the connection's one writer task."""
+        queue = self._queue
+        channel = self.channel
+        try:
+            while True:
+                while queue:
+                    await channel.send(queue.popleft())
+                    self.last_sent = self._loop.time()
+                if self.close_code is not None:
+                    await channel.close(self.close_code)
+                    return
+                self._wakeup = self._loop.create_future()
+                await self._wakeup
+                self._wakeup = None
+        except (ChannelClosed, OSError) as exc:
+            # The peer vanished mid-send; the reader sees the disconnect and cleans up.
+            log.debug("connection %s: send failed: %r", self.id, exc)

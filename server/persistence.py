@@ -1,0 +1,167 @@
+"""Group commit of document updates, and compaction of long update logs.
+
+Every accepted update goes into one in-memory buffer; a single task writes the buffer in one
+transaction at most ``interval`` after the first update arrived. A failed write keeps the buffer
+and retries with backoff, so nothing accepted is dropped while the database is away; ``flush``
+waits until everything appended before the call is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from crdt_store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Tail:
+    """What this instance knows of a document's log since its last compaction."""
+
+    count: int = 0
+    bytes: int = 0
+
+
+class UpdateWriter:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        interval: float = 0.1,
+        compact_after_updates: int = 500,
+        compact_after_bytes: int = 4 * 1024 * 1024,
+        retry_max: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.interval = interval
+        self.compact_after_updates = compact_after_updates
+        self.compact_after_bytes = compact_after_bytes
+        self.retry_max = retry_max
+        self._buffer: list[tuple[int, bytes]] = []
+        self._appended = 0  # updates ever appended
+        self._stored = 0  # updates ever stored; the first `_stored` appended are in the database
+        self._progress = asyncio.Condition()
+        self._has_items = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._tails: dict[int, _Tail] = {}
+        self._compacting: dict[int, asyncio.Task[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.last_error: str | None = None
+
+    async def __aenter__(self) -> UpdateWriter:
+        if self._task is not None:
+            raise RuntimeError("UpdateWriter already running")
+        self._task = asyncio.create_task(self._run(), name="update-writer")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await asyncio.wait_for(self.flush(), timeout=max(30.0, self.retry_max * 3))
+        except TimeoutError:
+            log.error("shutdown: %d document updates could not be stored: %s", self.pending, self.last_error)
+        if self._compacting:
+            await asyncio.gather(*self._compacting.values(), return_exceptions=True)
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+
+    @property
+    def pending(self) -> int:
+        return self._appended - self._stored
+
+    def track(self, document_id: int, *, tail_count: int, tail_bytes: int) -> None:
+        """Record the size of a freshly loaded document's uncompacted log."""
+        self._tails[document_id] = _Tail(tail_count, tail_bytes)
+
+    def forget(self, document_id: int) -> None:
+        self._tails.pop(document_id, None)
+
+    def append(self, document_id: int, update: bytes) -> None:
+        self._buffer.append((document_id, update))
+        self._appended += 1
+        self._has_items.set()
+
+    async def flush(self) -> None:
+        """Return once every update appended before this call is stored."""
+        target = self._appended
+        if self._stored >= target:
+            return
+        self._hurry.set()
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._stored >= target)
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            await self._has_items.wait()
+            if self.interval > 0 and not self._hurry.is_set():
+                try:
+                    await asyncio.wait_for(self._hurry.wait(), timeout=self.interval)
+                except TimeoutError:
+                    pass
+            batch = self._buffer[:]
+            try:
+                await self.store.append_updates(batch)
+            except StoreError as exc:
+                self.last_error = str(exc)
+                log.error("storing %d updates failed, retrying in %.2fs: %s", len(batch), delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
+            except Exception:
+                log.exception("storing %d updates failed unexpectedly; retrying", len(batch))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
+            delay = 0.05
+            self.last_error = None
+            del self._buffer[: len(batch)]
+            if not self._buffer:
+                self._has_items.clear()
+                self._hurry.clear()
+            self._stored += len(batch)
+            async with self._progress:
+                self._progress.notify_all()
+            self._note_stored(batch)
+
+    def _note_stored(self, batch: list[tuple[int, bytes]]) -> None:
+        for document_id, update in batch:
+            tail = self._tails.get(document_id)
+            if tail is None:
+                tail = self._tails[document_id] = _Tail()
+            tail.count += 1
+            tail.bytes += len(update)
+            if (
+                tail.count >= self.compact_after_updates or tail.bytes >= self.compact_after_bytes
+            ) and document_id not in self._compacting:
+                self._compacting[document_id] = asyncio.create_task(
+                    self._compact(document_id), name=f"compact-{document_id}"
+                )
+
+    async def _compact(self, document_id: int) -> None:
+        try:
+            result = await self.store.compact_document(document_id)
+        except StoreError as exc:
+            log.error("compacting document %s failed (will retry after more updates): %s", document_id, exc)
+        except Exception:
+            log.exception("compacting document %s failed", document_id)
+        else:
+            tail = self._tails.get(document_id)
+            if tail is not None:
+                # Rows stored while compaction ran may or may not be merged; counting them again
+                # only makes the next compaction come slightly early.
+                remaining = max(0, tail.count - result.merged)
+                tail.bytes = tail.bytes * remaining // tail.count if tail.count else 0
+                tail.count = remaining
+            log.debug(
+                "compacted document %s: merged %d updates into %d bytes",
+                document_id,
+                result.merged,
+                result.snapshot_bytes,
+            )
+        finally:
+            self._compacting.pop(document_id, None)

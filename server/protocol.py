@@ -1,0 +1,144 @@
+"""The y-websocket wire protocol: strict decoding of client frames, encoding of server frames.
+
+A frame holds exactly one message: ``varUint type`` then, for SYNC, ``varUint subtype`` and a
+``varUint8Array`` payload; for AWARENESS a ``varUint8Array`` awareness update. Decoding checks
+every length against the frame, so a truncated or padded frame is an error, not a silent slice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+
+from pycrdt import (
+    create_awareness_message,
+    create_update_message,
+    write_var_uint,
+)
+
+MAX_VAR_UINT_BYTES = 8  # 56 bits: more than any length or Yjs client id (53 bits) needs
+
+
+class ProtocolError(ValueError):
+    """A frame that does not follow the y-websocket protocol."""
+
+
+class MessageType(IntEnum):
+    SYNC = 0
+    AWARENESS = 1
+    AUTH = 2
+    QUERY_AWARENESS = 3
+
+
+class SyncType(IntEnum):
+    STEP1 = 0
+    STEP2 = 1
+    UPDATE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    type: MessageType
+    sync_type: SyncType | None
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessEntry:
+    client_id: int
+    clock: int
+    state: object  # the decoded JSON state; None means the client is gone
+
+
+def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    for index in range(pos, min(len(data), pos + MAX_VAR_UINT_BYTES)):
+        byte = data[index]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, index + 1
+        shift += 7
+    raise ProtocolError("truncated or oversized variable-length integer")
+
+
+def read_var_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
+    length, pos = read_var_uint(data, pos)
+    end = pos + length
+    if end > len(data):
+        raise ProtocolError(f"length {length} runs past the end of the frame")
+    return data[pos:end], end
+
+
+def decode(frame: bytes) -> Message:
+    """Decode one client frame."""
+    if not frame:
+        raise ProtocolError("empty frame")
+    raw_type, pos = read_var_uint(frame, 0)
+    try:
+        message_type = MessageType(raw_type)
+    except ValueError:
+        raise ProtocolError(f"unknown message type {raw_type}") from None
+    sync_type = None
+    if message_type is MessageType.SYNC:
+        raw_sync, pos = read_var_uint(frame, pos)
+        try:
+            sync_type = SyncType(raw_sync)
+        except ValueError:
+            raise ProtocolError(f"unknown sync message type {raw_sync}") from None
+    if message_type is MessageType.QUERY_AWARENESS:
+        payload = b""
+    else:
+        payload, pos = read_var_bytes(frame, pos)
+    if pos != len(frame):
+        raise ProtocolError(f"{len(frame) - pos} unexpected bytes after the message")
+    return Message(message_type, sync_type, payload)
+
+
+def decode_awareness(update: bytes) -> list[AwarenessEntry]:
+    """Decode an awareness update: ``varUint count`` then ``(client id, clock, JSON state)``."""
+    count, pos = read_var_uint(update, 0)
+    entries = []
+    for _ in range(count):
+        client_id, pos = read_var_uint(update, pos)
+        clock, pos = read_var_uint(update, pos)
+        raw_state, pos = read_var_bytes(update, pos)
+        try:
+            state = json.loads(raw_state) if raw_state else None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ProtocolError(f"awareness state of client {client_id} is not JSON: {exc}") from None
+        if state is not None and not isinstance(state, dict):
+            raise ProtocolError(f"awareness state of client {client_id} is not a JSON object or null")
+        entries.append(AwarenessEntry(client_id, clock, state))
+    if pos != len(update):
+        raise ProtocolError("unexpected bytes after the awareness entries")
+    return entries
+
+
+def sync_step1(state_vector: bytes) -> bytes:
+    return bytes((MessageType.SYNC, SyncType.STEP1)) + write_var_uint(len(state_vector)) + state_vector
+
+
+def sync_step2(update: bytes) -> bytes:
+    return bytes((MessageType.SYNC, SyncType.STEP2)) + write_var_uint(len(update)) + update
+
+
+def sync_update(update: bytes) -> bytes:
+    return create_update_message(update)
+
+
+def awareness(update: bytes) -> bytes:
+    return create_awareness_message(update)
+
+
+def auth_permission_denied(reason: str) -> bytes:
+    """The y-protocols auth message a read-only client receives when its write is refused."""
+    encoded = reason.encode()
+    return bytes((MessageType.AUTH, 0)) + write_var_uint(len(encoded)) + encoded
+
+
+# An awareness update with no entries: every Yjs client accepts and ignores it, and receiving it
+# resets the stock y-websocket client's 30 s "no message received" reconnect timer.
+KEEPALIVE = awareness(b"\x00")
+EMPTY_UPDATE = b"\x00\x00"

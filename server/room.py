@@ -1,0 +1,154 @@
+"""A room: one loaded Yjs document, its awareness, and the connections editing it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import NamedTuple
+
+from pycrdt import Awareness, Doc, merge_updates
+
+from . import protocol
+from .connection import Connection
+from .protocol import MessageType, ProtocolError, SyncType
+
+log = logging.getLogger(__name__)
+
+
+class RoomKey(NamedTuple):
+    workspace_id: str
+    path: str  # "" for the workspace's main document
+
+    def __str__(self) -> str:
+        return f"{self.workspace_id}/{self.path}" if self.path else self.workspace_id
+
+
+class Room:
+    """Applies client messages to the document and relays them to the room's other clients.
+
+    Updates accepted in one event-loop turn are relayed together: one merged update per turn
+    instead of one frame per update, and never back to the connection that sent them.
+    """
+
+    def __init__(
+        self,
+        key: RoomKey,
+        document_id: int,
+        doc: Doc,
+        *,
+        on_update: Callable[[int, bytes], None],
+    ) -> None:
+        self.key = key
+        self.document_id = document_id
+        self.doc = doc
+        self.awareness = Awareness(doc)
+        self.awareness.set_local_state(None)  # the server itself has no presence
+        self.connections: set[Connection] = set()
+        self._on_update = on_update
+        self._pending: list[tuple[Connection | None, bytes]] = []
+        self._full_state: bytes | None = None
+        self._loop = asyncio.get_running_loop()
+        self.unload_handle: asyncio.TimerHandle | None = None
+
+    # -- membership -------------------------------------------------------------------------------
+
+    def join(self, conn: Connection) -> None:
+        """Start the handshake: our state vector (the client answers with what we lack) and the
+        presence of everyone already here."""
+        self.connections.add(conn)
+        conn.send(protocol.sync_step1(self.doc.get_state()))
+        if self.awareness.states:
+            update = self.awareness.encode_awareness_update(list(self.awareness.states))
+            conn.send(protocol.awareness(update))
+
+    def leave(self, conn: Connection) -> None:
+        """Remove a connection and, for everyone else, the presence it announced."""
+        self.connections.discard(conn)
+        if conn.awareness_ids:
+            ids = [cid for cid in conn.awareness_ids if cid in self.awareness.states]
+            conn.awareness_ids.clear()
+            if ids:
+                self.awareness.remove_awareness_states(ids, origin=conn)
+                self._broadcast(protocol.awareness(self.awareness.encode_awareness_update(ids)), conn)
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def receive(self, conn: Connection, frame: bytes) -> None:
+        """Handle one frame from ``conn``. Raises ``ProtocolError`` for a malformed frame, in which
+        case neither the document nor anyone's presence has changed."""
+        message = protocol.decode(frame)
+        if message.type is MessageType.SYNC:
+            if message.sync_type is SyncType.STEP1:
+                conn.send(protocol.sync_step2(self._encode_state(message.payload)))
+            else:
+                self.apply_update(message.payload, origin=conn)
+        elif message.type is MessageType.AWARENESS:
+            self._apply_awareness(conn, message.payload, frame)
+        elif message.type is MessageType.QUERY_AWARENESS:
+            if self.awareness.states:
+                update = self.awareness.encode_awareness_update(list(self.awareness.states))
+                conn.send(protocol.awareness(update))
+        # AUTH messages are server-to-client only; a client sending one is ignored.
+
+    def apply_update(self, update: bytes, *, origin: Connection | None = None) -> None:
+        """Apply an update, log it for storage, and relay it to every other connection."""
+        if update == protocol.EMPTY_UPDATE:
+            return
+        try:
+            self.doc.apply_update(update)
+        except ValueError as exc:
+            raise ProtocolError(f"invalid Yjs update: {exc}") from None
+        self._full_state = None
+        self._on_update(self.document_id, update)
+        if not self._pending:
+            self._loop.call_soon(self._relay_pending)
+        self._pending.append((origin, update))
+
+    def _encode_state(self, state_vector: bytes) -> bytes:
+        # A client with an empty document (state vector b"\x00") gets the whole state; many
+        # joiners at once (a reconnect storm) share one encoding.
+        if state_vector == b"\x00":
+            if self._full_state is None:
+                self._full_state = self.doc.get_update()
+            return self._full_state
+        try:
+            return self.doc.get_update(state_vector)
+        except ValueError as exc:
+            raise ProtocolError(f"invalid state vector: {exc}") from None
+
+    def _apply_awareness(self, conn: Connection, update: bytes, frame: bytes) -> None:
+        entries = protocol.decode_awareness(update)
+        for entry in entries:
+            if entry.state is None:
+                conn.awareness_ids.discard(entry.client_id)
+            else:
+                conn.awareness_ids.add(entry.client_id)
+        self.awareness.apply_awareness_update(update, origin=conn)
+        self._broadcast(frame, conn)
+
+    def _broadcast(self, frame: bytes, exclude: Connection | None) -> None:
+        for other in self.connections:
+            if other is not exclude:
+                other.send(frame)
+
+    def _relay_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        if len(pending) == 1:
+            origin, update = pending[0]
+            self._broadcast(protocol.sync_update(update), origin)
+            return
+        senders = {origin for origin, _ in pending}
+        everything = protocol.sync_update(merge_updates(*(update for _, update in pending)))
+        for conn in self.connections:
+            if conn not in senders:
+                conn.send(everything)
+        for sender in senders:
+            if sender is None or sender not in self.connections:
+                continue
+            others = [update for origin, update in pending if origin is not sender]
+            if others:
+                merged = others[0] if len(others) == 1 else merge_updates(*others)
+                sender.send(protocol.sync_update(merged))

@@ -1,0 +1,218 @@
+"""RoomManager: loads rooms single-flight, serves connections, unloads idle rooms after a flush."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+from pycrdt import Doc
+
+from crdt_store import Store, StoreError
+
+from .channel import Channel, ChannelClosed, FrameRejected
+from .close_codes import (
+    CLOSE_1000_NORMAL,
+    CLOSE_1011_INTERNAL_ERROR,
+    CLOSE_1012_SERVICE_RESTART,
+    CLOSE_1013_STORE_UNAVAILABLE,
+    CLOSE_4400_BAD_MESSAGE,
+    CloseCode,
+)
+from .connection import Connection
+from .persistence import UpdateWriter
+from .protocol import KEEPALIVE, ProtocolError
+from .room import Room, RoomKey
+
+log = logging.getLogger(__name__)
+
+
+class RoomManager:
+    """Owns every loaded room of this instance.
+
+    Arguments:
+        store: where documents are loaded from.
+        writer: where accepted updates go to be stored.
+        unload_grace: seconds an empty room stays loaded (a reload in that time costs nothing).
+        heartbeat_interval: a connection that has been sent nothing for this long gets a
+            keep-alive frame, so idle clients (the stock y-websocket client reconnects after 30 s
+            of silence) stay connected.
+        message_queue_size: outbound frames queued per connection before it is cut off.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        writer: UpdateWriter,
+        *,
+        unload_grace: float = 5.0,
+        heartbeat_interval: float = 15.0,
+        message_queue_size: int = 1000,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.unload_grace = unload_grace
+        self.heartbeat_interval = heartbeat_interval
+        self.message_queue_size = message_queue_size
+        self.rooms: dict[RoomKey, Room] = {}
+        self._loading: dict[RoomKey, asyncio.Future[Room]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def __aenter__(self) -> RoomManager:
+        if self._heartbeat is not None:
+            raise RuntimeError("RoomManager already running")
+        self._heartbeat = asyncio.create_task(self._keep_alive(), name="room-heartbeat")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._closing = True
+        for conn in list(self.connections()):
+            conn.close(CLOSE_1012_SERVICE_RESTART)
+        for room in self.rooms.values():
+            if room.unload_handle is not None:
+                room.unload_handle.cancel()
+        tasks = [*self._tasks]
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            tasks.append(self._heartbeat)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # The writer's own exit flushes every update accepted so far.
+
+    def connections(self) -> Iterator[Connection]:
+        for room in self.rooms.values():
+            yield from room.connections
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(room.connections) for room in self.rooms.values())
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    async def get(self, key: RoomKey) -> Room:
+        """Return the loaded room, loading it at most once however many clients ask at once."""
+        room = self.rooms.get(key)
+        if room is not None:
+            return room
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(key))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        # shield: one waiter being cancelled (its client left) must not cancel the others' load.
+        return await asyncio.shield(loading)
+
+    async def _load(self, key: RoomKey) -> Room:
+        stored = await self.store.load_document(key.workspace_id, key.path)
+        doc = Doc()
+        for update in stored.updates:
+            doc.apply_update(update)
+        room = Room(key, stored.id, doc, on_update=self.writer.append)
+        self.writer.track(stored.id, tail_count=stored.tail_count, tail_bytes=stored.tail_bytes)
+        self.rooms[key] = room
+        log.debug("loaded room %s (%d stored updates)", key, len(stored.updates))
+        return room
+
+    # -- serving ----------------------------------------------------------------------------------
+
+    async def serve(self, key: RoomKey, channel: Channel, *, user: object = None) -> None:
+        """Serve one client until it leaves. The channel is already accepted."""
+        try:
+            room = await self.get(key)
+        except StoreError as exc:
+            log.error("room %s could not be loaded: %s", key, exc)
+            await _close_quietly(channel, CLOSE_1013_STORE_UNAVAILABLE)
+            return
+        conn = Connection(channel, max_queue=self.message_queue_size, user=user)
+        if room.unload_handle is not None:
+            room.unload_handle.cancel()
+            room.unload_handle = None
+        room.join(conn)
+        writer = asyncio.create_task(conn.run_writer(), name=f"writer-{conn.id}")
+        try:
+            await self._read(room, conn, channel)
+        finally:
+            room.leave(conn)
+            conn.close(CLOSE_1000_NORMAL)  # no-op when a close code was already chosen
+            await writer
+            if not room.connections:
+                self._schedule_unload(room)
+
+    async def _read(self, room: Room, conn: Connection, channel: Channel) -> None:
+        while not conn.is_closing:
+            try:
+                frame = await channel.recv()
+            except ChannelClosed:
+                conn.close(CLOSE_1000_NORMAL)
+                return
+            except FrameRejected as exc:
+                log.info("connection %s to %s: %s", conn.id, room.key, exc)
+                conn.close(exc.close)
+                return
+            try:
+                room.receive(conn, frame)
+            except ProtocolError as exc:
+                log.info("connection %s to %s: malformed message: %s", conn.id, room.key, exc)
+                conn.close(CloseCode(CLOSE_4400_BAD_MESSAGE.code, f"malformed message: {exc}"[:120]))
+                return
+            except Exception:
+                log.exception("connection %s to %s: failed to handle a message", conn.id, room.key)
+                conn.close(CLOSE_1011_INTERNAL_ERROR)
+                return
+
+    # -- unloading --------------------------------------------------------------------------------
+
+    def _schedule_unload(self, room: Room) -> None:
+        if self._closing or self.rooms.get(room.key) is not room:
+            return
+        if room.unload_handle is not None:
+            room.unload_handle.cancel()
+        room.unload_handle = asyncio.get_running_loop().call_later(
+            self.unload_grace, self._spawn, self._unload(room)
+        )
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _unload(self, room: Room) -> None:
+        room.unload_handle = None
+        try:
+            await asyncio.wait_for(self.writer.flush(), timeout=max(5.0, self.writer.retry_max))
+        except TimeoutError:
+            # Storage is failing: keep the document in memory (it holds the only copy of the
+            # unstored updates) and try again later.
+            log.warning("room %s stays loaded: its updates are not stored yet", room.key)
+            self._schedule_unload(room)
+            return
+        if room.connections or self.rooms.get(room.key) is not room:
+            return
+        del self.rooms[room.key]
+        self.writer.forget(room.document_id)
+        log.debug("unloaded room %s", room.key)
+
+    async def flush(self) -> None:
+        await self.writer.flush()
+
+    # -- keep-alive -------------------------------------------------------------------------------
+
+    async def _keep_alive(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.heartbeat_interval / 2
+        while True:
+            await asyncio.sleep(period)
+            quiet_since = loop.time() - self.heartbeat_interval + period / 2
+            for conn in self.connections():
+                if conn.last_sent < quiet_since:
+                    conn.send(KEEPALIVE)
+
+
+async def _close_quietly(channel: Channel, code: CloseCode) -> None:
+    try:
+        await channel.close(code)
+    except (ChannelClosed, OSError):
+        pass

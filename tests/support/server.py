@@ -1,0 +1,115 @@
+"""Run the real service on an ephemeral port, in this process or as a separate OS process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from server.__main__ import uvicorn_config
+from server.app import create_app
+from server.config import Settings
+
+from .wait import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningServer:
+    app: FastAPI
+    server: uvicorn.Server
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def doc_url(self, workspace_id: str, path: str = "") -> str:
+        return f"{self.ws_url}/ws/workspaces/{workspace_id}" + (f"/{path}" if path else "")
+
+    @property
+    def services(self):  # type: ignore[no-untyped-def]
+        return self.app.state.services
+
+
+@contextlib.asynccontextmanager
+async def run_server(settings: Settings) -> AsyncIterator[RunningServer]:
+    """uvicorn with the service's own configuration, on 127.0.0.1 and a port the OS picks."""
+    app = create_app(settings)
+    config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started or task.done(), timeout=30)
+        if task.done():
+            task.result()
+            raise RuntimeError("server exited during start-up")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield RunningServer(app, server, port)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def doc_url(self, workspace_id: str, path: str = "") -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/workspaces/{workspace_id}" + (f"/{path}" if path else "")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+async def start_process(env: dict[str, str], log_path: Path) -> ServerProcess:
+    """``python -m server`` as its own OS process; returns once ``/health`` answers."""
+    import httpx
+
+    port = free_port()
+    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **env}
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server"], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
+    )
+    log_file.close()
+    handle = ServerProcess(process, port, log_path)
+
+    async def healthy() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{handle.log()}")
+        try:
+            async with httpx.AsyncClient() as client:
+                return (await client.get(f"{handle.http_url}/health", timeout=1)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    await wait_until(healthy, timeout=30)
+    return handle
