@@ -1,6 +1,7 @@
 """Persistence of Yjs documents (update log + snapshots) on SQLAlchemy async: SQLite or PostgreSQL."""
 
 from .documents import Compaction, StoredDocument
+from .engine import normalise_database_url
 from .errors import Conflict, NotFound, StoreError, StoreUnavailable
 from .store import Store, open_store
 
@@ -12,5 +13,6 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "StoredDocument",
+    "normalise_database_url",
     "open_store",
 ]

@@ -46,7 +46,24 @@ def translate_errors(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T
     return wrapper
 
 
+def normalise_database_url(url: str) -> str:
+    """Map the URLs people write (``postgres://``, ``sqlite:///``) to the async drivers we use.
+    Raises ``ValueError`` for any other database."""
+    for prefix, replacement in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgresql+psycopg2://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(prefix):
+            return replacement + url[len(prefix) :]
+    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        return url
+    raise ValueError("must be a postgresql:// or sqlite:/// URL")
+
+
 def create_engine(url: str) -> AsyncEngine:
+    url = normalise_database_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""

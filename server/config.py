@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from crdt_store import normalise_database_url
+
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
@@ -88,21 +90,6 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return self.jwt_secret is not None
-
-
-def normalise_database_url(url: str) -> str:
-    """Map the URLs people write (``postgres://``, ``sqlite:///``) to the async drivers we use."""
-    for prefix, replacement in (
-        ("postgres://", "postgresql+asyncpg://"),
-        ("postgresql://", "postgresql+asyncpg://"),
-        ("postgresql+psycopg2://", "postgresql+asyncpg://"),
-        ("sqlite://", "sqlite+aiosqlite://"),
-    ):
-        if url.startswith(prefix):
-            return replacement + url[len(prefix) :]
-    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
-        return url
-    raise ValueError("must be a postgresql:// or sqlite:/// URL")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -106,14 +106,15 @@ class UpdateWriter:
             batch = self._buffer[:]
             try:
                 await self.store.append_updates(batch)
-            except StoreError as exc:
-                self.last_error = str(exc)
-                log.error("storing %d updates failed, retrying in %.2fs: %s", len(batch), delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max)
-                continue
-            except Exception:
-                log.exception("storing %d updates failed unexpectedly; retrying", len(batch))
+            except Exception as exc:  # noqa: BLE001 - logged, kept and retried, never dropped
+                self.last_error = f"{exc.__class__.__name__}: {exc}"
+                log.error(
+                    "storing %d updates failed, retrying in %.2fs: %s",
+                    len(batch),
+                    delay,
+                    self.last_error,
+                    exc_info=not isinstance(exc, StoreError),
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max)
                 continue

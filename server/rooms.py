@@ -171,11 +171,11 @@ class RoomManager:
         if room.unload_handle is not None:
             room.unload_handle.cancel()
         room.unload_handle = asyncio.get_running_loop().call_later(
-            self.unload_grace, self._spawn, self._unload(room)
+            self.unload_grace, self._start_unload, room
         )
 
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
-        task = asyncio.create_task(coro)
+    def _start_unload(self, room: Room) -> None:
+        task = asyncio.create_task(self._unload(room), name=f"unload-{room.key}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

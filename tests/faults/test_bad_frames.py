@@ -1,0 +1,79 @@
+"""Malformed input closes only the offending connection, with a named code; nothing is lost."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from pycrdt import Doc, Text, create_update_message, write_var_uint
+
+from server.close_codes import (
+    CLOSE_1003_UNSUPPORTED_DATA,
+    CLOSE_1009_MESSAGE_TOO_BIG,
+    CLOSE_4400_BAD_MESSAGE,
+)
+from server.config import Settings
+from tests.support.rawclient import raw_client
+from tests.support.server import RunningServer, run_server
+from tests.support.wait import wait_until
+from tests.support.yclient import yclient
+
+MiB = 1024 * 1024
+
+BAD_FRAMES = {
+    "text frame": ("hello", CLOSE_1003_UNSUPPORTED_DATA.code),
+    "empty binary frame": (b"", CLOSE_4400_BAD_MESSAGE.code),
+    "garbage": (b"\xff\xfe\xfd\xfc garbage", CLOSE_4400_BAD_MESSAGE.code),
+    "unknown message type": (b"\x07\x00", CLOSE_4400_BAD_MESSAGE.code),
+    "unknown sync type": (b"\x00\x09\x00", CLOSE_4400_BAD_MESSAGE.code),
+    "truncated length": (b"\x00\x02" + write_var_uint(1000) + b"short", CLOSE_4400_BAD_MESSAGE.code),
+    "trailing bytes": (b"\x00\x02\x02\x00\x00extra", CLOSE_4400_BAD_MESSAGE.code),
+    "invalid yjs update": (create_update_message(b"\x01\x05\xff\xff\xff\xff"), CLOSE_4400_BAD_MESSAGE.code),
+    "invalid state vector": (b"\x00\x00\x03\x05\x01\x01", CLOSE_4400_BAD_MESSAGE.code),
+    "awareness not json": (b"\x01\x06\x01\x07\x01\x02{x", CLOSE_4400_BAD_MESSAGE.code),
+    "endless varint": (b"\x00\x02" + b"\xff" * 12, CLOSE_4400_BAD_MESSAGE.code),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FRAMES))
+async def test_bad_frame_closes_only_that_connection(server: RunningServer, workspace: str, name: str) -> None:
+    frame, expected_code = BAD_FRAMES[name]
+    url = server.doc_url(workspace)
+    async with yclient(url) as good:
+        good.text().insert(0, "kept")
+        await wait_until(lambda: server.services.writer.pending == 0)
+        async with raw_client(url) as bad:
+            await bad.send(frame)
+            code, reason = await bad.wait_closed()
+        assert code == expected_code
+        assert reason  # every close says why
+        # The good client is still connected and still syncing.
+        async with yclient(url) as later:
+            good.text().insert(len(good.text()), " and more")
+            await wait_until(lambda: str(later.text()) == "kept and more")
+
+
+async def test_oversize_frame_is_refused_with_1009(make_settings: Callable[..., Settings], workspace: str) -> None:
+    async with run_server(make_settings(max_message_size=64 * 1024)) as server:
+        url = server.doc_url(workspace)
+        async with yclient(url) as good:
+            good.text().insert(0, "safe")
+            big = Doc()
+            big.get("text", type=Text).insert(0, "x" * (128 * 1024))
+            async with raw_client(url) as bad:
+                await bad.send(create_update_message(big.get_update()))
+                code, _ = await bad.wait_closed()
+            assert code == CLOSE_1009_MESSAGE_TOO_BIG.code
+            async with yclient(url) as reader:
+                assert str(reader.text()) == "safe"
+
+
+async def test_default_limit_admits_a_16_mib_update(server: RunningServer, workspace: str) -> None:
+    url = server.doc_url(workspace)
+    payload = "y" * (16 * MiB)
+    async with yclient(url) as writer, yclient(url) as reader:
+        writer.text().insert(0, payload)
+        await wait_until(lambda: len(reader.text()) == len(payload), timeout=30)
+    await wait_until(lambda: server.services.writer.pending == 0, timeout=30)
+    async with yclient(url, sync_timeout=30) as fresh:
+        assert len(fresh.text()) == len(payload)

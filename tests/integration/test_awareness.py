@@ -1,0 +1,58 @@
+"""Presence: relayed to others, removed as soon as a connection closes, idle clients kept alive."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from pycrdt import Doc
+
+from server.config import Settings
+from tests.support.rawclient import awareness_update, parse_awareness, raw_client, step1_frame
+from tests.support.server import RunningServer, run_server
+
+AWARENESS = 1
+
+
+async def test_presence_reaches_others_and_joiners(server: RunningServer, workspace: str) -> None:
+    url = server.doc_url(workspace)
+    async with raw_client(url) as alice, raw_client(url) as bob:
+        await alice.send(awareness_update(111, 1, {"user": {"name": "Alice"}, "cursor": 4}))
+        seen = parse_awareness(await bob.next_frame(kind=AWARENESS))
+        assert seen == {111: {"user": {"name": "Alice"}, "cursor": 4}}
+        async with raw_client(url) as carol:
+            # A joiner gets everyone's presence right after the server's sync step 1.
+            assert parse_awareness(await carol.next_frame(kind=AWARENESS))[111]["user"]["name"] == "Alice"
+
+
+async def test_presence_is_removed_when_a_connection_drops(server: RunningServer, workspace: str) -> None:
+    url = server.doc_url(workspace)
+    async with raw_client(url) as watcher:
+        async with raw_client(url) as leaving:
+            await leaving.send(awareness_update(222, 3, {"user": {"name": "Gone soon"}}))
+            assert 222 in parse_awareness(await watcher.next_frame(kind=AWARENESS))
+            # No goodbye message: the socket is cut, as when a laptop lid closes.
+            leaving.ws.transport.abort()
+        removed = parse_awareness(await watcher.next_frame(kind=AWARENESS, timeout=5))
+    assert removed == {222: None}
+    assert server.services.rooms.rooms == {} or all(
+        222 not in room.awareness.states for room in server.services.rooms.rooms.values()
+    )
+
+
+async def test_idle_client_receives_keepalives_and_stays_connected(
+    make_settings: Callable[..., Settings], workspace: str
+) -> None:
+    interval = 0.4
+    async with run_server(make_settings(heartbeat_interval=interval)) as server:
+        async with raw_client(server.doc_url(workspace)) as idle:
+            await idle.send(step1_frame(Doc()))
+            loop = asyncio.get_running_loop()
+            arrivals = []
+            while len(arrivals) < 4:
+                frame = await idle.next_frame(kind=AWARENESS, timeout=interval * 4)
+                assert parse_awareness(frame) == {}  # an empty awareness update: ignored by clients
+                arrivals.append(loop.time())
+            gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+            assert max(gaps) < interval * 2
+            assert len(server.services.rooms.rooms[next(iter(server.services.rooms.rooms))].connections) == 1
