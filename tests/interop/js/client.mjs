@@ -1,0 +1,51 @@
+// A stock Yjs client (yjs + y-websocket's WebsocketProvider), driven by the Python tests.
+// Usage: node client.mjs '<json options>'
+//   {url, room, insert?, expect?, awareness?, idleMs?, timeoutMs?}
+// Prints one JSON line: {text, synced, disconnects, messages, peers} and exits 0, or exits 1 on timeout.
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import WebSocket from 'ws'
+
+const opts = JSON.parse(process.argv[2])
+const timeoutMs = opts.timeoutMs ?? 15000
+
+let messages = 0
+class CountingWebSocket extends WebSocket {
+  constructor (...args) {
+    super(...args)
+    this.addEventListener('message', () => { messages++ })
+  }
+}
+
+const doc = new Y.Doc()
+const text = doc.getText('text')
+const provider = new WebsocketProvider(opts.url, opts.room, doc, { WebSocketPolyfill: CountingWebSocket })
+let disconnects = 0
+provider.on('status', ({ status }) => { if (status === 'disconnected') disconnects++ })
+if (opts.awareness) provider.awareness.setLocalState(opts.awareness)
+
+const deadline = setTimeout(() => {
+  console.error(JSON.stringify({ error: 'timeout', text: text.toString(), synced: provider.synced }))
+  process.exit(1)
+}, timeoutMs)
+
+const waitFor = (predicate) => new Promise((resolve) => {
+  const check = () => { if (predicate()) { resolve(); return true } return false }
+  if (check()) return
+  const onChange = () => { if (check()) { doc.off('update', onChange); provider.off('sync', onChange) } }
+  doc.on('update', onChange)
+  provider.on('sync', onChange)
+})
+
+await waitFor(() => provider.synced)
+if (opts.insert) text.insert(text.length, opts.insert)
+if (opts.expect) await waitFor(() => opts.expect.every((part) => text.toString().includes(part)))
+if (opts.idleMs) await new Promise((resolve) => setTimeout(resolve, opts.idleMs))
+
+const peers = [...provider.awareness.getStates().entries()]
+  .filter(([id]) => id !== doc.clientID)
+  .map(([, state]) => state)
+clearTimeout(deadline)
+console.log(JSON.stringify({ text: text.toString(), synced: provider.synced, disconnects, messages, peers }))
+provider.destroy()
+process.exit(0)
