@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI
 
 from .config import Settings, load_settings
 from .errors import install_error_handlers
 from .lifespan import lifespan
-from .sync_endpoint import sync_endpoint
+from .sync_endpoint import is_sync_request, sync_endpoint
+
+
+class CollaborationApp(FastAPI):
+    """FastAPI, with the document sync endpoint served as plain ASGI before routing: it carries
+    almost all the traffic, and per-connection framework layers cost memory and time per frame."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if is_sync_request(scope):
+            scope["app"] = self
+            await sync_endpoint(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. ``settings`` defaults to the environment (the only place it is read)."""
     settings = settings or load_settings()
     logging.getLogger().setLevel(settings.log_level)
-    app = FastAPI(
+    app = CollaborationApp(
         title="Real-time collaboration service",
-        description="Yjs-compatible document sync, presence, agent monitoring and workspace events.",
+        description="Yjs-compatible document sync, presence, agent monitoring and workspace events. "
+        "Documents sync over the y-websocket protocol at `ws://HOST/ws/workspaces/{workspace_id}` "
+        "and `ws://HOST/ws/workspaces/{workspace_id}/{doc_path}`.",
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -28,6 +43,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from rest import api_router  # the one place the core mounts the REST layer
 
     app.include_router(api_router)
-    app.add_api_websocket_route("/ws/workspaces/{workspace_id}", sync_endpoint)
-    app.add_api_websocket_route("/ws/workspaces/{workspace_id}/{doc_path:path}", sync_endpoint)
     return app

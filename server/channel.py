@@ -1,13 +1,18 @@
-"""The transport seen by the core: a ``Channel`` of binary frames. ``StarletteChannel`` adapts a
-FastAPI/Starlette WebSocket; tests may supply any object with the same methods."""
+"""The transport seen by the core: a ``Channel`` of binary frames.
+
+``AsgiChannel`` speaks the ASGI WebSocket protocol directly (no framework objects per connection:
+the sync endpoint is the hot path, and every layer costs memory and time per frame). Tests may
+supply any object with the same methods.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
-
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from typing import Any, Protocol
 
 from .close_codes import CLOSE_1003_UNSUPPORTED_DATA, CLOSE_1009_MESSAGE_TOO_BIG, CloseCode
+
+Receive = Any  # ASGI callables; kept loose to avoid importing a framework here
+Send = Any
 
 
 class ChannelClosed(Exception):
@@ -38,17 +43,23 @@ class Channel(Protocol):
     async def close(self, close: CloseCode) -> None: ...
 
 
-class StarletteChannel:
-    __slots__ = ("websocket", "path", "max_message_size")
+class AsgiChannel:
+    """A WebSocket connection as ASGI ``receive``/``send``, after the handshake."""
 
-    def __init__(self, websocket: WebSocket, *, max_message_size: int) -> None:
-        self.websocket = websocket
-        self.path = websocket.url.path
+    __slots__ = ("path", "max_message_size", "_receive", "_send", "_open")
+
+    def __init__(self, receive: Receive, send: Send, *, path: str, max_message_size: int) -> None:
+        self.path = path
         self.max_message_size = max_message_size
+        self._receive = receive
+        self._send = send
+        self._open = True
 
     async def recv(self) -> bytes:
-        message = await self.websocket.receive()
-        if message["type"] == "websocket.disconnect":
+        message = await self._receive()
+        kind = message["type"]
+        if kind == "websocket.disconnect":
+            self._open = False
             raise ChannelClosed(message.get("code", 1000))
         data = message.get("bytes")
         if data is None:
@@ -59,14 +70,16 @@ class StarletteChannel:
 
     async def send(self, data: bytes) -> None:
         try:
-            await self.websocket.send({"type": "websocket.send", "bytes": data})
-        except (WebSocketDisconnect, RuntimeError) as exc:
-            raise ChannelClosed(getattr(exc, "code", 1006)) from exc
+            await self._send({"type": "websocket.send", "bytes": data})
+        except OSError as exc:  # uvicorn's ClientDisconnected is an OSError
+            self._open = False
+            raise ChannelClosed(1006) from exc
 
     async def close(self, close: CloseCode) -> None:
-        ws = self.websocket
-        if ws.application_state is WebSocketState.CONNECTED and ws.client_state is WebSocketState.CONNECTED:
-            try:
-                await self.websocket.close(code=close.code, reason=close.reason)
-            except (WebSocketDisconnect, RuntimeError, OSError) as exc:
-                raise ChannelClosed(getattr(exc, "code", 1006)) from exc
+        if not self._open:
+            return
+        self._open = False
+        try:
+            await self._send({"type": "websocket.close", "code": close.code, "reason": close.reason})
+        except (OSError, RuntimeError) as exc:
+            raise ChannelClosed(1006) from exc
