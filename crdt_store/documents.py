@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pycrdt import merge_updates
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .engine import translate_errors
+from .errors import NotFound
 from .tables import document_snapshots, document_updates, documents
 
 DELETE_CHUNK = 5_000
@@ -55,12 +57,16 @@ async def _document_id(conn: AsyncConnection, workspace_id: str, path: str) -> i
 
 @translate_errors
 async def ensure_document(engine: AsyncEngine, *, workspace_id: str, path: str) -> int:
-    """Return the document's id, creating the row if it does not exist yet."""
-    async with engine.begin() as conn:
-        document_id = await _document_id(conn, workspace_id, path)
-        if document_id is None:
-            await conn.execute(_insert_ignore(conn, documents, {"workspace_id": workspace_id, "path": path}))
+    """Return the document's id, creating the row if it does not exist yet. The workspace must
+    exist (``NotFound`` otherwise)."""
+    try:
+        async with engine.begin() as conn:
             document_id = await _document_id(conn, workspace_id, path)
+            if document_id is None:
+                await conn.execute(_insert_ignore(conn, documents, {"workspace_id": workspace_id, "path": path}))
+                document_id = await _document_id(conn, workspace_id, path)
+    except IntegrityError:
+        raise NotFound(f"workspace {workspace_id!r} does not exist") from None
     assert document_id is not None
     return document_id
 

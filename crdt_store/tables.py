@@ -28,11 +28,37 @@ metadata = MetaData(
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
+workspaces = Table(
+    "workspaces",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("visibility", String(16), nullable=False, server_default="open"),  # open | private
+    Column("owner_id", String(255), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+workspace_members = Table(
+    "workspace_members",
+    metadata,
+    Column("workspace_id", String(255), ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", String(255), primary_key=True, index=True),
+    Column("role", String(16), nullable=False),  # owner | editor | viewer
+    Column("display_name", String(255), nullable=True),
+    Column("joined_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 documents = Table(
     "documents",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("workspace_id", String(255), nullable=False),
+    Column(
+        "workspace_id",
+        String(255),
+        ForeignKey("workspaces.id", ondelete="CASCADE", name="fk_documents_workspace_id_workspaces"),
+        nullable=False,
+    ),
     Column("path", String(1024), nullable=False, server_default=""),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("workspace_id", "path", name="uq_documents_workspace_path"),

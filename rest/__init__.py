@@ -2,9 +2,11 @@
 
 from fastapi import APIRouter
 
-from . import health
+from . import documents, health, workspaces
 
 api_router = APIRouter()
 api_router.include_router(health.router)
+api_router.include_router(workspaces.router)
+api_router.include_router(documents.router)
 
 __all__ = ["api_router"]

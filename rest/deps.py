@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
+from server.access import Access, resolve_access
+from server.auth import Principal, TokenError, authenticate
+from server.errors import Unauthorized
 from server.services import Services
 
 
@@ -14,3 +17,24 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_current_user(request: Request, services: ServicesDep) -> Principal:
+    try:
+        principal, _ = authenticate(request.scope, services.settings)
+    except TokenError as exc:
+        raise Unauthorized(str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(get_current_user)]
+
+WorkspaceId = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+
+
+async def get_workspace_access(workspace_id: WorkspaceId, services: ServicesDep, user: CurrentUser) -> Access:
+    """The caller's role in the workspace of the path, without joining it."""
+    return await resolve_access(services.store, services.settings, user, workspace_id, join=False)
+
+
+WorkspaceAccess = Annotated[Access, Depends(get_workspace_access)]

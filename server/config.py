@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     compact_after_bytes: int = Field(default=4 * MiB, ge=1024)
     room_unload_grace: float = Field(default=5.0, ge=0)
     store_retry_max: float = Field(default=10.0, gt=0)
+    auto_create_workspaces: bool = False
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -28,6 +28,8 @@ class Connection:
         "id",
         "channel",
         "user",
+        "can_write",
+        "expiry",
         "awareness_ids",
         "last_sent",
         "close_code",
@@ -37,10 +39,12 @@ class Connection:
         "_loop",
     )
 
-    def __init__(self, channel: Channel, *, max_queue: int, user: Any = None) -> None:
+    def __init__(self, channel: Channel, *, max_queue: int, user: Any = None, can_write: bool = True) -> None:
         self.id = next(_ids)
         self.channel = channel
         self.user = user
+        self.can_write = can_write
+        self.expiry: asyncio.TimerHandle | None = None
         self.awareness_ids: set[int] = set()
         self._loop = asyncio.get_running_loop()
         self.last_sent = self._loop.time()

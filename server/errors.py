@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from crdt_store import Conflict, NotFound, StoreError
+
 
 class ServiceError(Exception):
     status_code = 500
@@ -59,6 +61,13 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StoreError)
+    async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
+        status, code = {NotFound: (404, "not_found"), Conflict: (409, "conflict")}.get(
+            type(exc), (503, "unavailable")
+        )
+        return JSONResponse(error_body(code, str(exc) if status != 503 else "storage unavailable"), status)
+
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message), exc.status_code, headers=exc.headers)

@@ -48,6 +48,7 @@ class UpdateWriter:
         self._hurry = asyncio.Event()
         self._tails: dict[int, _Tail] = {}
         self._compacting: dict[int, asyncio.Task[None]] = {}
+        self._discarded: set[int] = set()
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
 
@@ -80,6 +81,12 @@ class UpdateWriter:
     def forget(self, document_id: int) -> None:
         self._tails.pop(document_id, None)
 
+    def discard(self, document_ids: list[int]) -> None:
+        """The documents were deleted: drop their buffered updates instead of storing them."""
+        self._discarded.update(document_ids)
+        for document_id in document_ids:
+            self.forget(document_id)
+
     def append(self, document_id: int, update: bytes) -> None:
         self._buffer.append((document_id, update))
         self._appended += 1
@@ -104,8 +111,9 @@ class UpdateWriter:
                 except TimeoutError:
                     pass
             batch = self._buffer[:]
+            rows = [row for row in batch if row[0] not in self._discarded] if self._discarded else batch
             try:
-                await self.store.append_updates(batch)
+                await self.store.append_updates(rows)
             except Exception as exc:  # noqa: BLE001 - logged, kept and retried, never dropped
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
                 log.error(
@@ -127,7 +135,7 @@ class UpdateWriter:
             self._stored += len(batch)
             async with self._progress:
                 self._progress.notify_all()
-            self._note_stored(batch)
+            self._note_stored(rows)
 
     def _note_stored(self, batch: list[tuple[int, bytes]]) -> None:
         for document_id, update in batch:

@@ -16,6 +16,9 @@ from .protocol import MessageType, ProtocolError, SyncType
 log = logging.getLogger(__name__)
 
 
+READ_ONLY = protocol.auth_permission_denied("read-only: your role in this workspace cannot edit")
+
+
 class RoomKey(NamedTuple):
     workspace_id: str
     path: str  # "" for the workspace's main document
@@ -81,8 +84,11 @@ class Room:
         if message.type is MessageType.SYNC:
             if message.sync_type is SyncType.STEP1:
                 conn.send(protocol.sync_step2(self._encode_state(message.payload)))
-            else:
+            elif conn.can_write:
                 self.apply_update(message.payload, origin=conn)
+            elif message.payload != protocol.EMPTY_UPDATE:
+                # Read-only: not applied, stored or relayed, and the client is told (y-protocols auth).
+                conn.send(READ_ONLY)
         elif message.type is MessageType.AWARENESS:
             self._apply_awareness(conn, message.payload, frame)
         elif message.type is MessageType.QUERY_AWARENESS:

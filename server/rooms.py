@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 
 from pycrdt import Doc
@@ -11,12 +12,16 @@ from pycrdt import Doc
 from crdt_store import Store, StoreError
 
 from .channel import Channel, ChannelClosed, FrameRejected
+from .auth import Principal
 from .close_codes import (
     CLOSE_1000_NORMAL,
     CLOSE_1011_INTERNAL_ERROR,
     CLOSE_1012_SERVICE_RESTART,
     CLOSE_1013_STORE_UNAVAILABLE,
     CLOSE_4400_BAD_MESSAGE,
+    CLOSE_4401_TOKEN_EXPIRED,
+    CLOSE_4403_ACCESS_REVOKED,
+    CLOSE_4404_WORKSPACE_DELETED,
     CloseCode,
 )
 from .connection import Connection
@@ -118,7 +123,9 @@ class RoomManager:
 
     # -- serving ----------------------------------------------------------------------------------
 
-    async def serve(self, key: RoomKey, channel: Channel, *, user: object = None) -> None:
+    async def serve(
+        self, key: RoomKey, channel: Channel, *, user: Principal | None = None, can_write: bool = True
+    ) -> None:
         """Serve one client until it leaves. The channel is already accepted."""
         try:
             room = await self.get(key)
@@ -126,7 +133,11 @@ class RoomManager:
             log.error("room %s could not be loaded: %s", key, exc)
             await _close_quietly(channel, CLOSE_1013_STORE_UNAVAILABLE)
             return
-        conn = Connection(channel, max_queue=self.message_queue_size, user=user)
+        conn = Connection(channel, max_queue=self.message_queue_size, user=user, can_write=can_write)
+        if user is not None and user.expires_at is not None:
+            loop = asyncio.get_running_loop()
+            delay = user.expires_at - time.time()
+            conn.expiry = loop.call_at(loop.time() + delay, conn.close, CLOSE_4401_TOKEN_EXPIRED)
         if room.unload_handle is not None:
             room.unload_handle.cancel()
             room.unload_handle = None
@@ -135,16 +146,65 @@ class RoomManager:
         try:
             await self._read(room, conn, channel)
         finally:
+            if conn.expiry is not None:
+                conn.expiry.cancel()
             room.leave(conn)
             conn.close(CLOSE_1000_NORMAL)  # no-op when a close code was already chosen
             await writer
             if not room.connections:
                 self._schedule_unload(room)
 
+    async def open(self, key: RoomKey) -> Room:
+        """A room for a server-side reader or writer (REST): loaded like any other, and unloaded
+        after the grace period if no client joins."""
+        room = await self.get(key)
+        if not room.connections and room.unload_handle is None:
+            self._schedule_unload(room)
+        return room
+
+    # -- access changes ---------------------------------------------------------------------------
+
+    def _workspace_rooms(self, workspace_id: str) -> list[Room]:
+        return [room for key, room in self.rooms.items() if key.workspace_id == workspace_id]
+
+    def online_users(self, workspace_id: str) -> set[str]:
+        return {
+            conn.user.user_id
+            for room in self._workspace_rooms(workspace_id)
+            for conn in room.connections
+            if conn.user is not None
+        }
+
+    def update_access(self, workspace_id: str, user_id: str, can_write: bool | None) -> None:
+        """Apply a membership change to open connections at once: ``None`` closes them (4403)."""
+        for room in self._workspace_rooms(workspace_id):
+            for conn in list(room.connections):
+                if conn.user is None or conn.user.user_id != user_id:
+                    continue
+                if can_write is None:
+                    room.leave(conn)
+                    conn.close(CLOSE_4403_ACCESS_REVOKED)
+                else:
+                    conn.can_write = can_write
+
+    def close_workspace(self, workspace_id: str, document_ids: list[int]) -> None:
+        """The workspace was deleted: close its connections (4404) and forget its rooms and
+        their unstored updates."""
+        self.writer.discard(document_ids)
+        for room in self._workspace_rooms(workspace_id):
+            for conn in list(room.connections):
+                room.leave(conn)
+                conn.close(CLOSE_4404_WORKSPACE_DELETED)
+            if room.unload_handle is not None:
+                room.unload_handle.cancel()
+            del self.rooms[room.key]
+
     async def _read(self, room: Room, conn: Connection, channel: Channel) -> None:
         while not conn.is_closing:
             try:
                 frame = await channel.recv()
+                if conn.is_closing:  # closed by the server (access revoked) while waiting
+                    return
             except ChannelClosed:
                 conn.close(CLOSE_1000_NORMAL)
                 return

@@ -10,9 +10,19 @@ import json
 import re
 from typing import Any
 
+from crdt_store import StoreError
+
+from .access import resolve_access
+from .auth import TokenError, authenticate
 from .channel import AsgiChannel, Receive, Send
-from .close_codes import CLOSE_1013_SERVER_FULL, CLOSE_4400_BAD_MESSAGE, CloseCode
-from .errors import error_body
+from .close_codes import (
+    CLOSE_1013_SERVER_FULL,
+    CLOSE_1013_STORE_UNAVAILABLE,
+    CLOSE_4400_BAD_MESSAGE,
+    CLOSE_4401_UNAUTHORIZED,
+    CloseCode,
+)
+from .errors import ServiceError, error_body
 from .room import RoomKey
 from .services import Services
 
@@ -27,6 +37,10 @@ def is_sync_request(scope: dict[str, Any]) -> bool:
     return scope["type"] == "websocket" and len(scope["path"]) > len(SYNC_PREFIX) and scope["path"].startswith(
         SYNC_PREFIX
     )
+
+
+def valid_doc_path(path: str) -> bool:
+    return bool(_DOC_PATH.match(path))
 
 
 def room_key(path: str) -> RoomKey | None:
@@ -69,10 +83,25 @@ async def sync_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> 
         await refuse(scope, send, status=503, code="server_full", close=CLOSE_1013_SERVER_FULL,
                      message=CLOSE_1013_SERVER_FULL.reason)
         return
-    await send({"type": "websocket.accept"})
+    try:
+        principal, subprotocol = authenticate(scope, settings)
+    except TokenError as exc:
+        await refuse(scope, send, status=401, code="unauthorized", close=CLOSE_4401_UNAUTHORIZED, message=str(exc))
+        return
+    try:
+        access = await resolve_access(services.store, settings, principal, key.workspace_id)
+    except ServiceError as exc:
+        await refuse(scope, send, status=exc.status_code, code=exc.code,
+                     close=CloseCode(4000 + exc.status_code, exc.code), message=exc.message)
+        return
+    except StoreError:
+        await refuse(scope, send, status=503, code="unavailable", close=CLOSE_1013_STORE_UNAVAILABLE,
+                     message=CLOSE_1013_STORE_UNAVAILABLE.reason)
+        return
+    await send({"type": "websocket.accept", "subprotocol": subprotocol})
     services.connections += 1
     try:
         channel = AsgiChannel(receive, send, path=scope["path"], max_message_size=settings.max_message_size)
-        await services.rooms.serve(key, channel)
+        await services.rooms.serve(key, channel, user=principal, can_write=access.role.can_write)
     finally:
         services.connections -= 1

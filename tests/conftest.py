@@ -95,3 +95,12 @@ async def server(make_settings: Callable[..., Settings]) -> AsyncIterator[Runnin
 def workspace() -> str:
     """A workspace id no other test uses (tests share the run's PostgreSQL database)."""
     return f"ws-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def auth_server(make_settings: Callable[..., Settings], database_url: str) -> AsyncIterator[RunningServer]:
+    """A server that requires tokens, on SQLite and on PostgreSQL."""
+    from tests.support.auth import SECRET
+
+    async with run_server(make_settings(jwt_secret=SECRET, database_url=database_url)) as running:
+        yield running

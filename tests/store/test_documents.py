@@ -9,6 +9,7 @@ from pycrdt import Doc, Text
 from sqlalchemy import func, select
 
 from crdt_store import Store, open_store
+from crdt_store import workspaces as workspace_store
 from crdt_store.tables import document_snapshots, document_updates
 
 
@@ -31,6 +32,14 @@ def replay(updates: list[bytes]) -> str:
     return str(doc.get("text", type=Text))
 
 
+async def new_workspace(store: Store) -> str:
+    workspace_id = f"w-{uuid.uuid4().hex}"
+    await workspace_store.create_workspace(
+        store.engine, workspace_id=workspace_id, name="test", visibility="open", owner_id="tester"
+    )
+    return workspace_id
+
+
 async def log_rows(store: Store, document_id: int) -> int:
     async with store.engine.connect() as conn:
         query = select(func.count()).where(document_updates.c.document_id == document_id)
@@ -38,9 +47,9 @@ async def log_rows(store: Store, document_id: int) -> int:
 
 
 async def test_load_is_snapshot_plus_tail(database_url: str) -> None:
-    workspace = f"w-{uuid.uuid4().hex}"
     updates, expected = edits(30)
     async with open_store(database_url) as store:
+        workspace = await new_workspace(store)
         empty = await store.load_document(workspace, "")
         assert empty.updates == [] and empty.tail_count == 0
         await store.append_updates([(empty.id, u) for u in updates[:20]])
@@ -54,9 +63,9 @@ async def test_load_is_snapshot_plus_tail(database_url: str) -> None:
 
 
 async def test_compaction_deletes_exactly_the_rows_it_merged(database_url: str) -> None:
-    workspace = f"w-{uuid.uuid4().hex}"
     first, _ = edits(15, prefix="a")
     async with open_store(database_url) as store:
+        workspace = await new_workspace(store)
         doc = await store.load_document(workspace, "doc")
         await store.append_updates([(doc.id, u) for u in first])
         assert (await store.compact_document(doc.id)).merged == 15
@@ -74,9 +83,9 @@ async def test_compaction_deletes_exactly_the_rows_it_merged(database_url: str) 
 
 async def test_writes_racing_compaction_lose_nothing(database_url: str) -> None:
     """Several writers append while compaction runs over and over: the final load holds all."""
-    workspace = f"w-{uuid.uuid4().hex}"
     writers = [edits(60, prefix=f"w{n}-") for n in range(3)]
     async with open_store(database_url) as store:
+        workspace = await new_workspace(store)
         doc = await store.load_document(workspace, "")
         done = asyncio.Event()
         compactions = 0
@@ -111,8 +120,8 @@ async def test_writes_racing_compaction_lose_nothing(database_url: str) -> None:
 
 
 async def test_documents_are_keyed_by_workspace_and_path(database_url: str) -> None:
-    workspace = f"w-{uuid.uuid4().hex}"
     async with open_store(database_url) as store:
+        workspace = await new_workspace(store)
         a = await store.load_document(workspace, "")
         b = await store.load_document(workspace, "a.md")
         again = await store.load_document(workspace, "a.md")
@@ -122,6 +131,7 @@ async def test_documents_are_keyed_by_workspace_and_path(database_url: str) -> N
 
 async def test_migrations_are_idempotent(database_url: str) -> None:
     async with open_store(database_url) as store:
+        workspace = await new_workspace(store)
         await store.ping()
     async with open_store(database_url) as store:  # a second start finds the schema at head
         await store.ping()

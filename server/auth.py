@@ -1,0 +1,146 @@
+"""Who is calling: a JWT (HS256, ``JWT_SECRET``) from the ``token`` query parameter, an
+``Authorization: Bearer`` header, or the WebSocket subprotocol, turned into a ``Principal``.
+
+Without ``JWT_SECRET`` (development only) the server is open: a request without a token is a
+guest with a generated identity, and a token's claims are read without verification.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import parse_qs
+
+import jwt
+
+from .config import Settings
+
+ALGORITHM = "HS256"
+LEEWAY_SECONDS = 10
+BEARER_SUBPROTOCOL = "bearer"
+_JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+
+
+class TokenError(Exception):
+    """The request has no usable token; the message says why (never the token itself)."""
+
+
+class GlobalRole(StrEnum):
+    USER = "user"
+    SERVICE = "service"  # agent publishers
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    name: str
+    role: GlobalRole = GlobalRole.USER
+    expires_at: float | None = None  # epoch seconds
+    guest: bool = False
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is GlobalRole.ADMIN
+
+
+def mint_token(
+    secret: str, *, user_id: str, name: str | None = None, role: str | None = None, ttl: float = 3600
+) -> str:
+    """A signed token, as a team's backend would mint one (used by the CLI and the tests)."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": user_id, "name": name or user_id, "iat": now, "exp": now + int(ttl)}
+    if role:
+        claims["role"] = role
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def decode_token(token: str, settings: Settings) -> Principal:
+    """Verify a token and return its principal, or raise ``TokenError`` saying what is wrong."""
+    if not _JWT_SHAPE.match(token):
+        raise TokenError("malformed token")
+    try:
+        if settings.jwt_secret is None:
+            claims = jwt.decode(token, options={"verify_signature": False})
+        else:
+            claims = jwt.decode(
+                token,
+                settings.jwt_secret,
+                algorithms=[ALGORITHM],  # pinned: no "none", no RS/HS confusion
+                options={"require": ["exp", "sub"]},
+                leeway=LEEWAY_SECONDS,
+            )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("token expired") from None
+    except jwt.ImmatureSignatureError:
+        raise TokenError("token not yet valid") from None
+    except jwt.InvalidSignatureError:
+        raise TokenError("invalid token signature") from None
+    except jwt.InvalidAlgorithmError:
+        raise TokenError("token algorithm not allowed") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise TokenError(f"token lacks the {exc.claim!r} claim") from None
+    except jwt.DecodeError:
+        raise TokenError("malformed token") from None
+    except jwt.InvalidTokenError as exc:
+        raise TokenError(f"invalid token: {exc.__class__.__name__}") from None
+    return _principal(claims)
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub or len(sub) > 255:
+        raise TokenError("token 'sub' must be a non-empty string of at most 255 characters")
+    name = claims.get("name", sub)
+    if not isinstance(name, str) or len(name) > 255:
+        raise TokenError("token 'name' must be a string of at most 255 characters")
+    try:
+        role = GlobalRole(claims.get("role", GlobalRole.USER))
+    except ValueError:
+        raise TokenError("token 'role' must be one of: user, service, admin") from None
+    exp = claims.get("exp")
+    return Principal(user_id=sub, name=name or sub, role=role, expires_at=float(exp) if exp else None)
+
+
+def guest() -> Principal:
+    suffix = secrets.token_hex(4)
+    return Principal(user_id=f"guest-{suffix}", name=f"Guest {suffix}", guest=True)
+
+
+def token_from_scope(scope: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The token of an HTTP or WebSocket request, and the subprotocol to accept if it came that way.
+
+    Looked for in order: ``Authorization: Bearer``, the ``token`` query parameter, the subprotocols
+    (``["bearer", "<jwt>"]``, or a lone ``<jwt>``).
+    """
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                return credentials.strip(), None
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    if query.get("token"):
+        return query["token"][0], None
+    subprotocols: list[str] = scope.get("subprotocols") or []
+    if BEARER_SUBPROTOCOL in subprotocols:
+        index = subprotocols.index(BEARER_SUBPROTOCOL)
+        if index + 1 < len(subprotocols):
+            return subprotocols[index + 1], BEARER_SUBPROTOCOL
+    for offered in subprotocols:
+        if _JWT_SHAPE.match(offered):
+            return offered, offered
+    return None, None
+
+
+def authenticate(scope: dict[str, Any], settings: Settings) -> tuple[Principal, str | None]:
+    """The request's principal and the subprotocol to accept. Raises ``TokenError``."""
+    token, subprotocol = token_from_scope(scope)
+    if token is None:
+        if settings.auth_enabled:
+            raise TokenError("missing token: pass ?token=, an Authorization: Bearer header or a subprotocol")
+        return guest(), None
+    return decode_token(token, settings), subprotocol
