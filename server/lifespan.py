@@ -23,6 +23,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if not settings.auth_enabled:
         log.warning("JWT_SECRET is not set: the server accepts every connection without a token")
+    elif len(settings.jwt_secret or "") < 32:
+        log.warning("JWT_SECRET is shorter than 32 bytes: tokens signed with it are easier to forge")
     async with AsyncExitStack() as stack:
         # Exit order: rooms close their sockets, the writer flushes every accepted update, the
         # store closes its pool.

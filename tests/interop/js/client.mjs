@@ -1,6 +1,6 @@
 // A stock Yjs client (yjs + y-websocket's WebsocketProvider), driven by the Python tests.
 // Usage: node client.mjs '<json options>'
-//   {url, room, insert?, expect?, awareness?, idleMs?, timeoutMs?}
+//   {url, room, token?, insert?, expect?, expectDenied?, awareness?, idleMs?, timeoutMs?}
 // Prints one JSON line: {text, synced, disconnects, messages, peers} and exits 0, or exits 1 on timeout.
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
@@ -10,6 +10,13 @@ const opts = JSON.parse(process.argv[2])
 const timeoutMs = opts.timeoutMs ?? 15000
 
 let messages = 0
+// y-websocket reports the y-protocols auth message "permission-denied" through console.warn.
+const permissionDenied = []
+const warn = console.warn
+console.warn = (...args) => {
+  if (String(args[0]).startsWith('Permission denied')) permissionDenied.push(args.join(' '))
+  else warn(...args)
+}
 class CountingWebSocket extends WebSocket {
   constructor (...args) {
     super(...args)
@@ -19,7 +26,10 @@ class CountingWebSocket extends WebSocket {
 
 const doc = new Y.Doc()
 const text = doc.getText('text')
-const provider = new WebsocketProvider(opts.url, opts.room, doc, { WebSocketPolyfill: CountingWebSocket })
+const provider = new WebsocketProvider(opts.url, opts.room, doc, {
+  WebSocketPolyfill: CountingWebSocket,
+  params: opts.token ? { token: opts.token } : {}
+})
 let disconnects = 0
 provider.on('status', ({ status }) => { if (status === 'disconnected') disconnects++ })
 if (opts.awareness) provider.awareness.setLocalState(opts.awareness)
@@ -40,12 +50,17 @@ const waitFor = (predicate) => new Promise((resolve) => {
 await waitFor(() => provider.synced)
 if (opts.insert) text.insert(text.length, opts.insert)
 if (opts.expect) await waitFor(() => opts.expect.every((part) => text.toString().includes(part)))
+if (opts.expectDenied) {
+  await new Promise((resolve) => {
+    const poll = setInterval(() => { if (permissionDenied.length) { clearInterval(poll); resolve() } }, 10)
+  })
+}
 if (opts.idleMs) await new Promise((resolve) => setTimeout(resolve, opts.idleMs))
 
 const peers = [...provider.awareness.getStates().entries()]
   .filter(([id]) => id !== doc.clientID)
   .map(([, state]) => state)
 clearTimeout(deadline)
-console.log(JSON.stringify({ text: text.toString(), synced: provider.synced, disconnects, messages, peers }))
+console.log(JSON.stringify({ text: text.toString(), synced: provider.synced, disconnects, messages, peers, permissionDenied }))
 provider.destroy()
 process.exit(0)

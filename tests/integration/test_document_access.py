@@ -1,0 +1,111 @@
+"""Access on the sync endpoint: refusals before the upgrade, read-only viewers, live access changes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import websockets
+from pycrdt import Doc, Text, create_update_message
+from websockets.exceptions import InvalidStatus
+
+from server.config import Settings
+from tests.interop.node import start_node_client
+from tests.support.auth import SECRET, client, token
+from tests.support.rawclient import raw_client
+from tests.support.server import RunningServer, run_server
+from tests.support.wait import wait_until
+from tests.support.yclient import yclient
+
+
+async def refused_status(url: str) -> tuple[int, bytes]:
+    with pytest.raises(InvalidStatus) as refused:
+        async with websockets.connect(url):
+            pass
+    return refused.value.response.status_code, refused.value.response.body
+
+
+async def test_non_member_of_private_workspace_is_refused(auth_server: RunningServer, workspace: str) -> None:
+    async with client(auth_server.http_url, "alice") as alice:
+        await alice.post("/workspaces", json={"id": workspace, "name": "p", "visibility": "private"})
+    status, body = await refused_status(auth_server.doc_url(workspace) + f"?token={token('bob')}")
+    assert status == 403 and b'"forbidden"' in body and b"private" in body
+
+
+async def test_unknown_workspace_is_not_found_with_tokens(auth_server: RunningServer, workspace: str) -> None:
+    status, body = await refused_status(auth_server.doc_url(workspace) + f"?token={token('alice')}")
+    assert status == 404 and b'"not_found"' in body
+
+
+async def test_auto_create_makes_the_first_user_owner(make_settings: Callable[..., Settings], workspace: str) -> None:
+    async with run_server(make_settings(jwt_secret=SECRET, auto_create_workspaces=True)) as server:
+        async with yclient(server.doc_url(workspace) + f"?token={token('alice')}") as alice:
+            alice.text().insert(0, "first")
+        async with client(server.http_url, "alice") as http:
+            body = (await http.get(f"/workspaces/{workspace}")).json()
+    assert (body["owner_id"], body["role"], body["visibility"]) == ("alice", "owner", "open")
+
+
+async def test_open_workspace_makes_a_visitor_an_editor_member(auth_server: RunningServer, workspace: str) -> None:
+    async with client(auth_server.http_url, "alice") as alice:
+        await alice.post("/workspaces", json={"id": workspace, "name": "open"})
+        async with yclient(auth_server.doc_url(workspace) + f"?token={token('bob')}") as bob:
+            bob.text().insert(0, "bob was here")
+            users = {u["user_id"]: u for u in (await alice.get(f"/workspaces/{workspace}/users")).json()["data"]}
+    assert users["bob"]["role"] == "editor" and users["bob"]["online"] is True
+
+
+async def test_open_development_server_creates_unknown_workspaces(server: RunningServer, workspace: str) -> None:
+    async with yclient(server.doc_url(workspace)) as guest:
+        guest.text().insert(0, "no token needed")
+    async with client(server.http_url) as http:
+        response = await http.get(f"/workspaces/{workspace}")
+    assert response.status_code == 200 and response.json()["visibility"] == "open"
+
+
+async def test_viewer_writes_are_dropped_and_reported(auth_server: RunningServer, workspace: str) -> None:
+    async with client(auth_server.http_url, "alice") as alice:
+        await alice.post("/workspaces", json={"id": workspace, "name": "p", "visibility": "private"})
+        await alice.put(f"/workspaces/{workspace}/members/vic", json={"role": "viewer"})
+    async with yclient(auth_server.doc_url(workspace) + f"?token={token('alice')}") as editor:
+        editor.text().insert(0, "[editor]")
+        viewer = await start_node_client(
+            url=f"{auth_server.ws_url}/ws/workspaces", room=workspace, token=token("vic"),
+            insert="[viewer]", expect=["[editor]"], expectDenied=True,
+        )
+        report = await viewer.result()
+        assert report["permissionDenied"] and "read-only" in report["permissionDenied"][0]
+        # The editor's edit reached the viewer; the viewer's never reached anyone.
+        editor.text().insert(len(editor.text()), "[more]")
+        async with yclient(auth_server.doc_url(workspace) + f"?token={token('alice')}") as fresh:
+            await wait_until(lambda: str(fresh.text()) == "[editor][more]")
+        assert "[viewer]" not in str(editor.text())
+    stored = await auth_server.services.store.load_document(workspace, "")
+    assert all(b"[viewer]" not in update for update in stored.updates)
+
+
+async def test_removed_member_is_disconnected_and_downgraded_member_loses_writes(
+    auth_server: RunningServer, workspace: str
+) -> None:
+    async with client(auth_server.http_url, "alice") as alice:
+        await alice.post("/workspaces", json={"id": workspace, "name": "p", "visibility": "private"})
+        for user in ("bob", "carol"):
+            await alice.put(f"/workspaces/{workspace}/members/{user}", json={"role": "editor"})
+        async with yclient(auth_server.doc_url(workspace) + f"?token={token('alice')}") as owner, yclient(
+            auth_server.doc_url(workspace) + f"?token={token('bob')}"
+        ) as bob, raw_client(auth_server.doc_url(workspace) + f"?token={token('carol')}") as carol:
+            bob.text().insert(0, "bob can write. ")
+            await wait_until(lambda: "bob can write" in str(owner.text()))
+
+            assert (await alice.delete(f"/workspaces/{workspace}/members/bob")).status_code == 204
+            await bob.ws.wait_closed()
+            assert (bob.ws.close_code, bob.ws.close_reason) == (4403, "your access to this workspace was revoked")
+
+            assert (await alice.put(f"/workspaces/{workspace}/members/carol", json={"role": "viewer"})).status_code == 200
+            attempt = Doc()
+            attempt.get("text", type=Text).insert(0, "carol after downgrade")
+            await carol.send(create_update_message(attempt.get_update()))
+            denied = await carol.next_frame(kind=2)
+            assert denied[:2] == b"\x02\x00"  # y-protocols auth message, permission denied
+            assert b"read-only" in denied
+        assert "carol" not in str(owner.text())
