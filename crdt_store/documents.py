@@ -34,6 +34,7 @@ class StoredDocument:
     updates: list[bytes]
     tail_count: int
     tail_bytes: int
+    created: bool = False  # the document did not exist before this load
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,25 +57,29 @@ async def _document_id(conn: AsyncConnection, workspace_id: str, path: str) -> i
 
 
 @translate_errors
-async def ensure_document(engine: AsyncEngine, *, workspace_id: str, path: str) -> int:
+async def ensure_document(engine: AsyncEngine, *, workspace_id: str, path: str) -> tuple[int, bool]:
     """Return the document's id, creating the row if it does not exist yet. The workspace must
-    exist (``NotFound`` otherwise)."""
+    exist (``NotFound`` otherwise). Returns the id and whether this call created the row."""
+    created = False
     try:
         async with engine.begin() as conn:
             document_id = await _document_id(conn, workspace_id, path)
             if document_id is None:
-                await conn.execute(_insert_ignore(conn, documents, {"workspace_id": workspace_id, "path": path}))
+                result = await conn.execute(
+                    _insert_ignore(conn, documents, {"workspace_id": workspace_id, "path": path})
+                )
+                created = result.rowcount == 1
                 document_id = await _document_id(conn, workspace_id, path)
     except IntegrityError:
         raise NotFound(f"workspace {workspace_id!r} does not exist") from None
     assert document_id is not None
-    return document_id
+    return document_id, created
 
 
 @translate_errors
 async def load_document(engine: AsyncEngine, *, workspace_id: str, path: str) -> StoredDocument:
     """Read a document: its snapshot and the updates not merged into it yet."""
-    document_id = await ensure_document(engine, workspace_id=workspace_id, path=path)
+    document_id, created = await ensure_document(engine, workspace_id=workspace_id, path=path)
     async with engine.connect() as conn:
         # The tail is read before the snapshot: a compaction committing in between moves rows
         # from the tail into the snapshot, so reading in this order can only see a row twice
@@ -93,7 +98,7 @@ async def load_document(engine: AsyncEngine, *, workspace_id: str, path: str) ->
         ).scalar_one_or_none()
     updates = ([snapshot] if snapshot else []) + list(tail)
     return StoredDocument(
-        id=document_id, updates=updates, tail_count=len(tail), tail_bytes=sum(len(u) for u in tail)
+        id=document_id, updates=updates, tail_count=len(tail), tail_bytes=sum(len(u) for u in tail), created=created
     )
 
 

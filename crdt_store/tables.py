@@ -6,12 +6,15 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     func,
 )
@@ -89,4 +92,43 @@ document_snapshots = Table(
     Column("state", LargeBinary, nullable=False),
     Column("merged_updates", BigInteger, nullable=False, server_default="0"),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# The latest known execution state of each agent.
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("workspace_id", String(255), nullable=True, index=True),
+    Column("started_by", String(255), nullable=True),
+    Column("task", Text, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("progress", Float, nullable=False, server_default="0"),
+    Column("current_step", Text, nullable=True),
+    Column("result", Text, nullable=True),
+    Column("execution_time", Float, nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+)
+
+# Per-user subscriptions made over REST; they apply to every event connection of the user.
+agent_subscriptions = Table(
+    "agent_subscriptions",
+    metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("agent_id", String(255), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Every server-sent event, for resuming after a reconnect. Bounded by retention.
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("topic", String(300), nullable=False),  # agent:{id} | workspace:{id}
+    Column("type", String(64), nullable=False),
+    Column("data", Text, nullable=False),  # JSON
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_events_topic_id", "topic", "id"),
 )

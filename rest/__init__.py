@@ -2,11 +2,12 @@
 
 from fastapi import APIRouter
 
-from . import documents, health, workspaces
+from . import agents, documents, health, workspaces
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(workspaces.router)
 api_router.include_router(documents.router)
+api_router.include_router(agents.router)
 
 __all__ = ["api_router"]

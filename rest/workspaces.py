@@ -95,6 +95,10 @@ async def update_workspace(body: WorkspaceUpdate, access: WorkspaceAccess, servi
     workspace = await workspace_store.update_workspace(
         services.store.engine, workspace_id=access.workspace.id, name=body.name, visibility=body.visibility
     )
+    if body.name is not None and body.name != access.workspace.name:
+        services.workspace_update(workspace.id, "workspace_renamed", name=workspace.name)
+    if body.visibility is not None and body.visibility != access.workspace.visibility:
+        services.workspace_update(workspace.id, "workspace_visibility_changed", visibility=workspace.visibility)
     return _public(workspace, access.role.value)
 
 
@@ -103,6 +107,7 @@ async def delete_workspace(access: WorkspaceAccess, services: ServicesDep) -> Re
     require(access, Role.OWNER)
     document_ids = await workspace_store.delete_workspace(services.store.engine, workspace_id=access.workspace.id)
     services.rooms.close_workspace(access.workspace.id, document_ids)
+    services.workspace_update(access.workspace.id, "workspace_deleted")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -120,7 +125,8 @@ async def join_workspace(workspace_id: WorkspaceId, services: ServicesDep, user:
             engine, workspace_id=workspace_id, user_id=user.user_id, role=Role.EDITOR.value,
             display_name=user.name, only_if_absent=True,
         )
-    return _member(member, services.rooms.online_users(workspace_id))
+        services.workspace_update(workspace_id, "member_added", user_id=user.user_id, role=member.role)
+    return _member(member, services.presence.online(workspace_id))
 
 
 @router.post("/{workspace_id}/leave", status_code=status.HTTP_204_NO_CONTENT, summary="Leave a workspace")
@@ -134,13 +140,14 @@ async def leave_workspace(workspace_id: WorkspaceId, services: ServicesDep, user
         await _ensure_an_owner_remains(services, workspace_id, user.user_id)
     await workspace_store.remove_member(engine, workspace_id=workspace_id, user_id=user.user_id)
     services.rooms.update_access(workspace_id, user.user_id, None)
+    services.workspace_update(workspace_id, "member_removed", user_id=user.user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{workspace_id}/users", response_model=MembersPublic, summary="Members, their roles, who is online")
 async def workspace_users(access: WorkspaceAccess, services: ServicesDep) -> MembersPublic:
     members = await workspace_store.list_members(services.store.engine, workspace_id=access.workspace.id)
-    online = services.rooms.online_users(access.workspace.id)
+    online = services.presence.online(access.workspace.id)
     return MembersPublic(data=[_member(m, online) for m in members], count=len(members))
 
 
@@ -157,7 +164,10 @@ async def set_member(
         engine, workspace_id=access.workspace.id, user_id=user_id, role=body.role, display_name=body.display_name
     )
     services.rooms.update_access(access.workspace.id, user_id, Role(body.role).can_write)
-    return _member(member, services.rooms.online_users(access.workspace.id))
+    change = "member_added" if current is None else "member_role_changed"
+    if current is None or current.role != member.role:
+        services.workspace_update(access.workspace.id, change, user_id=user_id, role=member.role)
+    return _member(member, services.presence.online(access.workspace.id))
 
 
 @router.delete(
@@ -173,6 +183,7 @@ async def remove_member(user_id: UserId, access: WorkspaceAccess, services: Serv
         await _ensure_an_owner_remains(services, access.workspace.id, user_id)
     await workspace_store.remove_member(engine, workspace_id=access.workspace.id, user_id=user_id)
     services.rooms.update_access(access.workspace.id, user_id, None)
+    services.workspace_update(access.workspace.id, "member_removed", user_id=user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -9,18 +9,24 @@ from fastapi import FastAPI
 
 from .config import Settings, load_settings
 from .errors import install_error_handlers
+from .events.endpoint import event_endpoint, is_event_request
 from .lifespan import lifespan
 from .sync_endpoint import is_sync_request, sync_endpoint
 
 
 class CollaborationApp(FastAPI):
-    """FastAPI, with the document sync endpoint served as plain ASGI before routing: it carries
-    almost all the traffic, and per-connection framework layers cost memory and time per frame."""
+    """FastAPI, with the WebSocket endpoints (document sync, event channel) served as plain ASGI
+    before routing: they carry almost all the traffic, and per-connection framework layers cost
+    memory and time per frame."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if is_sync_request(scope):
             scope["app"] = self
             await sync_endpoint(scope, receive, send)
+            return
+        if is_event_request(scope):
+            scope["app"] = self
+            await event_endpoint(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 

@@ -38,7 +38,7 @@ class Channel(Protocol):
         """The next binary frame. Raises ``ChannelClosed`` or ``FrameRejected``."""
         ...
 
-    async def send(self, data: bytes) -> None: ...
+    async def send(self, data: bytes | str) -> None: ...
 
     async def close(self, close: CloseCode) -> None: ...
 
@@ -68,9 +68,25 @@ class AsgiChannel:
             raise FrameRejected(CLOSE_1009_MESSAGE_TOO_BIG, f"{len(data)} > {self.max_message_size} bytes")
         return data
 
-    async def send(self, data: bytes) -> None:
+    async def recv_any(self) -> bytes | str:
+        """The next frame, text or binary (for the JSON event channel)."""
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            self._open = False
+            raise ChannelClosed(message.get("code", 1000))
+        data = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        if len(data) > self.max_message_size:
+            raise FrameRejected(CLOSE_1009_MESSAGE_TOO_BIG, f"{len(data)} > {self.max_message_size} bytes")
+        return data
+
+    async def send(self, data: bytes | str) -> None:
         try:
-            await self._send({"type": "websocket.send", "bytes": data})
+            if isinstance(data, str):
+                await self._send({"type": "websocket.send", "text": data})
+            else:
+                await self._send({"type": "websocket.send", "bytes": data})
         except OSError as exc:  # uvicorn's ClientDisconnected is an OSError
             self._open = False
             raise ChannelClosed(1006) from exc

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     room_unload_grace: float = Field(default=5.0, ge=0)
     store_retry_max: float = Field(default=10.0, gt=0)
     auto_create_workspaces: bool = False
+    event_retention: int = Field(default=10_000, ge=10)
+    agent_presence_linger: float = Field(default=5.0, ge=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

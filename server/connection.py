@@ -49,7 +49,7 @@ class Connection:
         self._loop = asyncio.get_running_loop()
         self.last_sent = self._loop.time()
         self.close_code: CloseCode | None = None
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes | str] = deque()
         self._max_queue = max_queue
         self._wakeup: asyncio.Future[None] | None = None
 
@@ -57,7 +57,7 @@ class Connection:
     def is_closing(self) -> bool:
         return self.close_code is not None
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | str) -> None:
         if self.close_code is not None:
             return
         if len(self._queue) >= self._max_queue:

@@ -10,8 +10,12 @@ from fastapi import FastAPI
 
 from crdt_store import open_store
 
+from .agent_presence import AgentPresence
+from .agents import AgentService
 from .config import Settings
+from .events.hub import EventHub
 from .persistence import UpdateWriter
+from .presence import Presence
 from .rooms import RoomManager
 from .services import Services
 
@@ -26,8 +30,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     elif len(settings.jwt_secret or "") < 32:
         log.warning("JWT_SECRET is shorter than 32 bytes: tokens signed with it are easier to forge")
     async with AsyncExitStack() as stack:
-        # Exit order: rooms close their sockets, the writer flushes every accepted update, the
-        # store closes its pool.
+        # Exit order: agent presence stops, rooms close their sockets, queued events go out, the
+        # writer flushes every accepted update, the store closes its pool.
         store = await stack.enter_async_context(open_store(settings.database_url))
         writer = await stack.enter_async_context(
             UpdateWriter(
@@ -38,6 +42,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 retry_max=settings.store_retry_max,
             )
         )
+        hub = await stack.enter_async_context(EventHub(store, retention=settings.event_retention))
+        presence = Presence(hub)
         rooms = await stack.enter_async_context(
             RoomManager(
                 store,
@@ -45,9 +51,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 unload_grace=settings.room_unload_grace,
                 heartbeat_interval=settings.heartbeat_interval,
                 message_queue_size=settings.message_queue_size,
+                on_enter=presence.enter,
+                on_leave=presence.leave,
             )
         )
-        app.state.services = Services(settings=settings, store=store, writer=writer, rooms=rooms)
+        agent_presence = await stack.enter_async_context(
+            AgentPresence(rooms, linger=settings.agent_presence_linger, renew_interval=settings.heartbeat_interval)
+        )
+        rooms.on_room_loaded = agent_presence.on_room_loaded
+        agents = AgentService(store, settings, hub, on_state=agent_presence.update)
+        services = Services(
+            settings=settings, store=store, writer=writer, rooms=rooms, events=hub, presence=presence,
+            agents=agents, agent_presence=agent_presence,
+        )
+        rooms.on_document_created = lambda key: services.workspace_update(
+            key.workspace_id, "document_created", path=key.path
+        )
+        app.state.services = services
         log.info("ready on port %s (%s)", settings.port, settings.environment.value)
         yield
         log.info("shutting down: flushing %d pending updates", writer.pending)

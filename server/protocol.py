@@ -116,6 +116,15 @@ def decode_awareness(update: bytes) -> list[AwarenessEntry]:
     return entries
 
 
+def awareness_update(entries: list[tuple[int, int, object]]) -> bytes:
+    """Encode ``(client id, clock, state)`` entries as an awareness update (None: removed)."""
+    parts = [write_var_uint(len(entries))]
+    for client_id, clock, state in entries:
+        encoded = json.dumps(state, separators=(",", ":")).encode()
+        parts += [write_var_uint(client_id), write_var_uint(clock), write_var_uint(len(encoded)), encoded]
+    return b"".join(parts)
+
+
 def sync_step1(state_vector: bytes) -> bytes:
     return bytes((MessageType.SYNC, SyncType.STEP1)) + write_var_uint(len(state_vector)) + state_vector
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pycrdt import Awareness, Doc, merge_updates
 
@@ -132,6 +132,13 @@ class Room:
                 conn.awareness_ids.add(entry.client_id)
         self.awareness.apply_awareness_update(update, origin=conn)
         self._broadcast(frame, conn)
+
+    def set_server_awareness(self, client_id: int, clock: int, state: dict[str, Any] | None) -> None:
+        """Publish (``state``) or withdraw (``None``) a presence owned by the server, such as a
+        running agent's, to everyone in the room."""
+        update = protocol.awareness_update([(client_id, clock, state)])
+        self.awareness.apply_awareness_update(update, origin=None)
+        self._broadcast(protocol.awareness(update), None)
 
     def _broadcast(self, frame: bytes, exclude: Connection | None) -> None:
         for other in self.connections:

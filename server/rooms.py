@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pycrdt import Doc
 
@@ -43,6 +43,9 @@ class RoomManager:
             keep-alive frame, so idle clients (the stock y-websocket client reconnects after 30 s
             of silence) stay connected.
         message_queue_size: outbound frames queued per connection before it is cut off.
+        on_room_loaded: called with each room once it is loaded, before anyone is served.
+        on_document_created: called with the key of a document that did not exist before.
+        on_enter, on_leave: called with (workspace id, principal) as a connection opens and closes.
     """
 
     def __init__(
@@ -53,7 +56,15 @@ class RoomManager:
         unload_grace: float = 5.0,
         heartbeat_interval: float = 15.0,
         message_queue_size: int = 1000,
+        on_room_loaded: Callable[[Room], None] | None = None,
+        on_document_created: Callable[[RoomKey], None] | None = None,
+        on_enter: Callable[[str, Principal], None] | None = None,
+        on_leave: Callable[[str, Principal], None] | None = None,
     ) -> None:
+        self.on_room_loaded = on_room_loaded
+        self.on_document_created = on_document_created
+        self.on_enter = on_enter
+        self.on_leave = on_leave
         self.store = store
         self.writer = writer
         self.unload_grace = unload_grace
@@ -119,6 +130,10 @@ class RoomManager:
         self.writer.track(stored.id, tail_count=stored.tail_count, tail_bytes=stored.tail_bytes)
         self.rooms[key] = room
         log.debug("loaded room %s (%d stored updates)", key, len(stored.updates))
+        if self.on_room_loaded is not None:
+            self.on_room_loaded(room)
+        if stored.created and self.on_document_created is not None:
+            self.on_document_created(key)
         return room
 
     # -- serving ----------------------------------------------------------------------------------
@@ -142,6 +157,8 @@ class RoomManager:
             room.unload_handle.cancel()
             room.unload_handle = None
         room.join(conn)
+        if user is not None and self.on_enter is not None:
+            self.on_enter(key.workspace_id, user)
         writer = asyncio.create_task(conn.run_writer(), name=f"writer-{conn.id}")
         try:
             await self._read(room, conn, channel)
@@ -149,6 +166,8 @@ class RoomManager:
             if conn.expiry is not None:
                 conn.expiry.cancel()
             room.leave(conn)
+            if user is not None and self.on_leave is not None:
+                self.on_leave(key.workspace_id, user)
             conn.close(CLOSE_1000_NORMAL)  # no-op when a close code was already chosen
             await writer
             if not room.connections:
@@ -166,14 +185,6 @@ class RoomManager:
 
     def _workspace_rooms(self, workspace_id: str) -> list[Room]:
         return [room for key, room in self.rooms.items() if key.workspace_id == workspace_id]
-
-    def online_users(self, workspace_id: str) -> set[str]:
-        return {
-            conn.user.user_id
-            for room in self._workspace_rooms(workspace_id)
-            for conn in room.connections
-            if conn.user is not None
-        }
 
     def update_access(self, workspace_id: str, user_id: str, can_write: bool | None) -> None:
         """Apply a membership change to open connections at once: ``None`` closes them (4403)."""

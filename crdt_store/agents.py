@@ -1,0 +1,104 @@
+"""Agents' latest execution state, and per-user agent subscriptions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .engine import translate_errors
+from .tables import agent_subscriptions, agents
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    id: str
+    workspace_id: str | None
+    started_by: str | None
+    task: str | None
+    status: str
+    progress: float
+    current_step: str | None
+    result: str | None
+    execution_time: float | None
+    started_at: datetime | None
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+@translate_errors
+async def get_agent(engine: AsyncEngine, *, agent_id: str) -> AgentState | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one_or_none()
+    return AgentState(**row._mapping) if row else None
+
+
+@translate_errors
+async def save_agent(engine: AsyncEngine, *, agent_id: str, values: dict[str, Any]) -> AgentState:
+    """Insert or update an agent's state with ``values`` (column -> value)."""
+    async with engine.begin() as conn:
+        result = await conn.execute(update(agents).where(agents.c.id == agent_id).values(**values))
+        if result.rowcount == 0:
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(insert(agents).values(id=agent_id, **values))
+            except IntegrityError:  # inserted concurrently
+                await conn.execute(update(agents).where(agents.c.id == agent_id).values(**values))
+        row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one()
+    return AgentState(**row._mapping)
+
+
+@translate_errors
+async def list_agents(
+    engine: AsyncEngine, *, workspace_id: str | None = None, status: str | None = None, limit: int = 500
+) -> list[AgentState]:
+    query = select(agents).order_by(agents.c.updated_at.desc(), agents.c.id).limit(limit)
+    if workspace_id is not None:
+        query = query.where(agents.c.workspace_id == workspace_id)
+    if status is not None:
+        query = query.where(agents.c.status == status)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [AgentState(**row._mapping) for row in rows]
+
+
+@translate_errors
+async def subscribe(engine: AsyncEngine, *, user_id: str, agent_id: str) -> None:
+    async with engine.begin() as conn:
+        exists = (
+            await conn.execute(
+                select(agent_subscriptions.c.agent_id).where(
+                    agent_subscriptions.c.user_id == user_id, agent_subscriptions.c.agent_id == agent_id
+                )
+            )
+        ).first()
+        if exists is None:
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(insert(agent_subscriptions).values(user_id=user_id, agent_id=agent_id))
+            except IntegrityError:
+                pass  # subscribed concurrently: the outcome is the same
+
+
+@translate_errors
+async def unsubscribe(engine: AsyncEngine, *, user_id: str, agent_id: str) -> bool:
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            delete(agent_subscriptions).where(
+                agent_subscriptions.c.user_id == user_id, agent_subscriptions.c.agent_id == agent_id
+            )
+        )
+    return result.rowcount > 0
+
+
+@translate_errors
+async def subscriptions(engine: AsyncEngine, *, user_id: str) -> set[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(agent_subscriptions.c.agent_id).where(agent_subscriptions.c.user_id == user_id)
+        )
+        return set(rows.scalars())

@@ -1,0 +1,110 @@
+"""Running agents as collaborators: an awareness state in their workspace's main document.
+
+Each agent gets a server-owned awareness client id; its state is
+``{"user": {"name", "color"}, "agent": {"id", "status", "progress", "current_step"}}``, updated on
+every execution update and removed ``linger`` seconds after completion. States are renewed well
+within the 30 s after which Yjs clients drop a silent peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from crdt_store.agents import AgentState
+
+from .room import Room, RoomKey
+from .rooms import RoomManager
+
+COLORS = ("#30bced", "#6eeb83", "#ffbc42", "#ecd444", "#ee6352", "#9ac2c9", "#8acb88", "#1be7ff")
+FINAL = ("completed", "failed", "cancelled")
+
+
+def agent_client_id(agent_id: str) -> int:
+    """A stable awareness client id for the agent (53 bits, as Yjs client ids)."""
+    return int.from_bytes(hashlib.sha256(f"agent:{agent_id}".encode()).digest()[:7], "big") & ((1 << 53) - 1)
+
+
+@dataclass(slots=True)
+class _Shown:
+    workspace_id: str
+    state: dict[str, Any]
+    clock: int = 0
+    removal: asyncio.TimerHandle | None = None
+
+
+class AgentPresence:
+    def __init__(self, rooms: RoomManager, *, linger: float = 5.0, renew_interval: float = 15.0) -> None:
+        self.rooms = rooms
+        self.linger = linger
+        self.renew_interval = renew_interval
+        self._shown: dict[str, _Shown] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AgentPresence:
+        self._task = asyncio.create_task(self._renew(), name="agent-presence")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        for shown in self._shown.values():
+            if shown.removal is not None:
+                shown.removal.cancel()
+
+    def update(self, agent: AgentState) -> None:
+        """Show (or update) the agent in its workspace's main document."""
+        shown = self._shown.get(agent.id)
+        if shown is not None and shown.workspace_id != agent.workspace_id:
+            self._remove(agent.id)
+            shown = None
+        if agent.workspace_id is None:
+            return
+        state = {
+            "user": {"name": f"Agent {agent.id}", "color": COLORS[agent_client_id(agent.id) % len(COLORS)]},
+            "agent": {"id": agent.id, "status": agent.status, "progress": agent.progress,
+                      "current_step": agent.current_step or ""},
+        }
+        if shown is None:
+            shown = self._shown[agent.id] = _Shown(agent.workspace_id, state)
+        shown.state = state
+        if shown.removal is not None:
+            shown.removal.cancel()
+            shown.removal = None
+        self._send(agent.id, shown)
+        if agent.status in FINAL:
+            shown.removal = asyncio.get_running_loop().call_later(self.linger, self._remove, agent.id)
+
+    def on_room_loaded(self, room: Room) -> None:
+        """A workspace's main document was loaded: show its agents there."""
+        if room.key.path:
+            return
+        for agent_id, shown in self._shown.items():
+            if shown.workspace_id == room.key.workspace_id:
+                room.set_server_awareness(agent_client_id(agent_id), shown.clock, shown.state)
+
+    def _room(self, workspace_id: str) -> Room | None:
+        return self.rooms.rooms.get(RoomKey(workspace_id, ""))
+
+    def _send(self, agent_id: str, shown: _Shown) -> None:
+        shown.clock += 1
+        room = self._room(shown.workspace_id)
+        if room is not None:
+            room.set_server_awareness(agent_client_id(agent_id), shown.clock, shown.state)
+
+    def _remove(self, agent_id: str) -> None:
+        shown = self._shown.pop(agent_id, None)
+        if shown is None:
+            return
+        room = self._room(shown.workspace_id)
+        if room is not None:
+            room.set_server_awareness(agent_client_id(agent_id), shown.clock + 1, None)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.renew_interval)
+            for agent_id, shown in list(self._shown.items()):
+                self._send(agent_id, shown)

@@ -1,0 +1,1 @@
+"""The JSON event channel: message models, the hub that routes events, the WebSocket endpoints."""

@@ -1,0 +1,272 @@
+"""``/ws``, ``/ws/agents`` and ``/ws/workspaces``: the JSON event channel.
+
+Text frames ``{"type": ..., "data": {...}, "request_id"?: ...}``. Every command is acknowledged
+(``ack``, echoing ``request_id``) or refused (``error`` with a code and message); invalid input
+never closes the stream. ``?last_event_id=N`` (or a ``resume`` command) replays what was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import parse_qs
+
+from pydantic import ValidationError
+
+from crdt_store import StoreError
+from crdt_store import agents as agent_store
+
+from ..access import resolve_access
+from ..agents import agent_public
+from ..auth import Principal, TokenError, authenticate
+from ..channel import AsgiChannel, ChannelClosed, FrameRejected, Receive, Send
+from ..close_codes import (
+    CLOSE_1000_NORMAL,
+    CLOSE_1011_INTERNAL_ERROR,
+    CLOSE_1013_SERVER_FULL,
+    CLOSE_4401_TOKEN_EXPIRED,
+    CLOSE_4401_UNAUTHORIZED,
+)
+from ..connection import Connection
+from ..errors import ServiceError
+from ..services import Services
+from ..sync_endpoint import refuse
+from .hub import Subscriber, agent_topic, frame, workspace_topic
+from .models import (
+    AGENT_EVENT_TYPES,
+    CLIENT_MESSAGE,
+    CLIENT_TYPES,
+    AgentEvent,
+    JoinWorkspace,
+    LeaveWorkspace,
+    Ping,
+    Resume,
+    SubscribeAgent,
+    UnsubscribeAgent,
+)
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = {
+    "/ws": frozenset({"agent", "workspace"}),
+    "/ws/agents": frozenset({"agent"}),
+    "/ws/workspaces": frozenset({"workspace"}),
+}
+
+
+def is_event_request(scope: dict[str, Any]) -> bool:
+    return scope["type"] == "websocket" and scope["path"].rstrip("/") in ENDPOINTS
+
+
+class CommandError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+
+
+async def event_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    services: Services = scope["app"].state.services
+    settings = services.settings
+    kinds = ENDPOINTS[scope["path"].rstrip("/")]
+    if (await receive())["type"] != "websocket.connect":
+        return
+    if services.connections >= settings.max_connections:
+        await refuse(scope, send, status=503, code="server_full", close=CLOSE_1013_SERVER_FULL,
+                     message=CLOSE_1013_SERVER_FULL.reason)
+        return
+    try:
+        principal, subprotocol = authenticate(scope, settings)
+    except TokenError as exc:
+        await refuse(scope, send, status=401, code="unauthorized", close=CLOSE_4401_UNAUTHORIZED, message=str(exc))
+        return
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    await send({"type": "websocket.accept", "subprotocol": subprotocol})
+    services.connections += 1
+    channel = AsgiChannel(receive, send, path=scope["path"], max_message_size=settings.max_message_size)
+    conn = Connection(channel, max_queue=settings.message_queue_size, user=principal)
+    session = EventSession(services, Subscriber(conn, principal, kinds))
+    writer = asyncio.create_task(conn.run_writer(), name=f"events-writer-{conn.id}")
+    try:
+        await session.run(query.get("last_event_id", [None])[0])
+    finally:
+        session.close()
+        conn.close(CLOSE_1000_NORMAL)
+        await writer
+        services.connections -= 1
+
+
+class EventSession:
+    """One event-channel connection: its subscriptions, joined workspaces and command handling."""
+
+    def __init__(self, services: Services, sub: Subscriber) -> None:
+        self.services = services
+        self.sub = sub
+        self.conn = sub.conn
+        self.user: Principal = sub.user
+        self.joined: set[str] = set()
+
+    async def run(self, last_event_id: str | None) -> None:
+        hub = self.services.events
+        hub.add(self.sub)
+        loop = asyncio.get_running_loop()
+        if self.user.expires_at is not None:
+            delay = self.user.expires_at - time.time()
+            self.conn.expiry = loop.call_at(loop.time() + delay, self.conn.close, CLOSE_4401_TOKEN_EXPIRED)
+        self.send("welcome", {
+            "connection_id": f"c-{uuid.uuid4().hex[:12]}", "user_id": self.user.user_id,
+            "username": self.user.name, "endpoint": self.conn.channel.path,
+            "heartbeat_interval": self.services.settings.heartbeat_interval, "server_time": utc_now(),
+        })
+        if "agent" in self.sub.kinds:
+            for agent_id in await agent_store.subscriptions(self.services.store.engine, user_id=self.user.user_id):
+                hub.subscribe(self.sub, agent_topic(agent_id))
+        if last_event_id is not None:
+            if not last_event_id.isdigit():
+                self.error("bad_request", "last_event_id must be a non-negative integer")
+            else:
+                await self.resume(int(last_event_id))
+        channel = self.conn.channel
+        assert isinstance(channel, AsgiChannel)
+        while not self.conn.is_closing:
+            try:
+                raw = await channel.recv_any()
+            except ChannelClosed:
+                return
+            except FrameRejected as exc:
+                self.conn.close(exc.close)
+                return
+            try:
+                await self.handle(raw)
+            except Exception:
+                log.exception("event connection %s: failed to handle a message", self.conn.id)
+                self.conn.close(CLOSE_1011_INTERNAL_ERROR)
+                return
+
+    def close(self) -> None:
+        if self.conn.expiry is not None:
+            self.conn.expiry.cancel()
+        self.services.events.remove(self.sub)
+        for workspace_id in self.joined:
+            self.services.presence.leave(workspace_id, self.user)
+        self.joined.clear()
+
+    # -- replies ----------------------------------------------------------------------------------
+
+    def send(self, message_type: str, data: Any, request_id: str | None = None) -> None:
+        extra = {"request_id": request_id} if request_id is not None else {}
+        self.conn.send(frame(message_type, data, **extra))
+
+    def error(self, code: str, message: str, request_id: str | None = None, **details: Any) -> None:
+        self.send("error", {"code": code, "message": message, **details}, request_id)
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    async def handle(self, raw: bytes | str) -> None:
+        if isinstance(raw, bytes):
+            self.error("unsupported_frame", "binary frames are not part of the event protocol; send JSON text")
+            return
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            self.error("invalid_json", f"not valid JSON: {exc}")
+            return
+        request_id = body.get("request_id") if isinstance(body, dict) else None
+        request_id = request_id if isinstance(request_id, str) and len(request_id) <= 100 else None
+        if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+            self.error("invalid_message", 'a message is a JSON object {"type": ..., "data": {...}}', request_id)
+            return
+        if body["type"] not in CLIENT_TYPES:
+            self.error("unknown_type", f"unknown message type {body['type'][:64]!r}", request_id,
+                       known_types=list(CLIENT_TYPES))
+            return
+        try:
+            message = CLIENT_MESSAGE.validate_python(body)
+        except ValidationError as exc:
+            details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
+            self.error("validation_failed", f"invalid {body['type']} message", request_id, details=details)
+            return
+        try:
+            result = await self.dispatch(message)
+        except CommandError as exc:
+            self.error(exc.code, exc.message, request_id)
+        except ServiceError as exc:
+            self.error(exc.code, exc.message, request_id)
+        except StoreError:
+            self.error("unavailable", "storage unavailable; try again", request_id)
+        else:
+            if result is not None:
+                self.send("ack", {"command": message.type, **result}, request_id)
+
+    def need(self, kind: str) -> None:
+        if kind not in self.sub.kinds:
+            other = "/ws/agents" if kind == "agent" else "/ws/workspaces"
+            raise CommandError("unsupported_on_endpoint", f"use /ws or {other} for {kind} messages")
+
+    async def dispatch(self, message: Any) -> dict[str, Any] | None:
+        hub = self.services.events
+        if isinstance(message, Ping):
+            self.send("pong", {"server_time": utc_now(), **message.data}, message.request_id)
+            return None
+        if isinstance(message, Resume):
+            replayed = await self.resume(message.data.last_event_id)
+            return {"last_event_id": self.sub.last_id, "replayed": replayed}
+        if isinstance(message, SubscribeAgent | UnsubscribeAgent):
+            self.need("agent")
+            agent_id = message.data.agent_id
+            if isinstance(message, SubscribeAgent):
+                state = await agent_store.get_agent(self.services.store.engine, agent_id=agent_id)
+                if not await self.services.agents.can_see(self.user, state):
+                    raise CommandError("forbidden", f"you may not watch agent {agent_id!r}")
+                hub.subscribe(self.sub, agent_topic(agent_id))
+            else:
+                hub.unsubscribe(self.sub, agent_topic(agent_id))
+            return {"agent_id": agent_id}
+        if isinstance(message, JoinWorkspace):
+            self.need("workspace")
+            workspace_id = message.data.workspace_id
+            try:
+                await resolve_access(self.services.store, self.services.settings, self.user, workspace_id, join=False)
+            except ServiceError as exc:
+                code = "unknown_workspace" if exc.status_code == 404 else exc.code
+                raise CommandError(code, exc.message) from None
+            hub.subscribe(self.sub, workspace_topic(workspace_id))
+            if workspace_id not in self.joined:
+                self.joined.add(workspace_id)
+                self.services.presence.enter(workspace_id, self.user)
+            return {"workspace_id": workspace_id}
+        if isinstance(message, LeaveWorkspace):
+            self.need("workspace")
+            workspace_id = message.data.workspace_id
+            hub.unsubscribe(self.sub, workspace_topic(workspace_id))
+            if workspace_id in self.joined:
+                self.joined.discard(workspace_id)
+                self.services.presence.leave(workspace_id, self.user)
+            return {"workspace_id": workspace_id}
+        if message.type in AGENT_EVENT_TYPES:
+            self.need("agent")
+            event: AgentEvent = message
+            event_id = await self.services.agents.report(self.user, event)
+            return {"agent_id": event.data.agent_id, "event_id": event_id}
+        raise CommandError("unknown_type", f"unhandled message type {message.type!r}")  # pragma: no cover
+
+    async def resume(self, last_event_id: int) -> int:
+        async def current_agents() -> dict[str, Any]:
+            agents = []
+            for topic in self.sub.topics:
+                if topic.startswith("agent:"):
+                    state = await agent_store.get_agent(self.services.store.engine, agent_id=topic[6:])
+                    if state is not None:
+                        agents.append(agent_public(state))
+            return {"reason": "events after last_event_id are older than retention", "last_event_id": last_event_id,
+                    "agents": agents}
+
+        return await self.services.events.resume(self.sub, last_event_id, on_gap=current_agents)

@@ -1,0 +1,184 @@
+"""EventHub: routes server-sent events to the connections subscribed to their topic.
+
+Every event is stored in the event log first, which gives it its id; ids increase across the log,
+so they increase within every stream. Publication is serialised, so events leave in id order. A
+reconnecting client names the last id it saw and first receives what it missed (or
+``resync_required`` when that is older than retention), then the live stream, with no duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from crdt_store import Store
+from crdt_store import event_log
+
+from ..auth import Principal
+from ..connection import Connection
+
+log = logging.getLogger(__name__)
+
+TRIM_EVERY = 200  # events between retention trims
+
+
+def agent_topic(agent_id: str) -> str:
+    return f"agent:{agent_id}"
+
+
+def workspace_topic(workspace_id: str) -> str:
+    return f"workspace:{workspace_id}"
+
+
+def frame(message_type: str, data: Any, **extra: Any) -> str:
+    return json.dumps({"type": message_type, **extra, "data": data}, separators=(",", ":"))
+
+
+class Subscriber:
+    """One event-channel connection: its topics and the last event id it was sent."""
+
+    __slots__ = ("conn", "user", "kinds", "topics", "last_id", "_held")
+
+    def __init__(self, conn: Connection, user: Principal, kinds: frozenset[str]) -> None:
+        self.conn = conn
+        self.user = user
+        self.kinds = kinds  # {"agent", "workspace"}: what this endpoint carries
+        self.topics: set[str] = set()
+        self.last_id = 0
+        self._held: list[tuple[int, str]] | None = None  # live events held back during a replay
+
+    def deliver(self, event_id: int, text: str) -> None:
+        if self._held is not None:
+            self._held.append((event_id, text))
+        elif event_id > self.last_id:
+            self.last_id = event_id
+            self.conn.send(text)
+
+
+class EventHub:
+    def __init__(self, store: Store, *, retention: int = 10_000) -> None:
+        self.store = store
+        self.retention = retention
+        self._topics: dict[str, set[Subscriber]] = {}
+        self._by_user: dict[str, set[Subscriber]] = {}
+        self._lock = asyncio.Lock()
+        self._since_trim = 0
+        self._queue: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> EventHub:
+        if self._task is not None:
+            raise RuntimeError("EventHub already running")
+        self._task = asyncio.create_task(self._publish_queued(), name="event-hub")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout=10)
+        except TimeoutError:
+            log.error("shutdown: %d queued events were not published", self._queue.qsize())
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+
+    # -- subscribers ------------------------------------------------------------------------------
+
+    def add(self, sub: Subscriber) -> None:
+        self._by_user.setdefault(sub.user.user_id, set()).add(sub)
+
+    def remove(self, sub: Subscriber) -> None:
+        for topic in sub.topics:
+            self._discard(topic, sub)
+        sub.topics.clear()
+        users = self._by_user.get(sub.user.user_id)
+        if users is not None:
+            users.discard(sub)
+            if not users:
+                del self._by_user[sub.user.user_id]
+
+    def subscribe(self, sub: Subscriber, topic: str) -> None:
+        sub.topics.add(topic)
+        self._topics.setdefault(topic, set()).add(sub)
+
+    def unsubscribe(self, sub: Subscriber, topic: str) -> None:
+        sub.topics.discard(topic)
+        self._discard(topic, sub)
+
+    def _discard(self, topic: str, sub: Subscriber) -> None:
+        subs = self._topics.get(topic)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._topics[topic]
+
+    def subscribe_user(self, user_id: str, agent_id: str, *, subscribed: bool) -> None:
+        """Apply a stored (REST) subscription change to every event connection of the user."""
+        for sub in self._by_user.get(user_id, ()):
+            if "agent" in sub.kinds:
+                (self.subscribe if subscribed else self.unsubscribe)(sub, agent_topic(agent_id))
+
+    def subscriber_count(self) -> int:
+        return sum(len(subs) for subs in self._by_user.values())
+
+    # -- publishing -------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, message_type: str, data: dict[str, Any]) -> int:
+        """Store the event, then send it to the topic's subscribers. Returns its id."""
+        body = json.dumps(data, separators=(",", ":"))
+        async with self._lock:
+            event_id = await event_log.append_event(self.store.engine, topic=topic, type=message_type, data=body)
+            text = f'{{"id":{event_id},"type":{json.dumps(message_type)},"data":{body}}}'
+            for sub in self._topics.get(topic, ()):
+                sub.deliver(event_id, text)
+            self._since_trim += 1
+            if self._since_trim >= TRIM_EVERY:
+                self._since_trim = 0
+                await event_log.trim_events(self.store.engine, keep=self.retention)
+        return event_id
+
+    def publish_soon(self, topic: str, message_type: str, data: dict[str, Any]) -> None:
+        """Publish from code that cannot wait (connection open/close); queued events go out in
+        the order they were queued."""
+        self._queue.put_nowait((topic, message_type, data))
+
+    async def _publish_queued(self) -> None:
+        while True:
+            topic, message_type, data = await self._queue.get()
+            try:
+                await self.publish(topic, message_type, data)
+            except Exception:
+                log.exception("publishing %s on %s failed", message_type, topic)
+            finally:
+                self._queue.task_done()
+
+    async def resume(
+        self, sub: Subscriber, after_id: int, *, on_gap: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> int:
+        """Send ``sub`` every retained event after ``after_id`` on its topics, in order, then let
+        live events through; live events arriving meanwhile are held, then sent without repeats.
+        When events after ``after_id`` were already trimmed, send ``resync_required`` (its data
+        from ``on_gap``) instead. Returns how many events were replayed."""
+        sub._held = []
+        replayed = 0
+        try:
+            oldest = await event_log.oldest_event_id(self.store.engine)
+            if oldest is not None and after_id < oldest - 1:
+                sub.conn.send(frame("resync_required", await on_gap()))
+                sub.last_id = max(sub.last_id, after_id)
+            else:
+                events = await event_log.events_after(self.store.engine, after_id=after_id, topics=sub.topics)
+                sub.last_id = max(sub.last_id, after_id)
+                for event in events:
+                    if event.id > sub.last_id:
+                        sub.conn.send(f'{{"id":{event.id},"type":{json.dumps(event.type)},"data":{event.data}}}')
+                        sub.last_id = event.id
+                        replayed += 1
+        finally:
+            held, sub._held = sub._held, None
+            for event_id, text in held or ():
+                sub.deliver(event_id, text)
+        return replayed

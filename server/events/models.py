@@ -1,0 +1,173 @@
+"""Every message of the event channel as a validated model.
+
+Client -> server: the commands ``subscribe_agent``, ``unsubscribe_agent``, ``join_workspace``,
+``leave_workspace``, ``resume``, ``ping``, and (publishers) the three agent execution events.
+Server -> client: ``welcome``, ``ack``, ``error``, ``pong``, ``resync_required``, and events
+``{"id", "type", "data"}`` of the spec's six types.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_serializer
+
+Id = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+RequestId = Annotated[str, Field(max_length=100)]
+ShortText = Annotated[str, Field(max_length=500)]
+LongText = Annotated[str, Field(max_length=20_000)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class AgentStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (AgentStatus.COMPLETED, AgentStatus.FAILED, AgentStatus.CANCELLED)
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timestamped(Payload):
+    timestamp: datetime = Field(default_factory=utcnow, description="ISO 8601; the server's time if omitted")
+
+    @field_serializer("timestamp")
+    def _iso(self, value: datetime) -> str:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- agent execution events (published by agents, delivered to subscribers) ----------------------
+
+
+class AgentExecutionStartData(Timestamped):
+    agent_id: Id
+    task: LongText = ""
+    user_id: Id | None = None
+    workspace_id: Id | None = Field(default=None, description="attaches the agent to this workspace")
+    status: Literal[AgentStatus.QUEUED, AgentStatus.RUNNING] = AgentStatus.RUNNING
+
+
+class AgentExecutionUpdateData(Timestamped):
+    agent_id: Id
+    status: AgentStatus = AgentStatus.RUNNING
+    progress: float = Field(default=0, ge=0, le=100)
+    current_step: ShortText = ""
+
+
+class AgentExecutionCompleteData(Timestamped):
+    agent_id: Id
+    status: Literal[AgentStatus.COMPLETED, AgentStatus.FAILED, AgentStatus.CANCELLED] = AgentStatus.COMPLETED
+    result: LongText = ""
+    execution_time: float | None = Field(default=None, ge=0, description="seconds; computed if omitted")
+
+
+# -- workspace events (produced by the server) ----------------------------------------------------
+
+
+class UserPresenceData(Timestamped):
+    workspace_id: Id
+    user_id: Id
+    username: ShortText
+
+
+class WorkspaceUpdateData(Timestamped):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    workspace_id: Id
+    update_type: Literal[
+        "agent_added", "agent_removed", "document_created", "document_deleted", "member_added",
+        "member_removed", "member_role_changed", "workspace_renamed", "workspace_visibility_changed",
+        "workspace_deleted",
+    ]
+
+
+# -- client messages ------------------------------------------------------------------------------
+
+
+class Message(Payload):
+    request_id: RequestId | None = None
+
+
+class AgentRef(Payload):
+    agent_id: Id
+
+
+class WorkspaceRef(Payload):
+    workspace_id: Id
+
+
+class ResumeData(Payload):
+    last_event_id: int = Field(ge=0)
+
+
+class SubscribeAgent(Message):
+    type: Literal["subscribe_agent"]
+    data: AgentRef
+
+
+class UnsubscribeAgent(Message):
+    type: Literal["unsubscribe_agent"]
+    data: AgentRef
+
+
+class JoinWorkspace(Message):
+    type: Literal["join_workspace"]
+    data: WorkspaceRef
+
+
+class LeaveWorkspace(Message):
+    type: Literal["leave_workspace"]
+    data: WorkspaceRef
+
+
+class Resume(Message):
+    type: Literal["resume"]
+    data: ResumeData
+
+
+class Ping(Message):
+    type: Literal["ping"]
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentExecutionStart(Message):
+    type: Literal["agent_execution_start"]
+    data: AgentExecutionStartData
+
+
+class AgentExecutionUpdate(Message):
+    type: Literal["agent_execution_update"]
+    data: AgentExecutionUpdateData
+
+
+class AgentExecutionComplete(Message):
+    type: Literal["agent_execution_complete"]
+    data: AgentExecutionCompleteData
+
+
+AgentEvent = AgentExecutionStart | AgentExecutionUpdate | AgentExecutionComplete
+ClientMessage = Annotated[
+    SubscribeAgent | UnsubscribeAgent | JoinWorkspace | LeaveWorkspace | Resume | Ping | AgentEvent,
+    Field(discriminator="type"),
+]
+CLIENT_MESSAGE = TypeAdapter(ClientMessage)
+CLIENT_TYPES = (
+    "subscribe_agent", "unsubscribe_agent", "join_workspace", "leave_workspace", "resume", "ping",
+    "agent_execution_start", "agent_execution_update", "agent_execution_complete",
+)
+AGENT_EVENT_TYPES = ("agent_execution_start", "agent_execution_update", "agent_execution_complete")
+WORKSPACE_EVENT_TYPES = ("user_joined", "user_left", "workspace_update")
