@@ -173,6 +173,23 @@ async def delete_workspace(engine: AsyncEngine, *, workspace_id: str) -> list[in
 
 
 @translate_errors
+async def delete_document(engine: AsyncEngine, *, workspace_id: str, path: str) -> int:
+    """Delete one document with its update log and snapshot; returns its id."""
+    async with engine.begin() as conn:
+        document_id = (
+            await conn.execute(
+                select(documents.c.id).where(documents.c.workspace_id == workspace_id, documents.c.path == path)
+            )
+        ).scalar_one_or_none()
+        if document_id is None:
+            raise NotFound(f"document {path!r} does not exist in workspace {workspace_id!r}")
+        await conn.execute(delete(document_updates).where(document_updates.c.document_id == document_id))
+        await conn.execute(delete(document_snapshots).where(document_snapshots.c.document_id == document_id))
+        await conn.execute(delete(documents).where(documents.c.id == document_id))
+    return int(document_id)
+
+
+@translate_errors
 async def get_member(engine: AsyncEngine, *, workspace_id: str, user_id: str) -> Member | None:
     async with engine.connect() as conn:
         return await _member(conn, workspace_id, user_id)

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pycrdt import Array, Doc, Map, Text, XmlFragment
 
+from crdt_store import workspaces as workspace_store
+
 from server.access import Access, Role, require
 from server.errors import BadRequest, ServiceError
 from server.protocol import ProtocolError
@@ -150,6 +152,17 @@ async def document_update(
              summary="Apply a Yjs update to a document (editor)")
 async def document_apply(path: DocPath, access: WorkspaceAccess, services: ServicesDep, request: Request) -> UpdateApplied:
     return await _apply(services, access, path, request)
+
+
+@router.delete("/documents/{doc_path:path}", status_code=204, summary="Delete a document (editor)")
+async def delete_document(path: DocPath, access: WorkspaceAccess, services: ServicesDep) -> Response:
+    require(access, Role.EDITOR)
+    if not path:
+        raise BadRequest("the main document cannot be deleted; delete the workspace instead")
+    document_id = await workspace_store.delete_document(services.store.engine, workspace_id=access.workspace.id, path=path)
+    services.rooms.close_document(RoomKey(access.workspace.id, path), document_id)
+    services.workspace_update(access.workspace.id, "document_deleted", path=path)
+    return Response(status_code=204)
 
 
 @router.get("/documents/{doc_path:path}", response_model=DocumentContent, summary="A document as JSON")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import redis.asyncio as redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -32,8 +33,19 @@ async def _database(services: ServicesDep) -> dict[str, Any]:
     }
 
 
-def _redis(services: ServicesDep) -> dict[str, Any]:
-    return {"status": "disabled", "detail": "REDIS_URL is not set; using the in-process broker"}
+async def _redis(services: ServicesDep) -> dict[str, Any]:
+    url = services.settings.redis_url
+    if url is None:
+        return {"status": "disabled", "detail": "REDIS_URL is not set; using the in-process broker"}
+    started = time.perf_counter()
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        await client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return {"status": "down", "error": f"{exc.__class__.__name__}: {exc}"[:200]}
+    finally:
+        await client.aclose()
+    return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
 def _answer(body: dict[str, Any]) -> JSONResponse:
@@ -42,7 +54,7 @@ def _answer(body: dict[str, Any]) -> JSONResponse:
 
 @router.get("/health", summary="Liveness and dependency checks")
 async def health(services: ServicesDep) -> JSONResponse:
-    checks = {"database": await _database(services), "redis": _redis(services)}
+    checks = {"database": await _database(services), "redis": await _redis(services)}
     healthy = all(check["status"] in ("ok", "disabled") for check in checks.values())
     return _answer({"status": "ok" if healthy else "degraded", "checks": checks})
 
@@ -54,7 +66,7 @@ async def health_database(services: ServicesDep) -> JSONResponse:
 
 @router.get("/health/redis", summary="Redis reachability")
 async def health_redis(services: ServicesDep) -> JSONResponse:
-    return _answer(_redis(services))
+    return _answer(await _redis(services))
 
 
 @router.get("/ws/health", summary="WebSocket service health")

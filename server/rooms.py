@@ -21,7 +21,7 @@ from .close_codes import (
     CLOSE_4400_BAD_MESSAGE,
     CLOSE_4401_TOKEN_EXPIRED,
     CLOSE_4403_ACCESS_REVOKED,
-    CLOSE_4404_WORKSPACE_DELETED,
+    CLOSE_4404_DELETED,
     CloseCode,
 )
 from .connection import Connection
@@ -203,12 +203,22 @@ class RoomManager:
         their unstored updates."""
         self.writer.discard(document_ids)
         for room in self._workspace_rooms(workspace_id):
-            for conn in list(room.connections):
-                room.leave(conn)
-                conn.close(CLOSE_4404_WORKSPACE_DELETED)
-            if room.unload_handle is not None:
-                room.unload_handle.cancel()
-            del self.rooms[room.key]
+            self._drop(room)
+
+    def close_document(self, key: RoomKey, document_id: int) -> None:
+        """The document was deleted: close its connections (4404), forget its unstored updates."""
+        self.writer.discard([document_id])
+        room = self.rooms.get(key)
+        if room is not None:
+            self._drop(room)
+
+    def _drop(self, room: Room) -> None:
+        for conn in list(room.connections):
+            room.leave(conn)
+            conn.close(CLOSE_4404_DELETED)
+        if room.unload_handle is not None:
+            room.unload_handle.cancel()
+        del self.rooms[room.key]
 
     async def _read(self, room: Room, conn: Connection, channel: Channel) -> None:
         while not conn.is_closing:

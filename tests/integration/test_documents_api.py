@@ -125,6 +125,7 @@ async def test_openapi_lists_every_route(server: RunningServer) -> None:
         ("/workspaces/{workspace_id}/documents/{doc_path}", "get"),
         ("/workspaces/{workspace_id}/documents/{doc_path}/update", "get"),
         ("/workspaces/{workspace_id}/documents/{doc_path}/update", "post"),
+        ("/workspaces/{workspace_id}/documents/{doc_path}", "delete"),
         ("/agents/status", "get"), ("/agents/{agent_id}", "get"), ("/agents/{agent_id}/events", "post"),
         ("/agents/{agent_id}/subscribe", "post"), ("/agents/{agent_id}/unsubscribe", "post"),
     }

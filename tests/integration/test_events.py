@@ -250,3 +250,21 @@ async def stalled_close_code(stalled) -> int | None:  # type: ignore[no-untyped-
             while True:
                 await stalled.ws.recv()
     return stalled.ws.close_code
+
+
+async def test_document_created_and_deleted_reach_workspace_subscribers(server: RunningServer, workspace: str) -> None:
+    async with event_client(f"{server.ws_url}/ws/workspaces") as watcher:
+        await watcher.command("join_workspace", {"workspace_id": workspace})  # creates it (open server)
+        async with yclient(server.doc_url(workspace, "specs/api.md")) as editor:
+            editor.text().insert(0, "draft")
+            created = await watcher.wait_for(lambda m: m.get("data", {}).get("update_type") == "document_created")
+            assert created["data"]["path"] == "specs/api.md"
+            async with client(server.http_url) as http:
+                assert (await http.delete(f"/workspaces/{workspace}/documents/specs/api.md")).status_code == 204
+                assert (await http.delete(f"/workspaces/{workspace}/documents/specs/api.md")).status_code == 404
+            await editor.ws.wait_closed()
+            assert editor.ws.close_code == 4404
+        deleted = await watcher.wait_for(lambda m: m.get("data", {}).get("update_type") == "document_deleted")
+        assert deleted["data"]["path"] == "specs/api.md" and deleted["id"] > created["id"]
+    async with yclient(server.doc_url(workspace, "specs/api.md")) as fresh:
+        assert str(fresh.text()) == ""
