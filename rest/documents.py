@@ -49,28 +49,29 @@ async def _room(services: ServicesDep, access: Access, path: str) -> Room:
     return await services.rooms.open(RoomKey(access.workspace.id, path))
 
 
+def _root_as(update: bytes, name: str, kind: type) -> Any:
+    """Root ``name`` read as ``kind``, on a scratch copy (reading types a root for good)."""
+    scratch = Doc()
+    scratch.apply_update(update)
+    return scratch.get(name, type=kind)
+
+
 def to_json(doc: Doc) -> dict[str, Any]:
     """Each root shared type as JSON. Yjs does not send a root's type, so it is read from the
     content: keyed entries make a map, XML nodes a fragment, characters a text, other items an array."""
     update = doc.get_update()
     content: dict[str, Any] = {}
     for name in list(doc.keys()):
-
-        def view(kind: type) -> Any:
-            scratch = Doc()
-            scratch.apply_update(update)
-            return scratch.get(name, type=kind)
-
-        as_map = view(Map).to_py()
+        as_map = _root_as(update, name, Map).to_py()
         if as_map:
             content[name] = as_map
             continue
         try:
-            items = view(Array).to_py()
+            items = _root_as(update, name, Array).to_py()
         except ValueError:  # holds XML nodes
-            content[name] = str(view(XmlFragment))
+            content[name] = str(_root_as(update, name, XmlFragment))
             continue
-        text = str(view(Text))
+        text = str(_root_as(update, name, Text))
         if items and text and all(isinstance(i, str) and len(i) == 1 for i in items) and "".join(items) == text:
             content[name] = text
         else:

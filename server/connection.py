@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -73,6 +74,16 @@ class Connection:
         if self.close_code is None:
             self.close_code = code
             self._wake()
+
+    def close_at(self, deadline: float | None, code: CloseCode | None = None) -> None:
+        """Close with ``code`` at ``deadline`` (epoch seconds), as when a token expires; ``None``
+        cancels a pending deadline."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        if deadline is not None and code is not None:
+            when = self._loop.time() + (deadline - time.time())
+            self.expiry = self._loop.call_at(when, self.close, code)
 
     def _wake(self) -> None:
         waiter = self._wakeup

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterator
 
 from pycrdt import Doc
@@ -149,10 +148,7 @@ class RoomManager:
             await _close_quietly(channel, CLOSE_1013_STORE_UNAVAILABLE)
             return
         conn = Connection(channel, max_queue=self.message_queue_size, user=user, can_write=can_write)
-        if user is not None and user.expires_at is not None:
-            loop = asyncio.get_running_loop()
-            delay = user.expires_at - time.time()
-            conn.expiry = loop.call_at(loop.time() + delay, conn.close, CLOSE_4401_TOKEN_EXPIRED)
+        conn.close_at(user.expires_at if user is not None else None, CLOSE_4401_TOKEN_EXPIRED)
         if room.unload_handle is not None:
             room.unload_handle.cancel()
             room.unload_handle = None
@@ -163,8 +159,7 @@ class RoomManager:
         try:
             await self._read(room, conn, channel)
         finally:
-            if conn.expiry is not None:
-                conn.expiry.cancel()
+            conn.close_at(None)
             room.leave(conn)
             if user is not None and self.on_leave is not None:
                 self.on_leave(key.workspace_id, user)

@@ -6,23 +6,16 @@ Served as plain ASGI, ahead of the framework's routing: check the request, accep
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from crdt_store import StoreError
 
 from .access import resolve_access
-from .auth import TokenError, authenticate
 from .channel import AsgiChannel, Receive, Send
-from .close_codes import (
-    CLOSE_1013_SERVER_FULL,
-    CLOSE_1013_STORE_UNAVAILABLE,
-    CLOSE_4400_BAD_MESSAGE,
-    CLOSE_4401_UNAUTHORIZED,
-    CloseCode,
-)
-from .errors import ServiceError, error_body
+from .close_codes import CLOSE_1013_STORE_UNAVAILABLE, CLOSE_4400_BAD_MESSAGE, CloseCode
+from .errors import ServiceError
+from .handshake import admit, refuse
 from .room import RoomKey
 from .services import Services
 
@@ -52,41 +45,17 @@ def room_key(path: str) -> RoomKey | None:
     return RoomKey(workspace_id, doc_path)
 
 
-async def refuse(
-    scope: dict[str, Any], send: Send, *, status: int, code: str, close: CloseCode, message: str
-) -> None:
-    """Refuse before the upgrade completes: an HTTP response with a JSON body where the server
-    supports it, otherwise a close frame with a named code."""
-    if "websocket.http.response" in scope.get("extensions", {}):
-        body = json.dumps(error_body(code, message)).encode()
-        await send({
-            "type": "websocket.http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        })
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": close.code, "reason": message[:120]})
-
-
 async def sync_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     services: Services = scope["app"].state.services
     settings = services.settings
-    if (await receive())["type"] != "websocket.connect":
+    admitted = await admit(scope, receive, send, services)
+    if admitted is None:
         return
+    principal, subprotocol = admitted
     key = room_key(scope["path"])
     if key is None:
         await refuse(scope, send, status=400, code="bad_request", close=CLOSE_4400_BAD_MESSAGE,
                      message="invalid workspace id or document path")
-        return
-    if services.connections >= settings.max_connections:
-        await refuse(scope, send, status=503, code="server_full", close=CLOSE_1013_SERVER_FULL,
-                     message=CLOSE_1013_SERVER_FULL.reason)
-        return
-    try:
-        principal, subprotocol = authenticate(scope, settings)
-    except TokenError as exc:
-        await refuse(scope, send, status=401, code="unauthorized", close=CLOSE_4401_UNAUTHORIZED, message=str(exc))
         return
     try:
         access = await resolve_access(services.store, settings, principal, key.workspace_id)

@@ -22,19 +22,13 @@ from crdt_store import agents as agent_store
 
 from ..access import resolve_access
 from ..agents import agent_public
-from ..auth import Principal, TokenError, authenticate
+from ..auth import Principal
 from ..channel import AsgiChannel, ChannelClosed, FrameRejected, Receive, Send
-from ..close_codes import (
-    CLOSE_1000_NORMAL,
-    CLOSE_1011_INTERNAL_ERROR,
-    CLOSE_1013_SERVER_FULL,
-    CLOSE_4401_TOKEN_EXPIRED,
-    CLOSE_4401_UNAUTHORIZED,
-)
+from ..close_codes import CLOSE_1000_NORMAL, CLOSE_1011_INTERNAL_ERROR, CLOSE_4401_TOKEN_EXPIRED
 from ..connection import Connection
 from ..errors import ServiceError
+from ..handshake import admit
 from ..services import Services
-from ..sync_endpoint import refuse
 from .hub import Subscriber, agent_topic, frame, workspace_topic
 from .models import (
     AGENT_EVENT_TYPES,
@@ -77,17 +71,10 @@ async def event_endpoint(scope: dict[str, Any], receive: Receive, send: Send) ->
     services: Services = scope["app"].state.services
     settings = services.settings
     kinds = ENDPOINTS[scope["path"].rstrip("/")]
-    if (await receive())["type"] != "websocket.connect":
+    admitted = await admit(scope, receive, send, services)
+    if admitted is None:
         return
-    if services.connections >= settings.max_connections:
-        await refuse(scope, send, status=503, code="server_full", close=CLOSE_1013_SERVER_FULL,
-                     message=CLOSE_1013_SERVER_FULL.reason)
-        return
-    try:
-        principal, subprotocol = authenticate(scope, settings)
-    except TokenError as exc:
-        await refuse(scope, send, status=401, code="unauthorized", close=CLOSE_4401_UNAUTHORIZED, message=str(exc))
-        return
+    principal, subprotocol = admitted
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     await send({"type": "websocket.accept", "subprotocol": subprotocol})
     services.connections += 1
@@ -117,10 +104,7 @@ class EventSession:
     async def run(self, last_event_id: str | None) -> None:
         hub = self.services.events
         hub.add(self.sub)
-        loop = asyncio.get_running_loop()
-        if self.user.expires_at is not None:
-            delay = self.user.expires_at - time.time()
-            self.conn.expiry = loop.call_at(loop.time() + delay, self.conn.close, CLOSE_4401_TOKEN_EXPIRED)
+        self.conn.close_at(self.user.expires_at, CLOSE_4401_TOKEN_EXPIRED)
         self.send("welcome", {
             "connection_id": f"c-{uuid.uuid4().hex[:12]}", "user_id": self.user.user_id,
             "username": self.user.name, "endpoint": self.conn.channel.path,
@@ -152,8 +136,7 @@ class EventSession:
                 return
 
     def close(self) -> None:
-        if self.conn.expiry is not None:
-            self.conn.expiry.cancel()
+        self.conn.close_at(None)
         self.services.events.remove(self.sub)
         for workspace_id in self.joined:
             self.services.presence.leave(workspace_id, self.user)

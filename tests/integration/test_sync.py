@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from pycrdt import Map, Text
+from pycrdt import Map
 
 from tests.support.server import RunningServer
 from tests.support.wait import wait_until

@@ -131,7 +131,6 @@ async def test_documents_are_keyed_by_workspace_and_path(database_url: str) -> N
 
 async def test_migrations_are_idempotent(database_url: str) -> None:
     async with open_store(database_url) as store:
-        workspace = await new_workspace(store)
         await store.ping()
     async with open_store(database_url) as store:  # a second start finds the schema at head
         await store.ping()
