@@ -97,9 +97,22 @@ def start_ours(data_dir: Path) -> Server:
 def start_baseline() -> Server:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "benchmarks.baseline_server:app", "--host", "127.0.0.1",
-         "--port", str(port), "--ws", "websockets-sansio", "--log-level", "warning"],
-        cwd=ROOT, stdout=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.baseline_server:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ws",
+            "websockets-sansio",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
     )
     wait_for_port(port, process)
     return Server("pycrdt-websocket", process, port)
@@ -108,7 +121,10 @@ def start_baseline() -> Server:
 def loadgen(options: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
     result = subprocess.run(
         ["node", str(JS / "loadgen.mjs"), json.dumps(options)],
-        cwd=JS, capture_output=True, text=True, timeout=timeout,
+        cwd=JS,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if result.returncode != 0:
         raise RuntimeError(f"load generator failed: {result.stderr[-2000:]}")
@@ -116,10 +132,18 @@ def loadgen(options: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
 
 
 def fanout_run(server: Server, rooms: int, clients: int, rate: int, duration: float) -> dict[str, Any]:
-    return loadgen({
-        "mode": "fanout", "base": server.base, "rooms": rooms, "clients": clients, "rate": rate,
-        "durationMs": int(duration * 1000), "drainMs": 5000, "prefix": f"b{uuid.uuid4().hex[:8]}",
-    })
+    return loadgen(
+        {
+            "mode": "fanout",
+            "base": server.base,
+            "rooms": rooms,
+            "clients": clients,
+            "rate": rate,
+            "durationMs": int(duration * 1000),
+            "drainMs": 5000,
+            "prefix": f"b{uuid.uuid4().hex[:8]}",
+        }
+    )
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -140,11 +164,23 @@ def passes(summary: dict[str, Any]) -> bool:
 def idle_memory(server: Server, connections: int) -> dict[str, Any]:
     before = server.rss()
     process = subprocess.Popen(
-        ["node", str(JS / "loadgen.mjs"), json.dumps({
-            "mode": "idle", "base": server.base, "connections": connections, "roomSize": 100,
-            "prefix": f"idle{uuid.uuid4().hex[:6]}",
-        })],
-        cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            "node",
+            str(JS / "loadgen.mjs"),
+            json.dumps(
+                {
+                    "mode": "idle",
+                    "base": server.base,
+                    "connections": connections,
+                    "roomSize": 100,
+                    "prefix": f"idle{uuid.uuid4().hex[:6]}",
+                }
+            ),
+        ],
+        cwd=JS,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert process.stdout is not None and process.stdin is not None
     ready = json.loads(process.stdout.readline())
@@ -162,7 +198,9 @@ def idle_memory(server: Server, connections: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="one repeat, 2 s steps")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds of writing per step")
@@ -204,7 +242,10 @@ def main() -> int:
                     for server in servers:
                         if server.name not in alive:
                             continue
-                        runs = [fanout_run(server, rooms, clients, rate, args.duration) for _ in range(args.repeats)]
+                        runs = [
+                            fanout_run(server, rooms, clients, rate, args.duration)
+                            for _ in range(args.repeats)
+                        ]
                         summary = {"rate_per_room": rate, **summarise(runs)}
                         steps[server.name].append(summary)
                         print(shape, server.name, summary, flush=True)  # noqa: T201
@@ -214,7 +255,9 @@ def main() -> int:
                     name: {
                         "steps": s,
                         "at_10_per_room": s[0],
-                        "sustained": max((x for x in s if passes(x)), key=lambda x: x["rate_per_room"], default=None),
+                        "sustained": max(
+                            (x for x in s if passes(x)), key=lambda x: x["rate_per_room"], default=None
+                        ),
                     }
                     for name, s in steps.items()
                 }
@@ -233,29 +276,46 @@ def main() -> int:
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"Run of {report['date']} ({report['machine']['cpus']} CPUs, Python {report['machine']['python']}; "
-             f"{report['settings']['repeats']} repeats of {report['settings']['duration_s']} s per step, medians).", ""]
-    lines += ["| shape | server | sustained rate / room | delivered updates/s | p50 / p99 at that rate "
-              "| p50 / p99 at 10/s per room |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Run of {report['date']} ({report['machine']['cpus']} CPUs, Python {report['machine']['python']}; "
+        f"{report['settings']['repeats']} repeats of {report['settings']['duration_s']} s per step, medians).",
+        "",
+    ]
+    lines += [
+        "| shape | server | sustained rate / room | delivered updates/s | p50 / p99 at that rate "
+        "| p50 / p99 at 10/s per room |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     ratios = []
     for shape, servers in report["shapes"].items():
         figures = {}
         for name, data in servers.items():
             s, low = data["sustained"], data["at_10_per_room"]
             figures[name] = s["deliveries_per_second"] if s else 0
-            sustained = (f"{s['rate_per_room']} | {s['deliveries_per_second']:,.0f} | "
-                         f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f} ms") if s else "none | - | -"
+            sustained = (
+                (
+                    f"{s['rate_per_room']} | {s['deliveries_per_second']:,.0f} | "
+                    f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f} ms"
+                )
+                if s
+                else "none | - | -"
+            )
             lines.append(f"| {shape} | {name} | {sustained} | {low['p50_ms']:.1f} / {low['p99_ms']:.1f} ms |")
         names = list(figures)
         if len(names) == 2 and figures[names[0]]:
             ratios.append(f"{shape}: {figures[names[1]] / figures[names[0]]:.2f}x")
     lines += ["", "Sustained deliveries, ours / baseline: " + ", ".join(ratios)]
     if "memory" in report:
-        lines += ["", "| server | idle connections | RSS before | RSS after | per connection |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "| server | idle connections | RSS before | RSS after | per connection |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for name, m in report["memory"].items():
-            lines.append(f"| {name} | {m['connections']} | {m['rss_before_mb']} MB | {m['rss_after_mb']} MB "
-                         f"| {m['kb_per_connection']} KB |")
+            lines.append(
+                f"| {name} | {m['connections']} | {m['rss_before_mb']} MB | {m['rss_after_mb']} MB "
+                f"| {m['kb_per_connection']} KB |"
+            )
     return "\n".join(lines) + "\n"
 
 

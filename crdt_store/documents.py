@@ -85,12 +85,16 @@ async def load_document(engine: AsyncEngine, *, workspace_id: str, path: str) ->
         # from the tail into the snapshot, so reading in this order can only see a row twice
         # (harmless: Yjs updates are idempotent), never miss one.
         tail = (
-            await conn.execute(
-                select(document_updates.c.data)
-                .where(document_updates.c.document_id == document_id)
-                .order_by(document_updates.c.id)
+            (
+                await conn.execute(
+                    select(document_updates.c.data)
+                    .where(document_updates.c.document_id == document_id)
+                    .order_by(document_updates.c.id)
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         snapshot = (
             await conn.execute(
                 select(document_snapshots.c.state).where(document_snapshots.c.document_id == document_id)
@@ -98,7 +102,11 @@ async def load_document(engine: AsyncEngine, *, workspace_id: str, path: str) ->
         ).scalar_one_or_none()
     updates = ([snapshot] if snapshot else []) + list(tail)
     return StoredDocument(
-        id=document_id, updates=updates, tail_count=len(tail), tail_bytes=sum(len(u) for u in tail), created=created
+        id=document_id,
+        updates=updates,
+        tail_count=len(tail),
+        tail_bytes=sum(len(u) for u in tail),
+        created=created,
     )
 
 

@@ -24,7 +24,9 @@ class StoredEvent:
 async def append_event(engine: AsyncEngine, *, topic: str, type: str, data: str) -> int:
     """Store an event; returns its id (increasing across the whole log)."""
     async with engine.begin() as conn:
-        result = await conn.execute(insert(events).values(topic=topic, type=type, data=data).returning(events.c.id))
+        result = await conn.execute(
+            insert(events).values(topic=topic, type=type, data=data).returning(events.c.id)
+        )
         return int(result.scalar_one())
 
 

@@ -92,7 +92,9 @@ async def create_workspace(
             if await _workspace(conn, workspace_id) is not None:
                 raise Conflict(f"workspace {workspace_id!r} already exists")
             await conn.execute(
-                insert(workspaces).values(id=workspace_id, name=name, visibility=visibility, owner_id=owner_id)
+                insert(workspaces).values(
+                    id=workspace_id, name=name, visibility=visibility, owner_id=owner_id
+                )
             )
             await conn.execute(
                 insert(workspace_members).values(
@@ -142,7 +144,9 @@ async def update_workspace(
     if visibility is not None:
         values["visibility"] = visibility
     async with engine.begin() as conn:
-        result = await conn.execute(update(workspaces).where(workspaces.c.id == workspace_id).values(**values))
+        result = await conn.execute(
+            update(workspaces).where(workspaces.c.id == workspace_id).values(**values)
+        )
         if result.rowcount == 0:
             raise NotFound(f"workspace {workspace_id!r} does not exist")
         updated = await _workspace(conn, workspace_id)
@@ -156,11 +160,15 @@ async def delete_workspace(engine: AsyncEngine, *, workspace_id: str) -> list[in
     Returns the ids of the deleted documents."""
     async with engine.begin() as conn:
         document_ids = list(
-            (await conn.execute(select(documents.c.id).where(documents.c.workspace_id == workspace_id))).scalars()
+            (
+                await conn.execute(select(documents.c.id).where(documents.c.workspace_id == workspace_id))
+            ).scalars()
         )
         if document_ids:
             # Explicit deletes: SQLite only cascades with foreign keys on, and this does not rely on it.
-            await conn.execute(delete(document_updates).where(document_updates.c.document_id.in_(document_ids)))
+            await conn.execute(
+                delete(document_updates).where(document_updates.c.document_id.in_(document_ids))
+            )
             await conn.execute(
                 delete(document_snapshots).where(document_snapshots.c.document_id.in_(document_ids))
             )
@@ -178,7 +186,9 @@ async def delete_document(engine: AsyncEngine, *, workspace_id: str, path: str) 
     async with engine.begin() as conn:
         document_id = (
             await conn.execute(
-                select(documents.c.id).where(documents.c.workspace_id == workspace_id, documents.c.path == path)
+                select(documents.c.id).where(
+                    documents.c.workspace_id == workspace_id, documents.c.path == path
+                )
             )
         ).scalar_one_or_none()
         if document_id is None:
@@ -197,7 +207,12 @@ async def get_member(engine: AsyncEngine, *, workspace_id: str, user_id: str) ->
 
 @translate_errors
 async def set_member(
-    engine: AsyncEngine, *, workspace_id: str, user_id: str, role: str, display_name: str | None = None,
+    engine: AsyncEngine,
+    *,
+    workspace_id: str,
+    user_id: str,
+    role: str,
+    display_name: str | None = None,
     only_if_absent: bool = False,
 ) -> Member:
     """Add a member or change its role. With ``only_if_absent`` an existing member is left as is."""

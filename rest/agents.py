@@ -24,7 +24,9 @@ AgentId = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00-\x
 
 class AgentEventIn(BaseModel):
     type: str = Field(description="agent_execution_start | agent_execution_update | agent_execution_complete")
-    data: dict[str, Any] = Field(default_factory=dict, description="the event's data; agent_id defaults to the path")
+    data: dict[str, Any] = Field(
+        default_factory=dict, description="the event's data; agent_id defaults to the path"
+    )
 
 
 @router.get("/status", summary="Agents you may see, filterable by workspace and status")
@@ -43,7 +45,10 @@ async def agents_status(
 
 @router.get("/{agent_id}", summary="An agent's latest state and recent events")
 async def agent_detail(
-    agent_id: AgentId, services: ServicesDep, user: CurrentUser, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    agent_id: AgentId,
+    services: ServicesDep,
+    user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
     state = await agent_store.get_agent(services.store.engine, agent_id=agent_id)
     if state is None or not await services.agents.can_see(user, state):
@@ -56,7 +61,9 @@ async def agent_detail(
 
 
 @router.post("/{agent_id}/events", status_code=status.HTTP_202_ACCEPTED, summary="Report an execution event")
-async def report_event(agent_id: AgentId, body: AgentEventIn, services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
+async def report_event(
+    agent_id: AgentId, body: AgentEventIn, services: ServicesDep, user: CurrentUser
+) -> dict[str, Any]:
     if body.type not in AGENT_EVENT_TYPES:
         raise BadRequest(f"type must be one of {', '.join(AGENT_EVENT_TYPES)}")
     data = {**body.data, "agent_id": body.data.get("agent_id", agent_id)}
@@ -65,13 +72,17 @@ async def report_event(agent_id: AgentId, body: AgentEventIn, services: Services
     try:
         message = CLIENT_MESSAGE.validate_python({"type": body.type, "data": data})
     except ValidationError as exc:
-        details = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors(include_url=False))
+        details = "; ".join(
+            f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
         raise BadRequest(f"invalid {body.type}: {details}") from None
     event_id = await services.agents.report(user, message)  # type: ignore[arg-type]
     return {"id": event_id, "agent_id": agent_id, "type": body.type}
 
 
-@router.post("/{agent_id}/subscribe", summary="Subscribe to an agent (stored; applies to all your connections)")
+@router.post(
+    "/{agent_id}/subscribe", summary="Subscribe to an agent (stored; applies to all your connections)"
+)
 async def subscribe(agent_id: AgentId, services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
     state = await agent_store.get_agent(services.store.engine, agent_id=agent_id)
     if not await services.agents.can_see(user, state):

@@ -72,7 +72,12 @@ def to_json(doc: Doc) -> dict[str, Any]:
             content[name] = str(_root_as(update, name, XmlFragment))
             continue
         text = str(_root_as(update, name, Text))
-        if items and text and all(isinstance(i, str) and len(i) == 1 for i in items) and "".join(items) == text:
+        if (
+            items
+            and text
+            and all(isinstance(i, str) and len(i) == 1 for i in items)
+            and "".join(items) == text
+        ):
             content[name] = text
         else:
             content[name] = items if items else text
@@ -93,7 +98,9 @@ async def _read_json(services: ServicesDep, access: Access, path: str) -> Docume
     return DocumentContent(workspace_id=access.workspace.id, path=path, content=to_json(room.doc))
 
 
-async def _read_update(services: ServicesDep, access: Access, path: str, state_vector: str | None) -> Response:
+async def _read_update(
+    services: ServicesDep, access: Access, path: str, state_vector: str | None
+) -> Response:
     room = await _room(services, access, path)
     vector = _decode_state_vector(state_vector)
     try:
@@ -132,13 +139,21 @@ async def main_document(access: WorkspaceAccess, services: ServicesDep) -> Docum
 
 
 @router.get("/document/update", responses=_binary, summary="The main document as a Yjs update")
-async def main_document_update(access: WorkspaceAccess, services: ServicesDep, state_vector: StateVector = None) -> Response:
+async def main_document_update(
+    access: WorkspaceAccess, services: ServicesDep, state_vector: StateVector = None
+) -> Response:
     return await _read_update(services, access, "", state_vector)
 
 
-@router.post("/document/update", response_model=UpdateApplied, openapi_extra=_upload,
-             summary="Apply a Yjs update to the main document (editor)")
-async def main_document_apply(access: WorkspaceAccess, services: ServicesDep, request: Request) -> UpdateApplied:
+@router.post(
+    "/document/update",
+    response_model=UpdateApplied,
+    openapi_extra=_upload,
+    summary="Apply a Yjs update to the main document (editor)",
+)
+async def main_document_apply(
+    access: WorkspaceAccess, services: ServicesDep, request: Request
+) -> UpdateApplied:
     return await _apply(services, access, "", request)
 
 
@@ -149,9 +164,15 @@ async def document_update(
     return await _read_update(services, access, path, state_vector)
 
 
-@router.post("/documents/{doc_path:path}/update", response_model=UpdateApplied, openapi_extra=_upload,
-             summary="Apply a Yjs update to a document (editor)")
-async def document_apply(path: DocPath, access: WorkspaceAccess, services: ServicesDep, request: Request) -> UpdateApplied:
+@router.post(
+    "/documents/{doc_path:path}/update",
+    response_model=UpdateApplied,
+    openapi_extra=_upload,
+    summary="Apply a Yjs update to a document (editor)",
+)
+async def document_apply(
+    path: DocPath, access: WorkspaceAccess, services: ServicesDep, request: Request
+) -> UpdateApplied:
     return await _apply(services, access, path, request)
 
 
@@ -160,7 +181,9 @@ async def delete_document(path: DocPath, access: WorkspaceAccess, services: Serv
     require(access, Role.EDITOR)
     if not path:
         raise BadRequest("the main document cannot be deleted; delete the workspace instead")
-    document_id = await workspace_store.delete_document(services.store.engine, workspace_id=access.workspace.id, path=path)
+    document_id = await workspace_store.delete_document(
+        services.store.engine, workspace_id=access.workspace.id, path=path
+    )
     services.rooms.close_document(RoomKey(access.workspace.id, path), document_id)
     services.workspace_update(access.workspace.id, "document_deleted", path=path)
     return Response(status_code=204)

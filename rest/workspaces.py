@@ -33,16 +33,23 @@ UserId = Annotated[str, Path(min_length=1, max_length=255)]
 
 def _public(workspace: Workspace, role: str | None) -> WorkspacePublic:
     return WorkspacePublic(
-        id=workspace.id, name=workspace.name, visibility=workspace.visibility,  # type: ignore[arg-type]
-        owner_id=workspace.owner_id, created_at=workspace.created_at, updated_at=workspace.updated_at,
+        id=workspace.id,
+        name=workspace.name,
+        visibility=workspace.visibility,  # type: ignore[arg-type]
+        owner_id=workspace.owner_id,
+        created_at=workspace.created_at,
+        updated_at=workspace.updated_at,
         role=role,  # type: ignore[arg-type]
     )
 
 
 def _member(member: Member, online: set[str]) -> MemberPublic:
     return MemberPublic(
-        user_id=member.user_id, display_name=member.display_name, role=member.role,  # type: ignore[arg-type]
-        joined_at=member.joined_at, online=member.user_id in online,
+        user_id=member.user_id,
+        display_name=member.display_name,
+        role=member.role,  # type: ignore[arg-type]
+        joined_at=member.joined_at,
+        online=member.user_id in online,
     )
 
 
@@ -71,13 +78,21 @@ async def list_workspaces(
     return WorkspacesPublic(data=data, count=total)
 
 
-@router.post("", response_model=WorkspacePublic, status_code=status.HTTP_201_CREATED, summary="Create a workspace")
-async def create_workspace(body: WorkspaceCreate, services: ServicesDep, user: CurrentUser) -> WorkspacePublic:
+@router.post(
+    "", response_model=WorkspacePublic, status_code=status.HTTP_201_CREATED, summary="Create a workspace"
+)
+async def create_workspace(
+    body: WorkspaceCreate, services: ServicesDep, user: CurrentUser
+) -> WorkspacePublic:
     workspace_id = body.id or f"ws-{secrets.token_hex(6)}"
     try:
         workspace = await workspace_store.create_workspace(
-            services.store.engine, workspace_id=workspace_id, name=body.name, visibility=body.visibility,
-            owner_id=user.user_id, owner_name=user.name,
+            services.store.engine,
+            workspace_id=workspace_id,
+            name=body.name,
+            visibility=body.visibility,
+            owner_id=user.user_id,
+            owner_name=user.name,
         )
     except Conflict as exc:
         raise ConflictError(str(exc)) from None
@@ -89,8 +104,12 @@ async def get_workspace(access: WorkspaceAccess) -> WorkspacePublic:
     return _public(access.workspace, access.role.value)
 
 
-@router.patch("/{workspace_id}", response_model=WorkspacePublic, summary="Rename or change visibility (owner)")
-async def update_workspace(body: WorkspaceUpdate, access: WorkspaceAccess, services: ServicesDep) -> WorkspacePublic:
+@router.patch(
+    "/{workspace_id}", response_model=WorkspacePublic, summary="Rename or change visibility (owner)"
+)
+async def update_workspace(
+    body: WorkspaceUpdate, access: WorkspaceAccess, services: ServicesDep
+) -> WorkspacePublic:
     require(access, Role.OWNER)
     workspace = await workspace_store.update_workspace(
         services.store.engine, workspace_id=access.workspace.id, name=body.name, visibility=body.visibility
@@ -98,20 +117,28 @@ async def update_workspace(body: WorkspaceUpdate, access: WorkspaceAccess, servi
     if body.name is not None and body.name != access.workspace.name:
         services.workspace_update(workspace.id, "workspace_renamed", name=workspace.name)
     if body.visibility is not None and body.visibility != access.workspace.visibility:
-        services.workspace_update(workspace.id, "workspace_visibility_changed", visibility=workspace.visibility)
+        services.workspace_update(
+            workspace.id, "workspace_visibility_changed", visibility=workspace.visibility
+        )
     return _public(workspace, access.role.value)
 
 
-@router.delete("/{workspace_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a workspace (owner)")
+@router.delete(
+    "/{workspace_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a workspace (owner)"
+)
 async def delete_workspace(access: WorkspaceAccess, services: ServicesDep) -> Response:
     require(access, Role.OWNER)
-    document_ids = await workspace_store.delete_workspace(services.store.engine, workspace_id=access.workspace.id)
+    document_ids = await workspace_store.delete_workspace(
+        services.store.engine, workspace_id=access.workspace.id
+    )
     services.rooms.close_workspace(access.workspace.id, document_ids)
     services.workspace_update(access.workspace.id, "workspace_deleted")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{workspace_id}/join", response_model=MemberPublic, summary="Join an open workspace (as editor)")
+@router.post(
+    "/{workspace_id}/join", response_model=MemberPublic, summary="Join an open workspace (as editor)"
+)
 async def join_workspace(workspace_id: WorkspaceId, services: ServicesDep, user: CurrentUser) -> MemberPublic:
     engine = services.store.engine
     workspace = await workspace_store.find_workspace(engine, workspace_id=workspace_id)
@@ -122,8 +149,12 @@ async def join_workspace(workspace_id: WorkspaceId, services: ServicesDep, user:
         if workspace.visibility != "open" and not user.is_admin:
             raise Forbidden(f"workspace {workspace_id!r} is private: an owner must add you")
         member = await workspace_store.set_member(
-            engine, workspace_id=workspace_id, user_id=user.user_id, role=Role.EDITOR.value,
-            display_name=user.name, only_if_absent=True,
+            engine,
+            workspace_id=workspace_id,
+            user_id=user.user_id,
+            role=Role.EDITOR.value,
+            display_name=user.name,
+            only_if_absent=True,
         )
         services.workspace_update(workspace_id, "member_added", user_id=user.user_id, role=member.role)
     return _member(member, services.presence.online(workspace_id))
@@ -144,14 +175,20 @@ async def leave_workspace(workspace_id: WorkspaceId, services: ServicesDep, user
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{workspace_id}/users", response_model=MembersPublic, summary="Members, their roles, who is online")
+@router.get(
+    "/{workspace_id}/users", response_model=MembersPublic, summary="Members, their roles, who is online"
+)
 async def workspace_users(access: WorkspaceAccess, services: ServicesDep) -> MembersPublic:
     members = await workspace_store.list_members(services.store.engine, workspace_id=access.workspace.id)
     online = services.presence.online(access.workspace.id)
     return MembersPublic(data=[_member(m, online) for m in members], count=len(members))
 
 
-@router.put("/{workspace_id}/members/{user_id}", response_model=MemberPublic, summary="Add a member or set its role (owner)")
+@router.put(
+    "/{workspace_id}/members/{user_id}",
+    response_model=MemberPublic,
+    summary="Add a member or set its role (owner)",
+)
 async def set_member(
     user_id: UserId, body: MemberSet, access: WorkspaceAccess, services: ServicesDep
 ) -> MemberPublic:
@@ -161,7 +198,11 @@ async def set_member(
     if current is not None and current.role == Role.OWNER and body.role != Role.OWNER:
         await _ensure_an_owner_remains(services, access.workspace.id, user_id)
     member = await workspace_store.set_member(
-        engine, workspace_id=access.workspace.id, user_id=user_id, role=body.role, display_name=body.display_name
+        engine,
+        workspace_id=access.workspace.id,
+        user_id=user_id,
+        role=body.role,
+        display_name=body.display_name,
     )
     services.rooms.update_access(access.workspace.id, user_id, Role(body.role).can_write)
     change = "member_added" if current is None else "member_role_changed"
@@ -171,7 +212,9 @@ async def set_member(
 
 
 @router.delete(
-    "/{workspace_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a member (owner)"
+    "/{workspace_id}/members/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Remove a member (owner)",
 )
 async def remove_member(user_id: UserId, access: WorkspaceAccess, services: ServicesDep) -> Response:
     require(access, Role.OWNER)
@@ -190,14 +233,20 @@ async def remove_member(user_id: UserId, access: WorkspaceAccess, services: Serv
 @router.get("/{workspace_id}/documents", response_model=DocumentsPublic, summary="The workspace's documents")
 async def list_documents(access: WorkspaceAccess, services: ServicesDep) -> DocumentsPublic:
     documents = await workspace_store.list_documents(services.store.engine, workspace_id=access.workspace.id)
-    loaded = {room.key.path: room for room in services.rooms.rooms.values() if room.key.workspace_id == access.workspace.id}
+    loaded = {
+        room.key.path: room
+        for room in services.rooms.rooms.values()
+        if room.key.workspace_id == access.workspace.id
+    }
     data = [
         DocumentPublic(
-            path=d.path, created_at=d.created_at, stored_updates=d.stored_updates, snapshot_bytes=d.snapshot_bytes,
-            loaded=d.path in loaded, connections=len(loaded[d.path].connections) if d.path in loaded else 0,
+            path=d.path,
+            created_at=d.created_at,
+            stored_updates=d.stored_updates,
+            snapshot_bytes=d.snapshot_bytes,
+            loaded=d.path in loaded,
+            connections=len(loaded[d.path].connections) if d.path in loaded else 0,
         )
         for d in documents
     ]
     return DocumentsPublic(data=data, count=len(data))
-
-

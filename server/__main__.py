@@ -39,12 +39,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m server", description="Real-time collaboration service")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the server (the default)")
-    token = commands.add_parser("token", help="mint a token signed with JWT_SECRET (for development and scripts)")
+    token = commands.add_parser(
+        "token", help="mint a token signed with JWT_SECRET (for development and scripts)"
+    )
     token.add_argument("--user", required=True, help="user id (the 'sub' claim)")
     token.add_argument("--name", help="display name (defaults to the user id)")
-    token.add_argument("--role", choices=[r.value for r in GlobalRole if r is not GlobalRole.USER],
-                       help="service (agent publishers) or admin")
-    token.add_argument("--ttl", type=float, default=24 * 3600, help="seconds until it expires (default: a day)")
+    token.add_argument(
+        "--role",
+        choices=[r.value for r in GlobalRole if r is not GlobalRole.USER],
+        help="service (agent publishers) or admin",
+    )
+    token.add_argument(
+        "--ttl", type=float, default=24 * 3600, help="seconds until it expires (default: a day)"
+    )
     return parser.parse_args(argv)
 
 
@@ -60,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.jwt_secret:
             print("error: JWT_SECRET is not set: there is nothing to sign tokens with", file=sys.stderr)  # noqa: T201
             return 2
-        print(mint_token(settings.jwt_secret, user_id=args.user, name=args.name, role=args.role, ttl=args.ttl))  # noqa: T201
+        print(
+            mint_token(settings.jwt_secret, user_id=args.user, name=args.name, role=args.role, ttl=args.ttl)
+        )  # noqa: T201
         return 0
     logging.getLogger().setLevel(settings.log_level)
     uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()

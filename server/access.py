@@ -52,8 +52,12 @@ async def resolve_access(
             raise NotFoundError(f"workspace {workspace_id!r} does not exist")
         try:
             workspace = await workspace_store.create_workspace(
-                engine, workspace_id=workspace_id, name=workspace_id, visibility="open",
-                owner_id=principal.user_id, owner_name=principal.name,
+                engine,
+                workspace_id=workspace_id,
+                name=workspace_id,
+                visibility="open",
+                owner_id=principal.user_id,
+                owner_name=principal.name,
             )
             return Access(workspace, Role.OWNER)
         except Conflict:  # created by someone else meanwhile
@@ -68,8 +72,12 @@ async def resolve_access(
     if workspace.visibility == "open":
         if join and not principal.guest:
             member = await workspace_store.set_member(
-                engine, workspace_id=workspace_id, user_id=principal.user_id, role=Role.EDITOR.value,
-                display_name=principal.name, only_if_absent=True,
+                engine,
+                workspace_id=workspace_id,
+                user_id=principal.user_id,
+                role=Role.EDITOR.value,
+                display_name=principal.name,
+                only_if_absent=True,
             )
             return Access(workspace, Role(member.role))
         return Access(workspace, Role.EDITOR)

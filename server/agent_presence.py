@@ -65,8 +65,12 @@ class AgentPresence:
             return
         state = {
             "user": {"name": f"Agent {agent.id}", "color": COLORS[agent_client_id(agent.id) % len(COLORS)]},
-            "agent": {"id": agent.id, "status": agent.status, "progress": agent.progress,
-                      "current_step": agent.current_step or ""},
+            "agent": {
+                "id": agent.id,
+                "status": agent.status,
+                "progress": agent.progress,
+                "current_step": agent.current_step or "",
+            },
         }
         if shown is None:
             shown = self._shown[agent.id] = _Shown(agent.workspace_id, state)

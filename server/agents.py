@@ -41,16 +41,29 @@ def agent_public(state: AgentState) -> dict[str, Any]:
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
     return {
-        "agent_id": state.id, "workspace_id": state.workspace_id, "user_id": state.started_by, "task": state.task,
-        "status": state.status, "progress": state.progress, "current_step": state.current_step,
-        "result": state.result, "execution_time": state.execution_time, "started_at": iso(state.started_at),
-        "updated_at": iso(state.updated_at), "completed_at": iso(state.completed_at),
+        "agent_id": state.id,
+        "workspace_id": state.workspace_id,
+        "user_id": state.started_by,
+        "task": state.task,
+        "status": state.status,
+        "progress": state.progress,
+        "current_step": state.current_step,
+        "result": state.result,
+        "execution_time": state.execution_time,
+        "started_at": iso(state.started_at),
+        "updated_at": iso(state.updated_at),
+        "completed_at": iso(state.completed_at),
     }
 
 
 class AgentService:
     def __init__(
-        self, store: Store, settings: Settings, hub: EventHub, *, on_state: Callable[[AgentState], None] | None = None
+        self,
+        store: Store,
+        settings: Settings,
+        hub: EventHub,
+        *,
+        on_state: Callable[[AgentState], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -78,7 +91,9 @@ class AgentService:
         current = await agent_store.get_agent(self.store.engine, agent_id=data.agent_id)
         if not self.is_privileged(principal):
             if current is not None and current.started_by not in (None, principal.user_id):
-                raise Forbidden(f"agent {data.agent_id!r} was started by someone else; only they or a service may report it")
+                raise Forbidden(
+                    f"agent {data.agent_id!r} was started by someone else; only they or a service may report it"
+                )
             if current is None and not isinstance(message, AgentExecutionStart):
                 raise Forbidden(f"agent {data.agent_id!r} has not started: send agent_execution_start first")
         payload = data.model_dump(mode="json")
@@ -88,23 +103,42 @@ class AgentService:
         if isinstance(message, AgentExecutionStart):
             if data.workspace_id is not None and not self.is_privileged(principal):
                 # Attaching an agent to a workspace needs the right to edit there.
-                access = await resolve_access(self.store, self.settings, principal, data.workspace_id, join=False)
+                access = await resolve_access(
+                    self.store, self.settings, principal, data.workspace_id, join=False
+                )
                 if not access.role.can_write:
                     raise Forbidden("attaching an agent to a workspace needs the editor role there")
             payload["user_id"] = data.user_id or principal.user_id
             values.update(
-                workspace_id=data.workspace_id, started_by=principal.user_id if current is None or not current.started_by
-                else current.started_by, task=data.task, status=data.status.value, progress=0.0, current_step=None,
-                result=None, execution_time=None, started_at=data.timestamp, completed_at=None,
+                workspace_id=data.workspace_id,
+                started_by=principal.user_id
+                if current is None or not current.started_by
+                else current.started_by,
+                task=data.task,
+                status=data.status.value,
+                progress=0.0,
+                current_step=None,
+                result=None,
+                execution_time=None,
+                started_at=data.timestamp,
+                completed_at=None,
             )
         elif isinstance(message, AgentExecutionComplete):
             execution_time = data.execution_time
             if execution_time is None and current is not None and current.started_at is not None:
-                started = current.started_at if current.started_at.tzinfo else current.started_at.replace(tzinfo=UTC)
+                started = (
+                    current.started_at
+                    if current.started_at.tzinfo
+                    else current.started_at.replace(tzinfo=UTC)
+                )
                 execution_time = max(0.0, (data.timestamp - started).total_seconds())
             payload["execution_time"] = execution_time
-            values.update(status=data.status.value, result=data.result, execution_time=execution_time,
-                          completed_at=data.timestamp)
+            values.update(
+                status=data.status.value,
+                result=data.result,
+                execution_time=execution_time,
+                completed_at=data.timestamp,
+            )
             if data.status is AgentStatus.COMPLETED:
                 values["progress"] = 100.0
         else:
@@ -121,7 +155,9 @@ class AgentService:
     async def _workspace_changes(self, message: AgentEvent, state: AgentState, previous: str | None) -> None:
         async def tell(workspace_id: str, update_type: str) -> None:
             data = WorkspaceUpdateData(workspace_id=workspace_id, update_type=update_type, agent_id=state.id)  # type: ignore[arg-type]
-            await self.hub.publish(workspace_topic(workspace_id), "workspace_update", data.model_dump(mode="json"))
+            await self.hub.publish(
+                workspace_topic(workspace_id), "workspace_update", data.model_dump(mode="json")
+            )
 
         if isinstance(message, AgentExecutionStart):
             if previous is not None and previous != state.workspace_id:

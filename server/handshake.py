@@ -20,11 +20,16 @@ async def refuse(
     supports it, otherwise a close frame with a named code."""
     if "websocket.http.response" in scope.get("extensions", {}):
         body = json.dumps(error_body(code, message)).encode()
-        await send({
-            "type": "websocket.http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        })
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": close.code, "reason": message[:120]})
@@ -38,11 +43,19 @@ async def admit(
     if (await receive())["type"] != "websocket.connect":
         return None
     if services.connections >= services.settings.max_connections:
-        await refuse(scope, send, status=503, code="server_full", close=CLOSE_1013_SERVER_FULL,
-                     message=CLOSE_1013_SERVER_FULL.reason)
+        await refuse(
+            scope,
+            send,
+            status=503,
+            code="server_full",
+            close=CLOSE_1013_SERVER_FULL,
+            message=CLOSE_1013_SERVER_FULL.reason,
+        )
         return None
     try:
         return authenticate(scope, services.settings)
     except TokenError as exc:
-        await refuse(scope, send, status=401, code="unauthorized", close=CLOSE_4401_UNAUTHORIZED, message=str(exc))
+        await refuse(
+            scope, send, status=401, code="unauthorized", close=CLOSE_4401_UNAUTHORIZED, message=str(exc)
+        )
         return None

@@ -56,13 +56,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
         )
         agent_presence = await stack.enter_async_context(
-            AgentPresence(rooms, linger=settings.agent_presence_linger, renew_interval=settings.heartbeat_interval)
+            AgentPresence(
+                rooms, linger=settings.agent_presence_linger, renew_interval=settings.heartbeat_interval
+            )
         )
         rooms.on_room_loaded = agent_presence.on_room_loaded
         agents = AgentService(store, settings, hub, on_state=agent_presence.update)
         services = Services(
-            settings=settings, store=store, writer=writer, rooms=rooms, events=hub, presence=presence,
-            agents=agents, agent_presence=agent_presence,
+            settings=settings,
+            store=store,
+            writer=writer,
+            rooms=rooms,
+            events=hub,
+            presence=presence,
+            agents=agents,
+            agent_presence=agent_presence,
         )
         rooms.on_document_created = lambda key: services.workspace_update(
             key.workspace_id, "document_created", path=key.path

@@ -34,4 +34,6 @@ class Services:
     def workspace_update(self, workspace_id: str, update_type: str, **details: Any) -> None:
         """Announce a change of a workspace to its event subscribers."""
         data = WorkspaceUpdateData(workspace_id=workspace_id, update_type=update_type, **details)  # type: ignore[arg-type]
-        self.events.publish_soon(workspace_topic(workspace_id), "workspace_update", data.model_dump(mode="json"))
+        self.events.publish_soon(
+            workspace_topic(workspace_id), "workspace_update", data.model_dump(mode="json")
+        )

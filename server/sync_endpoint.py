@@ -27,8 +27,10 @@ _DOC_PATH = re.compile(r"^[^\x00-\x1f\x7f]{1,1024}$")
 
 
 def is_sync_request(scope: dict[str, Any]) -> bool:
-    return scope["type"] == "websocket" and len(scope["path"]) > len(SYNC_PREFIX) and scope["path"].startswith(
-        SYNC_PREFIX
+    return (
+        scope["type"] == "websocket"
+        and len(scope["path"]) > len(SYNC_PREFIX)
+        and scope["path"].startswith(SYNC_PREFIX)
     )
 
 
@@ -54,18 +56,36 @@ async def sync_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> 
     principal, subprotocol = admitted
     key = room_key(scope["path"])
     if key is None:
-        await refuse(scope, send, status=400, code="bad_request", close=CLOSE_4400_BAD_MESSAGE,
-                     message="invalid workspace id or document path")
+        await refuse(
+            scope,
+            send,
+            status=400,
+            code="bad_request",
+            close=CLOSE_4400_BAD_MESSAGE,
+            message="invalid workspace id or document path",
+        )
         return
     try:
         access = await resolve_access(services.store, settings, principal, key.workspace_id)
     except ServiceError as exc:
-        await refuse(scope, send, status=exc.status_code, code=exc.code,
-                     close=CloseCode(4000 + exc.status_code, exc.code), message=exc.message)
+        await refuse(
+            scope,
+            send,
+            status=exc.status_code,
+            code=exc.code,
+            close=CloseCode(4000 + exc.status_code, exc.code),
+            message=exc.message,
+        )
         return
     except StoreError:
-        await refuse(scope, send, status=503, code="unavailable", close=CLOSE_1013_STORE_UNAVAILABLE,
-                     message=CLOSE_1013_STORE_UNAVAILABLE.reason)
+        await refuse(
+            scope,
+            send,
+            status=503,
+            code="unavailable",
+            close=CLOSE_1013_STORE_UNAVAILABLE,
+            message=CLOSE_1013_STORE_UNAVAILABLE.reason,
+        )
         return
     await send({"type": "websocket.accept", "subprotocol": subprotocol})
     services.connections += 1

@@ -98,7 +98,9 @@ def workspace() -> str:
 
 
 @pytest.fixture
-async def auth_server(make_settings: Callable[..., Settings], database_url: str) -> AsyncIterator[RunningServer]:
+async def auth_server(
+    make_settings: Callable[..., Settings], database_url: str
+) -> AsyncIterator[RunningServer]:
     """A server that requires tokens, on SQLite and on PostgreSQL."""
     from tests.support.auth import SECRET
 

@@ -105,13 +105,21 @@ class EventSession:
         hub = self.services.events
         hub.add(self.sub)
         self.conn.close_at(self.user.expires_at, CLOSE_4401_TOKEN_EXPIRED)
-        self.send("welcome", {
-            "connection_id": f"c-{uuid.uuid4().hex[:12]}", "user_id": self.user.user_id,
-            "username": self.user.name, "endpoint": self.conn.channel.path,
-            "heartbeat_interval": self.services.settings.heartbeat_interval, "server_time": utc_now(),
-        })
+        self.send(
+            "welcome",
+            {
+                "connection_id": f"c-{uuid.uuid4().hex[:12]}",
+                "user_id": self.user.user_id,
+                "username": self.user.name,
+                "endpoint": self.conn.channel.path,
+                "heartbeat_interval": self.services.settings.heartbeat_interval,
+                "server_time": utc_now(),
+            },
+        )
         if "agent" in self.sub.kinds:
-            for agent_id in await agent_store.subscriptions(self.services.store.engine, user_id=self.user.user_id):
+            for agent_id in await agent_store.subscriptions(
+                self.services.store.engine, user_id=self.user.user_id
+            ):
                 hub.subscribe(self.sub, agent_topic(agent_id))
         if last_event_id is not None:
             if not last_event_id.isdigit():
@@ -155,7 +163,9 @@ class EventSession:
 
     async def handle(self, raw: bytes | str) -> None:
         if isinstance(raw, bytes):
-            self.error("unsupported_frame", "binary frames are not part of the event protocol; send JSON text")
+            self.error(
+                "unsupported_frame", "binary frames are not part of the event protocol; send JSON text"
+            )
             return
         try:
             body = json.loads(raw)
@@ -165,11 +175,17 @@ class EventSession:
         request_id = body.get("request_id") if isinstance(body, dict) else None
         request_id = request_id if isinstance(request_id, str) and len(request_id) <= 100 else None
         if not isinstance(body, dict) or not isinstance(body.get("type"), str):
-            self.error("invalid_message", 'a message is a JSON object {"type": ..., "data": {...}}', request_id)
+            self.error(
+                "invalid_message", 'a message is a JSON object {"type": ..., "data": {...}}', request_id
+            )
             return
         if body["type"] not in CLIENT_TYPES:
-            self.error("unknown_type", f"unknown message type {body['type'][:64]!r}", request_id,
-                       known_types=list(CLIENT_TYPES))
+            self.error(
+                "unknown_type",
+                f"unknown message type {body['type'][:64]!r}",
+                request_id,
+                known_types=list(CLIENT_TYPES),
+            )
             return
         try:
             message = CLIENT_MESSAGE.validate_python(body)
@@ -217,7 +233,9 @@ class EventSession:
             self.need("workspace")
             workspace_id = message.data.workspace_id
             try:
-                await resolve_access(self.services.store, self.services.settings, self.user, workspace_id, join=False)
+                await resolve_access(
+                    self.services.store, self.services.settings, self.user, workspace_id, join=False
+                )
             except ServiceError as exc:
                 code = "unknown_workspace" if exc.status_code == 404 else exc.code
                 raise CommandError(code, exc.message) from None
@@ -249,7 +267,10 @@ class EventSession:
                     state = await agent_store.get_agent(self.services.store.engine, agent_id=topic[6:])
                     if state is not None:
                         agents.append(agent_public(state))
-            return {"reason": "events after last_event_id are older than retention", "last_event_id": last_event_id,
-                    "agents": agents}
+            return {
+                "reason": "events after last_event_id are older than retention",
+                "last_event_id": last_event_id,
+                "agents": agents,
+            }
 
         return await self.services.events.resume(self.sub, last_event_id, on_gap=current_agents)

@@ -130,7 +130,9 @@ class EventHub:
         """Store the event, then send it to the topic's subscribers. Returns its id."""
         body = json.dumps(data, separators=(",", ":"))
         async with self._lock:
-            event_id = await event_log.append_event(self.store.engine, topic=topic, type=message_type, data=body)
+            event_id = await event_log.append_event(
+                self.store.engine, topic=topic, type=message_type, data=body
+            )
             text = f'{{"id":{event_id},"type":{json.dumps(message_type)},"data":{body}}}'
             for sub in self._topics.get(topic, ()):
                 sub.deliver(event_id, text)
@@ -174,7 +176,9 @@ class EventHub:
                 sub.last_id = max(sub.last_id, after_id)
                 for event in events:
                     if event.id > sub.last_id:
-                        sub.conn.send(f'{{"id":{event.id},"type":{json.dumps(event.type)},"data":{event.data}}}')
+                        sub.conn.send(
+                            f'{{"id":{event.id},"type":{json.dumps(event.type)},"data":{event.data}}}'
+                        )
                         sub.last_id = event.id
                         replayed += 1
         finally:

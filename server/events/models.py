@@ -89,8 +89,15 @@ class WorkspaceUpdateData(Timestamped):
 
     workspace_id: Id
     update_type: Literal[
-        "agent_added", "agent_removed", "document_created", "document_deleted", "member_added",
-        "member_removed", "member_role_changed", "workspace_renamed", "workspace_visibility_changed",
+        "agent_added",
+        "agent_removed",
+        "document_created",
+        "document_deleted",
+        "member_added",
+        "member_removed",
+        "member_role_changed",
+        "workspace_renamed",
+        "workspace_visibility_changed",
         "workspace_deleted",
     ]
 
@@ -166,8 +173,15 @@ ClientMessage = Annotated[
 ]
 CLIENT_MESSAGE = TypeAdapter(ClientMessage)
 CLIENT_TYPES = (
-    "subscribe_agent", "unsubscribe_agent", "join_workspace", "leave_workspace", "resume", "ping",
-    "agent_execution_start", "agent_execution_update", "agent_execution_complete",
+    "subscribe_agent",
+    "unsubscribe_agent",
+    "join_workspace",
+    "leave_workspace",
+    "resume",
+    "ping",
+    "agent_execution_start",
+    "agent_execution_update",
+    "agent_execution_complete",
 )
 AGENT_EVENT_TYPES = ("agent_execution_start", "agent_execution_update", "agent_execution_complete")
 WORKSPACE_EVENT_TYPES = ("user_joined", "user_left", "workspace_update")

@@ -36,7 +36,9 @@ BAD_FRAMES = {
 
 
 @pytest.mark.parametrize("name", list(BAD_FRAMES))
-async def test_bad_frame_closes_only_that_connection(server: RunningServer, workspace: str, name: str) -> None:
+async def test_bad_frame_closes_only_that_connection(
+    server: RunningServer, workspace: str, name: str
+) -> None:
     frame, expected_code = BAD_FRAMES[name]
     url = server.doc_url(workspace)
     async with yclient(url) as good:
@@ -53,7 +55,9 @@ async def test_bad_frame_closes_only_that_connection(server: RunningServer, work
             await wait_until(lambda: str(later.text()) == "kept and more")
 
 
-async def test_oversize_frame_is_refused_with_1009(make_settings: Callable[..., Settings], workspace: str) -> None:
+async def test_oversize_frame_is_refused_with_1009(
+    make_settings: Callable[..., Settings], workspace: str
+) -> None:
     async with run_server(make_settings(max_message_size=64 * 1024)) as server:
         url = server.doc_url(workspace)
         async with yclient(url) as good:

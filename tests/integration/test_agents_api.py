@@ -10,26 +10,43 @@ from tests.support.server import RunningServer
 
 async def test_state_and_history_follow_the_reports(auth_server: RunningServer, workspace: str) -> None:
     agent = f"agent-{uuid.uuid4().hex[:8]}"
-    async with client(auth_server.http_url, "alice") as alice, client(
-        auth_server.http_url, "bot", role="service"
-    ) as bot:
+    async with (
+        client(auth_server.http_url, "alice") as alice,
+        client(auth_server.http_url, "bot", role="service") as bot,
+    ):
         await alice.post("/workspaces", json={"id": workspace, "name": "w"})
-        start = await bot.post(f"/agents/{agent}/events", json={
-            "type": "agent_execution_start", "data": {"task": "index", "workspace_id": workspace,
-                                                      "timestamp": "2024-01-01T12:00:00Z"}})
+        start = await bot.post(
+            f"/agents/{agent}/events",
+            json={
+                "type": "agent_execution_start",
+                "data": {"task": "index", "workspace_id": workspace, "timestamp": "2024-01-01T12:00:00Z"},
+            },
+        )
         assert start.status_code == 202 and start.json()["id"] > 0
-        await bot.post(f"/agents/{agent}/events", json={
-            "type": "agent_execution_update", "data": {"progress": 40, "current_step": "parsing"}})
-        status = (await alice.get("/agents/status", params={"workspace_id": workspace, "status": "running"})).json()
-        assert [(a["agent_id"], a["progress"], a["current_step"]) for a in status["data"]] == [(agent, 40.0, "parsing")]
-        await bot.post(f"/agents/{agent}/events", json={
-            "type": "agent_execution_complete", "data": {"timestamp": "2024-01-01T12:02:30Z"}})
+        await bot.post(
+            f"/agents/{agent}/events",
+            json={"type": "agent_execution_update", "data": {"progress": 40, "current_step": "parsing"}},
+        )
+        status = (
+            await alice.get("/agents/status", params={"workspace_id": workspace, "status": "running"})
+        ).json()
+        assert [(a["agent_id"], a["progress"], a["current_step"]) for a in status["data"]] == [
+            (agent, 40.0, "parsing")
+        ]
+        await bot.post(
+            f"/agents/{agent}/events",
+            json={"type": "agent_execution_complete", "data": {"timestamp": "2024-01-01T12:02:30Z"}},
+        )
         detail = (await alice.get(f"/agents/{agent}")).json()
         assert detail["agent"]["status"] == "completed" and detail["agent"]["execution_time"] == 150.0
         assert [e["type"] for e in detail["events"]] == [
-            "agent_execution_start", "agent_execution_update", "agent_execution_complete"]
-        assert (await alice.get("/agents/status", params={"workspace_id": workspace, "status": "running"})).json()[
-            "count"] == 0
+            "agent_execution_start",
+            "agent_execution_update",
+            "agent_execution_complete",
+        ]
+        assert (
+            await alice.get("/agents/status", params={"workspace_id": workspace, "status": "running"})
+        ).json()["count"] == 0
         assert (await alice.get("/agents/status", params={"status": "sleeping"})).status_code == 422
 
 
@@ -48,11 +65,17 @@ async def test_reports_are_validated_and_authorised(auth_server: RunningServer, 
             assert response.status_code == 400, response.text
             assert response.json()["error"]["code"] == "bad_request"
         # bob may not attach an agent to a private workspace he is not in
-        refused = await bob.post(f"/agents/{agent}/events", json={
-            "type": "agent_execution_start", "data": {"workspace_id": workspace}})
+        refused = await bob.post(
+            f"/agents/{agent}/events",
+            json={"type": "agent_execution_start", "data": {"workspace_id": workspace}},
+        )
         assert refused.status_code == 403
-        assert (await alice.post(f"/agents/{agent}/events", json={
-            "type": "agent_execution_start", "data": {"workspace_id": workspace}})).status_code == 202
+        assert (
+            await alice.post(
+                f"/agents/{agent}/events",
+                json={"type": "agent_execution_start", "data": {"workspace_id": workspace}},
+            )
+        ).status_code == 202
         # the private workspace's agent is invisible to bob, visible to its members
         assert (await bob.get(f"/agents/{agent}")).status_code == 404
         assert agent not in {a["agent_id"] for a in (await bob.get("/agents/status")).json()["data"]}

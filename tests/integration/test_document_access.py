@@ -37,7 +37,9 @@ async def test_unknown_workspace_is_not_found_with_tokens(auth_server: RunningSe
     assert status == 404 and b'"not_found"' in body
 
 
-async def test_auto_create_makes_the_first_user_owner(make_settings: Callable[..., Settings], workspace: str) -> None:
+async def test_auto_create_makes_the_first_user_owner(
+    make_settings: Callable[..., Settings], workspace: str
+) -> None:
     async with run_server(make_settings(jwt_secret=SECRET, auto_create_workspaces=True)) as server:
         async with yclient(server.doc_url(workspace) + f"?token={token('alice')}") as alice:
             alice.text().insert(0, "first")
@@ -46,16 +48,22 @@ async def test_auto_create_makes_the_first_user_owner(make_settings: Callable[..
     assert (body["owner_id"], body["role"], body["visibility"]) == ("alice", "owner", "open")
 
 
-async def test_open_workspace_makes_a_visitor_an_editor_member(auth_server: RunningServer, workspace: str) -> None:
+async def test_open_workspace_makes_a_visitor_an_editor_member(
+    auth_server: RunningServer, workspace: str
+) -> None:
     async with client(auth_server.http_url, "alice") as alice:
         await alice.post("/workspaces", json={"id": workspace, "name": "open"})
         async with yclient(auth_server.doc_url(workspace) + f"?token={token('bob')}") as bob:
             bob.text().insert(0, "bob was here")
-            users = {u["user_id"]: u for u in (await alice.get(f"/workspaces/{workspace}/users")).json()["data"]}
+            users = {
+                u["user_id"]: u for u in (await alice.get(f"/workspaces/{workspace}/users")).json()["data"]
+            }
     assert users["bob"]["role"] == "editor" and users["bob"]["online"] is True
 
 
-async def test_open_development_server_creates_unknown_workspaces(server: RunningServer, workspace: str) -> None:
+async def test_open_development_server_creates_unknown_workspaces(
+    server: RunningServer, workspace: str
+) -> None:
     async with yclient(server.doc_url(workspace)) as guest:
         guest.text().insert(0, "no token needed")
     async with client(server.http_url) as http:
@@ -70,8 +78,12 @@ async def test_viewer_writes_are_dropped_and_reported(auth_server: RunningServer
     async with yclient(auth_server.doc_url(workspace) + f"?token={token('alice')}") as editor:
         editor.text().insert(0, "[editor]")
         viewer = await start_node_client(
-            url=f"{auth_server.ws_url}/ws/workspaces", room=workspace, token=token("vic"),
-            insert="[viewer]", expect=["[editor]"], expectDenied=True,
+            url=f"{auth_server.ws_url}/ws/workspaces",
+            room=workspace,
+            token=token("vic"),
+            insert="[viewer]",
+            expect=["[editor]"],
+            expectDenied=True,
         )
         report = await viewer.result()
         assert report["permissionDenied"] and "read-only" in report["permissionDenied"][0]
@@ -91,17 +103,24 @@ async def test_removed_member_is_disconnected_and_downgraded_member_loses_writes
         await alice.post("/workspaces", json={"id": workspace, "name": "p", "visibility": "private"})
         for user in ("bob", "carol"):
             await alice.put(f"/workspaces/{workspace}/members/{user}", json={"role": "editor"})
-        async with yclient(auth_server.doc_url(workspace) + f"?token={token('alice')}") as owner, yclient(
-            auth_server.doc_url(workspace) + f"?token={token('bob')}"
-        ) as bob, raw_client(auth_server.doc_url(workspace) + f"?token={token('carol')}") as carol:
+        async with (
+            yclient(auth_server.doc_url(workspace) + f"?token={token('alice')}") as owner,
+            yclient(auth_server.doc_url(workspace) + f"?token={token('bob')}") as bob,
+            raw_client(auth_server.doc_url(workspace) + f"?token={token('carol')}") as carol,
+        ):
             bob.text().insert(0, "bob can write. ")
             await wait_until(lambda: "bob can write" in str(owner.text()))
 
             assert (await alice.delete(f"/workspaces/{workspace}/members/bob")).status_code == 204
             await bob.ws.wait_closed()
-            assert (bob.ws.close_code, bob.ws.close_reason) == (4403, "your access to this workspace was revoked")
+            assert (bob.ws.close_code, bob.ws.close_reason) == (
+                4403,
+                "your access to this workspace was revoked",
+            )
 
-            assert (await alice.put(f"/workspaces/{workspace}/members/carol", json={"role": "viewer"})).status_code == 200
+            assert (
+                await alice.put(f"/workspaces/{workspace}/members/carol", json={"role": "viewer"})
+            ).status_code == 200
             attempt = Doc()
             attempt.get("text", type=Text).insert(0, "carol after downgrade")
             await carol.send(create_update_message(attempt.get_update()))

@@ -18,21 +18,28 @@ async def setup(server: RunningServer, workspace: str) -> None:
         await alice.put(f"/workspaces/{workspace}/members/vic", json={"role": "viewer"})
 
 
-async def test_rest_update_reaches_websocket_clients_and_is_stored(auth_server: RunningServer, workspace: str) -> None:
+async def test_rest_update_reaches_websocket_clients_and_is_stored(
+    auth_server: RunningServer, workspace: str
+) -> None:
     await setup(auth_server, workspace)
-    async with yclient(auth_server.doc_url(workspace, "notes/today.md") + f"?token={token('alice')}") as editor:
+    async with yclient(
+        auth_server.doc_url(workspace, "notes/today.md") + f"?token={token('alice')}"
+    ) as editor:
         bot = Doc()
         bot.get("text", type=Text).insert(0, "written by a bot")
         async with client(auth_server.http_url, "agent-7", role="service") as http:
             response = await http.post(
-                f"/workspaces/{workspace}/documents/notes/today.md/update", content=bot.get_update(),
+                f"/workspaces/{workspace}/documents/notes/today.md/update",
+                content=bot.get_update(),
                 headers={"Content-Type": "application/octet-stream"},
             )
         assert response.status_code == 200, response.text
         assert response.json()["applied_bytes"] == len(bot.get_update())
         await wait_until(lambda: str(editor.text()) == "written by a bot")
     await wait_until(lambda: auth_server.services.writer.pending == 0)
-    async with yclient(auth_server.doc_url(workspace, "notes/today.md") + f"?token={token('alice')}") as later:
+    async with yclient(
+        auth_server.doc_url(workspace, "notes/today.md") + f"?token={token('alice')}"
+    ) as later:
         assert str(later.text()) == "written by a bot"
 
 
@@ -42,7 +49,9 @@ async def test_json_view_of_every_shared_type(auth_server: RunningServer, worksp
         editor.text().insert(0, "hello")
         editor.doc.get("settings", type=Map)["theme"] = "dark"
         editor.doc.get("tags", type=Array).extend(["a", "b"])
-        editor.doc.get("prosemirror", type=XmlFragment).children.append(XmlElement("p", contents=[XmlText("para")]))
+        editor.doc.get("prosemirror", type=XmlFragment).children.append(
+            XmlElement("p", contents=[XmlText("para")])
+        )
         async with client(auth_server.http_url, "vic") as viewer:
 
             async def complete() -> bool:
@@ -52,11 +61,17 @@ async def test_json_view_of_every_shared_type(auth_server: RunningServer, worksp
             await wait_until(complete)
             body = (await viewer.get(f"/workspaces/{workspace}/document")).json()
     assert body["content"] == {
-        "text": "hello", "settings": {"theme": "dark"}, "tags": ["a", "b"], "prosemirror": "<p>para</p>"}
+        "text": "hello",
+        "settings": {"theme": "dark"},
+        "tags": ["a", "b"],
+        "prosemirror": "<p>para</p>",
+    }
     assert (body["workspace_id"], body["path"]) == (workspace, "")
 
 
-async def test_binary_update_and_diff_against_a_state_vector(auth_server: RunningServer, workspace: str) -> None:
+async def test_binary_update_and_diff_against_a_state_vector(
+    auth_server: RunningServer, workspace: str
+) -> None:
     await setup(auth_server, workspace)
     async with yclient(auth_server.doc_url(workspace, "b") + f"?token={token('alice')}") as editor:
         editor.text().insert(0, "first")
@@ -93,14 +108,18 @@ async def test_refusals(auth_server: RunningServer, workspace: str) -> None:
     await setup(auth_server, workspace)
     update = Doc()
     update.get("text", type=Text).insert(0, "x")
-    async with client(auth_server.http_url, "vic") as viewer, client(auth_server.http_url, "alice") as owner, client(
-        auth_server.http_url, "stranger"
-    ) as stranger:
+    async with (
+        client(auth_server.http_url, "vic") as viewer,
+        client(auth_server.http_url, "alice") as owner,
+        client(auth_server.http_url, "stranger") as stranger,
+    ):
         denied = await viewer.post(f"/workspaces/{workspace}/document/update", content=update.get_update())
         assert denied.status_code == 403 and "editor" in denied.json()["error"]["message"]
         assert (await stranger.get(f"/workspaces/{workspace}/document")).status_code == 403
         assert (await owner.get("/workspaces/nope/document")).status_code == 404
-        garbage = await owner.post(f"/workspaces/{workspace}/document/update", content=b"\x01\x05\xff\xff\xff")
+        garbage = await owner.post(
+            f"/workspaces/{workspace}/document/update", content=b"\x01\x05\xff\xff\xff"
+        )
         assert garbage.status_code == 400 and garbage.json()["error"]["code"] == "bad_request"
         empty = await owner.post(f"/workspaces/{workspace}/document/update", content=b"")
         assert empty.status_code == 400
@@ -112,21 +131,34 @@ async def test_openapi_lists_every_route(server: RunningServer) -> None:
         assert (await http.get("/docs")).status_code == 200
     paths = {(path, method) for path, ops in schema["paths"].items() for method in ops}
     expected = {
-        ("/health", "get"), ("/health/database", "get"), ("/health/redis", "get"), ("/ws/health", "get"),
-        ("/status", "get"), ("/connections", "get"),
-        ("/workspaces", "get"), ("/workspaces", "post"), ("/workspaces/{workspace_id}", "get"),
-        ("/workspaces/{workspace_id}", "patch"), ("/workspaces/{workspace_id}", "delete"),
-        ("/workspaces/{workspace_id}/join", "post"), ("/workspaces/{workspace_id}/leave", "post"),
-        ("/workspaces/{workspace_id}/users", "get"), ("/workspaces/{workspace_id}/documents", "get"),
+        ("/health", "get"),
+        ("/health/database", "get"),
+        ("/health/redis", "get"),
+        ("/ws/health", "get"),
+        ("/status", "get"),
+        ("/connections", "get"),
+        ("/workspaces", "get"),
+        ("/workspaces", "post"),
+        ("/workspaces/{workspace_id}", "get"),
+        ("/workspaces/{workspace_id}", "patch"),
+        ("/workspaces/{workspace_id}", "delete"),
+        ("/workspaces/{workspace_id}/join", "post"),
+        ("/workspaces/{workspace_id}/leave", "post"),
+        ("/workspaces/{workspace_id}/users", "get"),
+        ("/workspaces/{workspace_id}/documents", "get"),
         ("/workspaces/{workspace_id}/members/{user_id}", "put"),
         ("/workspaces/{workspace_id}/members/{user_id}", "delete"),
-        ("/workspaces/{workspace_id}/document", "get"), ("/workspaces/{workspace_id}/document/update", "get"),
+        ("/workspaces/{workspace_id}/document", "get"),
+        ("/workspaces/{workspace_id}/document/update", "get"),
         ("/workspaces/{workspace_id}/document/update", "post"),
         ("/workspaces/{workspace_id}/documents/{doc_path}", "get"),
         ("/workspaces/{workspace_id}/documents/{doc_path}/update", "get"),
         ("/workspaces/{workspace_id}/documents/{doc_path}/update", "post"),
         ("/workspaces/{workspace_id}/documents/{doc_path}", "delete"),
-        ("/agents/status", "get"), ("/agents/{agent_id}", "get"), ("/agents/{agent_id}/events", "post"),
-        ("/agents/{agent_id}/subscribe", "post"), ("/agents/{agent_id}/unsubscribe", "post"),
+        ("/agents/status", "get"),
+        ("/agents/{agent_id}", "get"),
+        ("/agents/{agent_id}/events", "post"),
+        ("/agents/{agent_id}/subscribe", "post"),
+        ("/agents/{agent_id}/unsubscribe", "post"),
     }
     assert expected <= paths, expected - paths

@@ -24,8 +24,12 @@ COMPLETE = "agent_execution_complete"
 
 async def test_spec_quick_start_works_as_written(server: RunningServer) -> None:
     process = await asyncio.create_subprocess_exec(
-        node_binary(), str(JS_DIR / "quickstart.mjs"), server.ws_url, cwd=JS_DIR,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        node_binary(),
+        str(JS_DIR / "quickstart.mjs"),
+        server.ws_url,
+        cwd=JS_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
     lines: list[str] = []
@@ -35,10 +39,23 @@ async def test_spec_quick_start_works_as_written(server: RunningServer) -> None:
             lines.append(line)
     async with client(server.http_url) as http:
         for event_type, data in [
-            (START, {"task": "Analyze market trends", "user_id": "user-456", "timestamp": "2024-01-01T12:00:00Z"}),
-            (UPDATE, {"status": "running", "progress": 60, "current_step": "Processing data",
-                      "timestamp": "2024-01-01T12:01:00Z"}),
-            (COMPLETE, {"status": "completed", "result": "Analysis complete", "timestamp": "2024-01-01T12:02:00Z"}),
+            (
+                START,
+                {"task": "Analyze market trends", "user_id": "user-456", "timestamp": "2024-01-01T12:00:00Z"},
+            ),
+            (
+                UPDATE,
+                {
+                    "status": "running",
+                    "progress": 60,
+                    "current_step": "Processing data",
+                    "timestamp": "2024-01-01T12:01:00Z",
+                },
+            ),
+            (
+                COMPLETE,
+                {"status": "completed", "result": "Analysis complete", "timestamp": "2024-01-01T12:02:00Z"},
+            ),
         ]:
             response = await http.post("/agents/agent-123/events", json={"type": event_type, "data": data})
             assert response.status_code == 202, response.text
@@ -50,8 +67,13 @@ async def test_spec_quick_start_works_as_written(server: RunningServer) -> None:
     agent_events = [m for m in messages if m.get("type", "").startswith("agent_execution")]
     assert [m["type"] for m in agent_events] == [START, UPDATE, COMPLETE]
     assert agent_events[1]["data"] | {"workspace_id": None} == {
-        "agent_id": "agent-123", "status": "running", "progress": 60.0, "current_step": "Processing data",
-        "timestamp": "2024-01-01T12:01:00Z", "workspace_id": None}
+        "agent_id": "agent-123",
+        "status": "running",
+        "progress": 60.0,
+        "current_step": "Processing data",
+        "timestamp": "2024-01-01T12:01:00Z",
+        "workspace_id": None,
+    }
     assert agent_events[2]["data"]["execution_time"] == 120.0  # computed: the publisher omitted it
     assert agent_events[0]["id"] < agent_events[1]["id"] < agent_events[2]["id"]
 
@@ -59,11 +81,17 @@ async def test_spec_quick_start_works_as_written(server: RunningServer) -> None:
 async def run_agent(publisher, agent_id: str, updates: int, *, workspace_id: str | None = None) -> list[int]:  # type: ignore[no-untyped-def]
     """Report a whole execution over the socket; returns the event ids from the acks."""
     ids = []
-    start = {"agent_id": agent_id, "task": "test run"} | ({"workspace_id": workspace_id} if workspace_id else {})
-    for event_type, data in [(START, start)] + [
-        (UPDATE, {"agent_id": agent_id, "progress": (i + 1) * 10, "current_step": f"step {i + 1}"})
-        for i in range(updates)
-    ] + [(COMPLETE, {"agent_id": agent_id, "result": "done"})]:
+    start = {"agent_id": agent_id, "task": "test run"} | (
+        {"workspace_id": workspace_id} if workspace_id else {}
+    )
+    for event_type, data in (
+        [(START, start)]
+        + [
+            (UPDATE, {"agent_id": agent_id, "progress": (i + 1) * 10, "current_step": f"step {i + 1}"})
+            for i in range(updates)
+        ]
+        + [(COMPLETE, {"agent_id": agent_id, "result": "done"})]
+    ):
         ack = await publisher.command(event_type, data)
         assert ack["type"] == "ack", ack
         ids.append(ack["data"]["event_id"])
@@ -72,8 +100,11 @@ async def run_agent(publisher, agent_id: str, updates: int, *, workspace_id: str
 
 async def test_two_subscribers_see_a_whole_execution_in_order(server: RunningServer) -> None:
     agent = "agent-order"
-    async with event_client(f"{server.ws_url}/ws") as a, event_client(f"{server.ws_url}/ws/agents") as b, \
-            event_client(f"{server.ws_url}/ws/agents") as publisher:
+    async with (
+        event_client(f"{server.ws_url}/ws") as a,
+        event_client(f"{server.ws_url}/ws/agents") as b,
+        event_client(f"{server.ws_url}/ws/agents") as publisher,
+    ):
         for sub in (a, b):
             assert (await sub.command("subscribe_agent", {"agent_id": agent}))["type"] == "ack"
         ids = await run_agent(publisher, agent, 5)
@@ -112,10 +143,15 @@ async def test_subscriber_resumes_and_misses_nothing_twice(server: RunningServer
     assert [e["data"].get("progress") for e in everything if e["type"] == UPDATE] == [10, 20, 30, 40, 50, 60]
 
 
-async def test_rest_subscriptions_apply_to_every_connection_and_survive_reconnects(server: RunningServer) -> None:
+async def test_rest_subscriptions_apply_to_every_connection_and_survive_reconnects(
+    server: RunningServer,
+) -> None:
     agent, marker = "agent-rest-sub", "agent-marker"
     async with client(server.http_url, "carol") as carol:
-        assert (await carol.post(f"/agents/{agent}/subscribe")).json() == {"agent_id": agent, "subscribed": True}
+        assert (await carol.post(f"/agents/{agent}/subscribe")).json() == {
+            "agent_id": agent,
+            "subscribed": True,
+        }
         url = f"{server.ws_url}/ws?token={token('carol')}"
         for _ in range(2):  # a fresh connection each time: the subscription is the user's, not the socket's
             async with event_client(url) as tab:
@@ -131,7 +167,9 @@ async def test_rest_subscriptions_apply_to_every_connection_and_survive_reconnec
             assert not [e for e in tab.events(UPDATE) if e["data"]["agent_id"] == agent]
 
 
-async def test_user_joined_and_left_once_for_two_tabs(make_settings: Callable[..., Settings], workspace: str) -> None:
+async def test_user_joined_and_left_once_for_two_tabs(
+    make_settings: Callable[..., Settings], workspace: str
+) -> None:
     async with run_server(make_settings(jwt_secret=SECRET)) as server:
         async with client(server.http_url, "alice") as alice:
             await alice.post("/workspaces", json={"id": workspace, "name": "team"})
@@ -140,16 +178,24 @@ async def test_user_joined_and_left_once_for_two_tabs(make_settings: Callable[..
                 await watcher.command("join_workspace", {"workspace_id": workspace})
                 bob_doc = yclient(server.doc_url(workspace) + f"?token={token('bob')}")
                 await bob_doc.__aenter__()
-                joined = await watcher.wait_for(lambda m: m["type"] == "user_joined" and m["data"]["user_id"] == "bob")
+                joined = await watcher.wait_for(
+                    lambda m: m["type"] == "user_joined" and m["data"]["user_id"] == "bob"
+                )
                 assert joined["data"]["username"] == "Bob"
                 async with event_client(f"{server.ws_url}/ws?token={token('bob')}") as bob_events:
                     await bob_events.command("join_workspace", {"workspace_id": workspace})
                     await bob_doc.__aexit__(None, None, None)  # first tab closes: bob is still here
                     await alice.patch(f"/workspaces/{workspace}", json={"name": "marker"})
-                    await watcher.wait_for(lambda m: m.get("data", {}).get("update_type") == "workspace_renamed")
-                    bob_events_seen = [m for m in watcher.events("user_joined", "user_left") if m["data"]["user_id"] == "bob"]
+                    await watcher.wait_for(
+                        lambda m: m.get("data", {}).get("update_type") == "workspace_renamed"
+                    )
+                    bob_events_seen = [
+                        m for m in watcher.events("user_joined", "user_left") if m["data"]["user_id"] == "bob"
+                    ]
                     assert [m["type"] for m in bob_events_seen] == ["user_joined"]
-                left = await watcher.wait_for(lambda m: m["type"] == "user_left" and m["data"]["user_id"] == "bob")
+                left = await watcher.wait_for(
+                    lambda m: m["type"] == "user_left" and m["data"]["user_id"] == "bob"
+                )
                 assert left["id"] > joined["id"]
 
 
@@ -161,15 +207,26 @@ INVALID = [
     ('{"type": "launch_rockets", "data": {}}', "unknown_type"),
     ('{"type": "subscribe_agent", "data": {}}', "validation_failed"),
     ('{"type": "agent_execution_update", "data": {"agent_id": "a", "progress": 150}}', "validation_failed"),
-    ('{"type": "agent_execution_update", "data": {"agent_id": "a", "status": "exploded"}}', "validation_failed"),
-    ('{"type": "agent_execution_start", "data": {"agent_id": "a", "timestamp": "yesterday"}}', "validation_failed"),
-    ('{"type": "agent_execution_start", "data": {"agent_id": "a", "task": "' + "x" * 30000 + '"}}', "validation_failed"),
+    (
+        '{"type": "agent_execution_update", "data": {"agent_id": "a", "status": "exploded"}}',
+        "validation_failed",
+    ),
+    (
+        '{"type": "agent_execution_start", "data": {"agent_id": "a", "timestamp": "yesterday"}}',
+        "validation_failed",
+    ),
+    (
+        '{"type": "agent_execution_start", "data": {"agent_id": "a", "task": "' + "x" * 30000 + '"}}',
+        "validation_failed",
+    ),
     ('{"type": "resume", "data": {"last_event_id": -1}}', "validation_failed"),
 ]
 
 
 @pytest.mark.parametrize(("raw", "code"), INVALID, ids=[code + str(i) for i, (_, code) in enumerate(INVALID)])
-async def test_invalid_messages_get_an_error_and_the_stream_stays_open(server: RunningServer, raw: object, code: str) -> None:
+async def test_invalid_messages_get_an_error_and_the_stream_stays_open(
+    server: RunningServer, raw: object, code: str
+) -> None:
     async with event_client(f"{server.ws_url}/ws") as sub:
         await sub.ws.send(raw)  # type: ignore[arg-type]
         error = await sub.wait_for(lambda m: m["type"] == "error")
@@ -181,9 +238,10 @@ async def test_invalid_messages_get_an_error_and_the_stream_stays_open(server: R
 async def test_refused_topics_get_an_error(auth_server: RunningServer, workspace: str) -> None:
     async with client(auth_server.http_url, "alice") as alice:
         await alice.post("/workspaces", json={"id": workspace, "name": "p", "visibility": "private"})
-    async with event_client(f"{auth_server.ws_url}/ws?token={token('bob')}") as bob, event_client(
-        f"{auth_server.ws_url}/ws/agents?token={token('bob')}"
-    ) as agents_only:
+    async with (
+        event_client(f"{auth_server.ws_url}/ws?token={token('bob')}") as bob,
+        event_client(f"{auth_server.ws_url}/ws/agents?token={token('bob')}") as agents_only,
+    ):
         forbidden = await bob.command("join_workspace", {"workspace_id": workspace})
         assert (forbidden["type"], forbidden["data"]["code"]) == ("error", "forbidden")
         unknown = await bob.command("join_workspace", {"workspace_id": "no-such-workspace"})
@@ -195,14 +253,18 @@ async def test_refused_topics_get_an_error(auth_server: RunningServer, workspace
         await bob.command(START, {"agent_id": "bobs-agent"})
     async with event_client(f"{auth_server.ws_url}/ws?token={token('carol')}") as carol:
         hijack = await carol.command(UPDATE, {"agent_id": "bobs-agent", "progress": 99})
-        assert hijack["data"]["code"] == "forbidden" and "started by someone else" in hijack["data"]["message"]
+        assert (
+            hijack["data"]["code"] == "forbidden" and "started by someone else" in hijack["data"]["message"]
+        )
 
 
 async def test_gap_older_than_retention_asks_for_resync(make_settings: Callable[..., Settings]) -> None:
     async with run_server(make_settings(event_retention=10)) as server:
         async with event_client(f"{server.ws_url}/ws/agents") as publisher:
             await publisher.command(START, {"agent_id": "agent-old"})
-            first = (await publisher.command(UPDATE, {"agent_id": "agent-old", "progress": 1}))["data"]["event_id"]
+            first = (await publisher.command(UPDATE, {"agent_id": "agent-old", "progress": 1}))["data"][
+                "event_id"
+            ]
             for i in range(210):  # retention trims every 200 events, keeping the newest 10
                 await publisher.command(UPDATE, {"agent_id": "agent-old", "progress": i % 100})
         async with event_client(f"{server.ws_url}/ws") as late:
@@ -216,8 +278,11 @@ async def test_gap_older_than_retention_asks_for_resync(make_settings: Callable[
 async def test_consumer_that_stops_reading_is_cut_off(make_settings: Callable[..., Settings]) -> None:
     async with run_server(make_settings(message_queue_size=20)) as server:
         url = f"{server.ws_url}/ws"
-        async with event_client(url, max_queue=1) as stalled, event_client(url) as healthy, \
-                event_client(f"{server.ws_url}/ws/agents") as publisher:
+        async with (
+            event_client(url, max_queue=1) as stalled,
+            event_client(url) as healthy,
+            event_client(f"{server.ws_url}/ws/agents") as publisher,
+        ):
             for sub in (stalled, healthy):
                 await sub.command("subscribe_agent", {"agent_id": "agent-flood"})
             stalled._reader.cancel()  # stop reading: the socket buffers fill, then its queue
@@ -228,7 +293,9 @@ async def test_consumer_that_stops_reading_is_cut_off(make_settings: Callable[..
                 await publisher.command(COMPLETE, {"agent_id": "agent-flood", "result": result})
                 sent += 1
             assert stalled_cut_off(server), "the stalled consumer was never cut off"
-            last = (await publisher.command(UPDATE, {"agent_id": "agent-flood", "progress": 1}))["data"]["event_id"]
+            last = (await publisher.command(UPDATE, {"agent_id": "agent-flood", "progress": 1}))["data"][
+                "event_id"
+            ]
             await healthy.wait_for(lambda m: m.get("id") == last, timeout=30)
             assert len(healthy.events()) == sent + 1  # the healthy subscriber missed nothing
             code = await stalled_close_code(stalled)
@@ -252,16 +319,24 @@ async def stalled_close_code(stalled) -> int | None:  # type: ignore[no-untyped-
     return stalled.ws.close_code
 
 
-async def test_document_created_and_deleted_reach_workspace_subscribers(server: RunningServer, workspace: str) -> None:
+async def test_document_created_and_deleted_reach_workspace_subscribers(
+    server: RunningServer, workspace: str
+) -> None:
     async with event_client(f"{server.ws_url}/ws/workspaces") as watcher:
         await watcher.command("join_workspace", {"workspace_id": workspace})  # creates it (open server)
         async with yclient(server.doc_url(workspace, "specs/api.md")) as editor:
             editor.text().insert(0, "draft")
-            created = await watcher.wait_for(lambda m: m.get("data", {}).get("update_type") == "document_created")
+            created = await watcher.wait_for(
+                lambda m: m.get("data", {}).get("update_type") == "document_created"
+            )
             assert created["data"]["path"] == "specs/api.md"
             async with client(server.http_url) as http:
-                assert (await http.delete(f"/workspaces/{workspace}/documents/specs/api.md")).status_code == 204
-                assert (await http.delete(f"/workspaces/{workspace}/documents/specs/api.md")).status_code == 404
+                assert (
+                    await http.delete(f"/workspaces/{workspace}/documents/specs/api.md")
+                ).status_code == 204
+                assert (
+                    await http.delete(f"/workspaces/{workspace}/documents/specs/api.md")
+                ).status_code == 404
             await editor.ws.wait_closed()
             assert editor.ws.close_code == 4404
         deleted = await watcher.wait_for(lambda m: m.get("data", {}).get("update_type") == "document_deleted")

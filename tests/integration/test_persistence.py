@@ -58,7 +58,9 @@ async def test_content_is_equal_after_compaction_and_restart(
 
             async def snapshot_written() -> bool:
                 async with store.engine.connect() as conn:
-                    merged = (await conn.execute(select(func.sum(document_snapshots.c.merged_updates)))).scalar()
+                    merged = (
+                        await conn.execute(select(func.sum(document_snapshots.c.merged_updates)))
+                    ).scalar()
                     return bool(merged) and merged >= 10
 
             await wait_until(snapshot_written, timeout=10)

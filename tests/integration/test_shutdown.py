@@ -26,7 +26,10 @@ async def test_signal_flushes_every_room_before_exit(tmp_path: Path, workspace: 
     }
     first = await start_process(env, tmp_path / "first.log")
     try:
-        async with yclient(first.doc_url(workspace)) as writer, yclient(first.doc_url(workspace, "b")) as other:
+        async with (
+            yclient(first.doc_url(workspace)) as writer,
+            yclient(first.doc_url(workspace, "b")) as other,
+        ):
             writer.text().insert(0, "main doc edit")
             other.text().insert(0, "second doc edit")
             async with yclient(first.doc_url(workspace)) as witness:

@@ -33,12 +33,16 @@ async def test_concurrent_clients_converge(server: RunningServer, workspace: str
 
 
 async def test_documents_of_one_workspace_stay_apart(server: RunningServer, workspace: str) -> None:
-    async with yclient(server.doc_url(workspace)) as main, yclient(server.doc_url(workspace, "notes/a.md")) as notes:
+    async with (
+        yclient(server.doc_url(workspace)) as main,
+        yclient(server.doc_url(workspace, "notes/a.md")) as notes,
+    ):
         main.text().insert(len(main.text()), "main document")
         notes.text().insert(len(notes.text()), "notes document")
-        async with yclient(server.doc_url(workspace)) as main2, yclient(
-            server.doc_url(workspace, "notes/a.md")
-        ) as notes2:
+        async with (
+            yclient(server.doc_url(workspace)) as main2,
+            yclient(server.doc_url(workspace, "notes/a.md")) as notes2,
+        ):
             await wait_until(lambda: str(main2.text()) == "main document")
             await wait_until(lambda: str(notes2.text()) == "notes document")
             assert "notes" not in str(main2.text())

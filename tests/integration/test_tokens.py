@@ -28,14 +28,18 @@ BAD_TOKENS = {
 }
 
 
-async def create_workspace(server: RunningServer, workspace: str, owner: str = "alice", **body: object) -> None:
+async def create_workspace(
+    server: RunningServer, workspace: str, owner: str = "alice", **body: object
+) -> None:
     async with client(server.http_url, owner) as http:
         response = await http.post("/workspaces", json={"id": workspace, "name": workspace, **body})
         assert response.status_code == 201, response.text
 
 
 @pytest.mark.parametrize("case", list(BAD_TOKENS))
-async def test_bad_token_is_refused_before_upgrade(auth_server: RunningServer, workspace: str, case: str) -> None:
+async def test_bad_token_is_refused_before_upgrade(
+    auth_server: RunningServer, workspace: str, case: str
+) -> None:
     await create_workspace(auth_server, workspace)
     bad = BAD_TOKENS[case]()
     with pytest.raises(InvalidStatus) as refused:
@@ -82,7 +86,9 @@ async def test_token_accepted_from_query_header_or_subprotocol(
         assert isinstance(frame, bytes) and frame[:2] == b"\x00\x00"  # the server's sync step 1
 
 
-async def test_token_expiring_during_a_connection_closes_it(auth_server: RunningServer, workspace: str) -> None:
+async def test_token_expiring_during_a_connection_closes_it(
+    auth_server: RunningServer, workspace: str
+) -> None:
     await create_workspace(auth_server, workspace)
     short = token("alice", ttl=1.5)
     async with yclient(auth_server.doc_url(workspace) + f"?token={short}") as client_:
@@ -94,7 +100,11 @@ async def test_token_expiring_during_a_connection_closes_it(auth_server: Running
 def test_cli_mints_a_token_the_server_accepts() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "server", "token", "--user", "alice", "--name", "Alice", "--role", "service"],
-        cwd=ROOT, env={"JWT_SECRET": SECRET, "PATH": ""}, capture_output=True, text=True, timeout=30,
+        cwd=ROOT,
+        env={"JWT_SECRET": SECRET, "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     decoded = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])

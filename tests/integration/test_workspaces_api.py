@@ -12,11 +12,18 @@ from tests.support.yclient import yclient
 
 async def test_create_get_and_conflict(auth_server: RunningServer, workspace: str) -> None:
     async with client(auth_server.http_url, "alice") as alice:
-        created = await alice.post("/workspaces", json={"id": workspace, "name": "Design", "visibility": "private"})
+        created = await alice.post(
+            "/workspaces", json={"id": workspace, "name": "Design", "visibility": "private"}
+        )
         assert created.status_code == 201
         body = created.json()
         assert (body["id"], body["name"], body["visibility"], body["owner_id"], body["role"]) == (
-            workspace, "Design", "private", "alice", "owner")
+            workspace,
+            "Design",
+            "private",
+            "alice",
+            "owner",
+        )
         again = await alice.post("/workspaces", json={"id": workspace, "name": "Other"})
         assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
         generated = await alice.post("/workspaces", json={"name": "No id given"})
@@ -29,8 +36,14 @@ async def test_create_get_and_conflict(auth_server: RunningServer, workspace: st
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"name": ""}, {"name": "x", "visibility": "secret"}, {"name": "x", "id": "has space"},
-     {"name": "x", "extra": 1}, {"name": "x" * 300}],
+    [
+        {},
+        {"name": ""},
+        {"name": "x", "visibility": "secret"},
+        {"name": "x", "id": "has space"},
+        {"name": "x", "extra": 1},
+        {"name": "x" * 300},
+    ],
 )
 async def test_create_rejects_invalid_bodies(auth_server: RunningServer, body: dict[str, object]) -> None:
     async with client(auth_server.http_url, "alice") as alice:
@@ -39,15 +52,22 @@ async def test_create_rejects_invalid_bodies(auth_server: RunningServer, body: d
     assert response.json()["error"]["code"] == "invalid_request"
 
 
-async def test_list_shows_open_and_own_workspaces_paginated(auth_server: RunningServer, workspace: str) -> None:
+async def test_list_shows_open_and_own_workspaces_paginated(
+    auth_server: RunningServer, workspace: str
+) -> None:
     # Users of this test alone: the run's PostgreSQL database holds other tests' workspaces too.
-    async with client(auth_server.http_url, f"a-{workspace}") as alice, client(
-        auth_server.http_url, f"b-{workspace}"
-    ) as bob:
+    async with (
+        client(auth_server.http_url, f"a-{workspace}") as alice,
+        client(auth_server.http_url, f"b-{workspace}") as bob,
+    ):
         for suffix in ("open-1", "open-2"):
-            assert (await alice.post("/workspaces", json={"id": f"{workspace}-{suffix}", "name": suffix})).status_code == 201
+            assert (
+                await alice.post("/workspaces", json={"id": f"{workspace}-{suffix}", "name": suffix})
+            ).status_code == 201
         private = f"{workspace}-private"
-        assert (await alice.post("/workspaces", json={"id": private, "name": "p", "visibility": "private"})).status_code == 201
+        assert (
+            await alice.post("/workspaces", json={"id": private, "name": "p", "visibility": "private"})
+        ).status_code == 201
 
         bobs = (await bob.get("/workspaces", params={"limit": 200})).json()
         bob_ids = {w["id"] for w in bobs["data"]}
@@ -66,8 +86,11 @@ async def test_list_shows_open_and_own_workspaces_paginated(auth_server: Running
 async def test_private_workspace_refuses_non_members(auth_server: RunningServer, workspace: str) -> None:
     async with client(auth_server.http_url, "alice") as alice, client(auth_server.http_url, "bob") as bob:
         await alice.post("/workspaces", json={"id": workspace, "name": "p", "visibility": "private"})
-        for response in (await bob.get(f"/workspaces/{workspace}"), await bob.post(f"/workspaces/{workspace}/join"),
-                         await bob.get(f"/workspaces/{workspace}/users")):
+        for response in (
+            await bob.get(f"/workspaces/{workspace}"),
+            await bob.post(f"/workspaces/{workspace}/join"),
+            await bob.get(f"/workspaces/{workspace}/users"),
+        ):
             assert response.status_code == 403, response.text
             assert response.json()["error"]["code"] == "forbidden"
         added = await alice.put(f"/workspaces/{workspace}/members/bob", json={"role": "viewer"})
@@ -101,15 +124,25 @@ async def test_only_owners_manage(auth_server: RunningServer, workspace: str) ->
         ):
             assert response.status_code == 403
             assert "owner" in response.json()["error"]["message"]
-        renamed = await alice.patch(f"/workspaces/{workspace}", json={"name": "Renamed", "visibility": "private"})
+        renamed = await alice.patch(
+            f"/workspaces/{workspace}", json={"name": "Renamed", "visibility": "private"}
+        )
         assert renamed.status_code == 200 and (renamed.json()["name"], renamed.json()["visibility"]) == (
-            "Renamed", "private")
-        assert (await alice.put(f"/workspaces/{workspace}/members/carol", json={"role": "boss"})).status_code == 422
+            "Renamed",
+            "private",
+        )
+        assert (
+            await alice.put(f"/workspaces/{workspace}/members/carol", json={"role": "boss"})
+        ).status_code == 422
         assert (await alice.delete(f"/workspaces/{workspace}/members/nobody")).status_code == 404
         demote_self = await alice.put(f"/workspaces/{workspace}/members/alice", json={"role": "editor"})
         assert demote_self.status_code == 409  # the last owner
-        assert (await alice.put(f"/workspaces/{workspace}/members/bob", json={"role": "owner"})).status_code == 200
-        assert (await alice.put(f"/workspaces/{workspace}/members/alice", json={"role": "editor"})).status_code == 200
+        assert (
+            await alice.put(f"/workspaces/{workspace}/members/bob", json={"role": "owner"})
+        ).status_code == 200
+        assert (
+            await alice.put(f"/workspaces/{workspace}/members/alice", json={"role": "editor"})
+        ).status_code == 200
 
 
 async def test_users_shows_who_is_online(auth_server: RunningServer, workspace: str) -> None:
@@ -117,14 +150,18 @@ async def test_users_shows_who_is_online(auth_server: RunningServer, workspace: 
         await alice.post("/workspaces", json={"id": workspace, "name": "team"})
         await alice.put(f"/workspaces/{workspace}/members/bob", json={"role": "editor"})
         async with yclient(auth_server.doc_url(workspace, "notes") + f"?token={token('bob')}"):
-            users = {u["user_id"]: u for u in (await alice.get(f"/workspaces/{workspace}/users")).json()["data"]}
+            users = {
+                u["user_id"]: u for u in (await alice.get(f"/workspaces/{workspace}/users")).json()["data"]
+            }
             assert users["bob"]["online"] is True and users["alice"]["online"] is False
         await wait_until(lambda: "bob" not in auth_server.services.presence.online(workspace))
         users = {u["user_id"]: u for u in (await alice.get(f"/workspaces/{workspace}/users")).json()["data"]}
         assert users["bob"]["online"] is False
 
 
-async def test_delete_removes_documents_and_closes_connections(auth_server: RunningServer, workspace: str) -> None:
+async def test_delete_removes_documents_and_closes_connections(
+    auth_server: RunningServer, workspace: str
+) -> None:
     async with client(auth_server.http_url, "alice") as alice:
         await alice.post("/workspaces", json={"id": workspace, "name": "doomed"})
         url = auth_server.doc_url(workspace, "a.md") + f"?token={token('alice')}"

@@ -18,8 +18,13 @@ async def test_agent_shows_in_yjs_awareness_and_disappears_after_completion(
 ) -> None:
     async with run_server(make_settings(agent_presence_linger=0.3)) as server:
         process = await asyncio.create_subprocess_exec(
-            node_binary(), str(JS_DIR / "awareness_watch.mjs"), f"{server.ws_url}/ws/workspaces", workspace,
-            cwd=JS_DIR, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            node_binary(),
+            str(JS_DIR / "awareness_watch.mjs"),
+            f"{server.ws_url}/ws/workspaces",
+            workspace,
+            cwd=JS_DIR,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         assert process.stdout is not None and process.stdin is not None
 
@@ -42,14 +47,29 @@ async def test_agent_shows_in_yjs_awareness_and_disappears_after_completion(
                     pass
             async with client(server.http_url) as http:
                 events = "/agents/agent-writer/events"
-                await http.post(events, json={"type": "agent_execution_start",
-                                              "data": {"task": "draft", "workspace_id": workspace}})
+                await http.post(
+                    events,
+                    json={
+                        "type": "agent_execution_start",
+                        "data": {"task": "draft", "workspace_id": workspace},
+                    },
+                )
                 peers = await next_peers(lambda p: agent(p) is not None)
-                assert agent(peers) == {"id": "agent-writer", "status": "running", "progress": 0.0, "current_step": ""}
+                assert agent(peers) == {
+                    "id": "agent-writer",
+                    "status": "running",
+                    "progress": 0.0,
+                    "current_step": "",
+                }
                 assert [p["user"]["name"] for p in peers if "agent" in p] == ["Agent agent-writer"]
 
-                await http.post(events, json={"type": "agent_execution_update",
-                                              "data": {"progress": 50, "current_step": "outlining"}})
+                await http.post(
+                    events,
+                    json={
+                        "type": "agent_execution_update",
+                        "data": {"progress": 50, "current_step": "outlining"},
+                    },
+                )
                 peers = await next_peers(lambda p: (agent(p) or {}).get("progress") == 50)
                 assert agent(peers)["current_step"] == "outlining"  # type: ignore[index]
 

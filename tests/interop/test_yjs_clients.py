@@ -18,8 +18,12 @@ async def test_js_and_python_clients_converge(server: RunningServer, workspace: 
     base = f"{server.ws_url}/ws/workspaces"
     async with yclient(server.doc_url(workspace)) as py:
         py.text().insert(0, "[python]")
-        js_a = await start_node_client(url=base, room=workspace, insert="[js-a]", expect=["[python]", "[js-b]"])
-        js_b = await start_node_client(url=base, room=workspace, insert="[js-b]", expect=["[python]", "[js-a]"])
+        js_a = await start_node_client(
+            url=base, room=workspace, insert="[js-a]", expect=["[python]", "[js-b]"]
+        )
+        js_b = await start_node_client(
+            url=base, room=workspace, insert="[js-b]", expect=["[python]", "[js-a]"]
+        )
         a, b = await js_a.result(), await js_b.result()
         await wait_until(lambda: "[js-a]" in str(py.text()) and "[js-b]" in str(py.text()), timeout=10)
         assert a["synced"] and b["synced"]
@@ -37,7 +41,9 @@ async def test_js_client_sees_python_presence_and_its_own_is_relayed(
     base = f"{server.ws_url}/ws/workspaces"
     async with raw_client(server.doc_url(workspace)) as watcher:
         await watcher.send(awareness_update(4242, 1, {"user": {"name": "py-watcher"}}))
-        js = await start_node_client(url=base, room=workspace, awareness={"user": {"name": "js-user"}}, idleMs=300)
+        js = await start_node_client(
+            url=base, room=workspace, awareness={"user": {"name": "js-user"}}, idleMs=300
+        )
         states = {}
         while not any(s and s.get("user", {}).get("name") == "js-user" for s in states.values()):
             states.update(parse_awareness(await watcher.next_frame(kind=AWARENESS, timeout=10)))

@@ -74,7 +74,9 @@ async def test_compaction_deletes_exactly_the_rows_it_merged(database_url: str) 
         async with store.engine.connect() as conn:
             merged = (
                 await conn.execute(
-                    select(document_snapshots.c.merged_updates).where(document_snapshots.c.document_id == doc.id)
+                    select(document_snapshots.c.merged_updates).where(
+                        document_snapshots.c.document_id == doc.id
+                    )
                 )
             ).scalar_one()
         assert merged == 15

@@ -21,6 +21,7 @@ def token(user: str, *, name: str | None = None, role: str | None = None, ttl: f
 
 def raw_token(header: dict[str, Any], claims: dict[str, Any], key: str | None = SECRET) -> str:
     """A token with any header, signed with HS256 under ``key`` (unsigned when ``key`` is None)."""
+
     def b64(data: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 

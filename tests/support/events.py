@@ -28,7 +28,9 @@ class EventClient:
                 self._changed.set()
         self._changed.set()
 
-    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 10) -> dict[str, Any]:
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 10
+    ) -> dict[str, Any]:
         """The first message (received so far or later) matching ``predicate``."""
         async with asyncio.timeout(timeout):
             while True:
@@ -43,12 +45,18 @@ class EventClient:
     def events(self, *types: str) -> list[dict[str, Any]]:
         return [m for m in self.messages if "id" in m and (not types or m["type"] in types)]
 
-    async def command(self, message_type: str, data: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    async def command(
+        self, message_type: str, data: dict[str, Any] | None = None, **extra: Any
+    ) -> dict[str, Any]:
         """Send a command and return its ``ack`` or ``error`` (matched by request_id)."""
         self._requests += 1
         request_id = f"r{self._requests}"
-        await self.ws.send(json.dumps({"type": message_type, "data": data or {}, "request_id": request_id, **extra}))
-        return await self.wait_for(lambda m: m.get("request_id") == request_id and m["type"] in ("ack", "error", "pong"))
+        await self.ws.send(
+            json.dumps({"type": message_type, "data": data or {}, "request_id": request_id, **extra})
+        )
+        return await self.wait_for(
+            lambda m: m.get("request_id") == request_id and m["type"] in ("ack", "error", "pong")
+        )
 
     async def close(self) -> None:
         await self.ws.close()

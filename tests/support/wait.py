@@ -20,5 +20,7 @@ async def wait_until(
         if result:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s: {getattr(predicate, '__name__', predicate)}")
+            raise TimeoutError(
+                f"condition not met within {timeout}s: {getattr(predicate, '__name__', predicate)}"
+            )
         await asyncio.sleep(interval)

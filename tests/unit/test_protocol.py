@@ -44,7 +44,9 @@ def test_rejects_malformed_frames(frame: bytes) -> None:
         protocol.decode(frame)
 
 
-@pytest.mark.parametrize("update", [b"\x01\x05\x01\x02[]", b"\x01\x05\x01\x02{x", b"\x02\x05\x01\x02{}", b"\x01"])
+@pytest.mark.parametrize(
+    "update", [b"\x01\x05\x01\x02[]", b"\x01\x05\x01\x02{x", b"\x02\x05\x01\x02{}", b"\x01"]
+)
 def test_rejects_malformed_awareness(update: bytes) -> None:
     with pytest.raises(ProtocolError):
         protocol.decode_awareness(update)
