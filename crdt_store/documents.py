@@ -77,6 +77,12 @@ async def ensure_document(engine: AsyncEngine, *, workspace_id: str, path: str) 
 
 
 @translate_errors
+async def document_exists(engine: AsyncEngine, *, workspace_id: str, path: str) -> bool:
+    async with engine.connect() as conn:
+        return await _document_id(conn, workspace_id, path) is not None
+
+
+@translate_errors
 async def load_document(engine: AsyncEngine, *, workspace_id: str, path: str) -> StoredDocument:
     """Read a document: its snapshot and the updates not merged into it yet."""
     document_id, created = await ensure_document(engine, workspace_id=workspace_id, path=path)

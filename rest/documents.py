@@ -15,10 +15,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pycrdt import Array, Doc, Map, Text, XmlFragment
 
+from crdt_store import documents
 from crdt_store import workspaces as workspace_store
 
 from server.access import Access, Role, require
-from server.errors import BadRequest, ServiceError
+from server.errors import BadRequest, NotFoundError, ServiceError
 from server.protocol import ProtocolError
 from server.room import Room, RoomKey
 from server.sync_endpoint import valid_doc_path
@@ -45,8 +46,13 @@ def document_path(doc_path: str = "") -> str:
 DocPath = Annotated[str, Depends(document_path)]
 
 
-async def _room(services: ServicesDep, access: Access, path: str) -> Room:
-    return await services.rooms.open(RoomKey(access.workspace.id, path))
+async def _room(services: ServicesDep, access: Access, path: str, *, create: bool = False) -> Room:
+    """The document's room; reading a document that was never written is 404, not a creation."""
+    key = RoomKey(access.workspace.id, path)
+    if not create and key not in services.rooms.rooms:
+        if not await documents.document_exists(services.store.engine, workspace_id=key.workspace_id, path=path):
+            raise NotFoundError(f"document {path or '(main)'!r} does not exist in workspace {key.workspace_id!r}")
+    return await services.rooms.open(key)
 
 
 def _root_as(update: bytes, name: str, kind: type) -> Any:
@@ -117,7 +123,7 @@ async def _apply(services: ServicesDep, access: Access, path: str, request: Requ
         raise PayloadTooLarge(f"update of {len(body)} bytes exceeds MAX_MESSAGE_SIZE")
     if not body:
         raise BadRequest("empty body: send a binary Yjs update (application/octet-stream)")
-    room = await _room(services, access, path)
+    room = await _room(services, access, path, create=True)
     try:
         room.apply_update(body)
     except ProtocolError as exc:
