@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
 from typing import Any
 
 from .channel import Channel, ChannelClosed
@@ -35,6 +34,7 @@ class Connection:
         "last_sent",
         "close_code",
         "_queue",
+        "_overflowed",
         "_max_queue",
         "_wakeup",
         "_loop",
@@ -46,11 +46,12 @@ class Connection:
         self.user = user
         self.can_write = can_write
         self.expiry: asyncio.TimerHandle | None = None
-        self.awareness_ids: set[int] = set()
+        self.awareness_ids: set[int] | None = None  # created when the client announces presence
         self._loop = asyncio.get_running_loop()
         self.last_sent = self._loop.time()
         self.close_code: CloseCode | None = None
-        self._queue: deque[bytes | str] = deque()
+        self._queue: list[bytes | str] = []
+        self._overflowed = False
         self._max_queue = max_queue
         self._wakeup: asyncio.Future[None] | None = None
 
@@ -63,7 +64,8 @@ class Connection:
             return
         if len(self._queue) >= self._max_queue:
             log.warning("connection %s: send queue full (%d frames), closing", self.id, self._max_queue)
-            self._queue.clear()
+            self._queue = []
+            self._overflowed = True
             self.close(CLOSE_1013_SEND_QUEUE_FULL)
             return
         self._queue.append(data)
@@ -92,12 +94,16 @@ class Connection:
 
     async def run_writer(self) -> None:
         """Write queued frames until closed. Runs as the connection's one writer task."""
-        queue = self._queue
         channel = self.channel
         try:
             while True:
-                while queue:
-                    await channel.send(queue.popleft())
+                while self._queue:
+                    # Take everything queued at once: one swap instead of a pop per frame.
+                    batch, self._queue = self._queue, []
+                    for data in batch:
+                        if self._overflowed:
+                            break  # cut off: close now rather than after the backlog
+                        await channel.send(data)
                     self.last_sent = self._loop.time()
                 if self.close_code is not None:
                     await channel.close(self.close_code)

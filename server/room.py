@@ -70,7 +70,7 @@ class Room:
         self.connections.discard(conn)
         if conn.awareness_ids:
             ids = [cid for cid in conn.awareness_ids if cid in self.awareness.states]
-            conn.awareness_ids.clear()
+            conn.awareness_ids = None
             if ids:
                 self.awareness.remove_awareness_states(ids, origin=conn)
                 self._broadcast(protocol.awareness(self.awareness.encode_awareness_update(ids)), conn)
@@ -127,8 +127,11 @@ class Room:
         entries = protocol.decode_awareness(update)
         for entry in entries:
             if entry.state is None:
-                conn.awareness_ids.discard(entry.client_id)
+                if conn.awareness_ids is not None:
+                    conn.awareness_ids.discard(entry.client_id)
             else:
+                if conn.awareness_ids is None:
+                    conn.awareness_ids = set()
                 conn.awareness_ids.add(entry.client_id)
         self.awareness.apply_awareness_update(update, origin=conn)
         self._broadcast(frame, conn)
