@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 from pycrdt import Doc, Text
 from sqlalchemy import func, select
 
-from crdt_store import Store, open_store
+from crdt_store import NotFound, Store, open_store
 from crdt_store import workspaces as workspace_store
 from crdt_store.tables import document_snapshots, document_updates
 
@@ -136,3 +137,13 @@ async def test_migrations_are_idempotent(database_url: str) -> None:
         await store.ping()
     async with open_store(database_url) as store:  # a second start finds the schema at head
         await store.ping()
+
+
+async def test_documents_need_an_existing_workspace(database_url: str) -> None:
+    async with open_store(database_url) as store:
+        with pytest.raises(NotFound, match="does not exist"):
+            await store.load_document(f"missing-{uuid.uuid4().hex}", "")
+        workspace = await new_workspace(store)
+        first = await store.load_document(workspace, "a")
+        again = await store.load_document(workspace, "a")
+    assert first.created is True and again.created is False
