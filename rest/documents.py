@@ -17,7 +17,6 @@ from pycrdt import Array, Doc, Map, Text, XmlFragment
 
 from crdt_store import documents
 from crdt_store import workspaces as workspace_store
-
 from server.access import Access, Role, require
 from server.errors import BadRequest, NotFoundError, ServiceError
 from server.protocol import ProtocolError
@@ -50,8 +49,12 @@ async def _room(services: ServicesDep, access: Access, path: str, *, create: boo
     """The document's room; reading a document that was never written is 404, not a creation."""
     key = RoomKey(access.workspace.id, path)
     if not create and key not in services.rooms.rooms:
-        if not await documents.document_exists(services.store.engine, workspace_id=key.workspace_id, path=path):
-            raise NotFoundError(f"document {path or '(main)'!r} does not exist in workspace {key.workspace_id!r}")
+        if not await documents.document_exists(
+            services.store.engine, workspace_id=key.workspace_id, path=path
+        ):
+            raise NotFoundError(
+                f"document {path or '(main)'!r} does not exist in workspace {key.workspace_id!r}"
+            )
     return await services.rooms.open(key)
 
 

@@ -43,14 +43,6 @@ class ConflictError(ServiceError):
     status_code, code = 409, "conflict"
 
 
-class RateLimited(ServiceError):
-    status_code, code = 429, "rate_limited"
-
-
-class Unavailable(ServiceError):
-    status_code, code = 503, "unavailable"
-
-
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",

@@ -10,8 +10,8 @@ from pycrdt import Doc
 
 from crdt_store import Store, StoreError
 
-from .channel import Channel, ChannelClosed, FrameRejected
 from .auth import Principal
+from .channel import Channel, ChannelClosed, FrameRejected
 from .close_codes import (
     CLOSE_1000_NORMAL,
     CLOSE_1011_INTERNAL_ERROR,
@@ -100,10 +100,6 @@ class RoomManager:
     def connections(self) -> Iterator[Connection]:
         for room in self.rooms.values():
             yield from room.connections
-
-    @property
-    def connection_count(self) -> int:
-        return sum(len(room.connections) for room in self.rooms.values())
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -270,9 +266,6 @@ class RoomManager:
         del self.rooms[room.key]
         self.writer.forget(room.document_id)
         log.debug("unloaded room %s", room.key)
-
-    async def flush(self) -> None:
-        await self.writer.flush()
 
     # -- keep-alive -------------------------------------------------------------------------------
 

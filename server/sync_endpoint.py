@@ -13,13 +13,27 @@ from crdt_store import StoreError
 
 from .access import resolve_access
 from .channel import AsgiChannel, Receive, Send
-from .close_codes import CLOSE_1013_STORE_UNAVAILABLE, CLOSE_4400_BAD_MESSAGE, CloseCode
+from .close_codes import (
+    CLOSE_1013_STORE_UNAVAILABLE,
+    CLOSE_4400_BAD_MESSAGE,
+    CLOSE_4401_UNAUTHORIZED,
+    CLOSE_4403_FORBIDDEN,
+    CLOSE_4404_NOT_FOUND,
+    CloseCode,
+)
 from .errors import ServiceError
 from .handshake import admit, refuse
 from .room import RoomKey
 from .services import Services
 
 SYNC_PREFIX = "/ws/workspaces/"
+
+# Close codes for refusals, for clients that only see a close frame.
+REFUSALS: dict[int, CloseCode] = {
+    401: CLOSE_4401_UNAUTHORIZED,
+    403: CLOSE_4403_FORBIDDEN,
+    404: CLOSE_4404_NOT_FOUND,
+}
 
 # Room names are what Yjs apps choose: anything printable, but bounded and without control bytes.
 _WORKSPACE_ID = re.compile(r"^[^\x00-\x1f\x7f/]{1,255}$")

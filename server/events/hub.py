@@ -14,8 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from crdt_store import Store
-from crdt_store import event_log
+from crdt_store import Store, event_log
 
 from ..auth import Principal
 from ..connection import Connection
@@ -120,9 +119,6 @@ class EventHub:
         for sub in self._by_user.get(user_id, ()):
             if "agent" in sub.kinds:
                 (self.subscribe if subscribed else self.unsubscribe)(sub, agent_topic(agent_id))
-
-    def subscriber_count(self) -> int:
-        return sum(len(subs) for subs in self._by_user.values())
 
     # -- publishing -------------------------------------------------------------------------------
 

@@ -119,7 +119,9 @@ async def test_refusals(auth_server: RunningServer, workspace: str) -> None:
         assert (await owner.get("/workspaces/nope/document")).status_code == 404
         never_written = await owner.get(f"/workspaces/{workspace}/documents/never/written.md")
         assert never_written.status_code == 404 and never_written.json()["error"]["code"] == "not_found"
-        assert (await owner.get(f"/workspaces/{workspace}/documents/never/written.md/update")).status_code == 404
+        assert (
+            await owner.get(f"/workspaces/{workspace}/documents/never/written.md/update")
+        ).status_code == 404
         garbage = await owner.post(
             f"/workspaces/{workspace}/document/update", content=b"\x01\x05\xff\xff\xff"
         )

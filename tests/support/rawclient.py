@@ -9,11 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import websockets
-from pycrdt import Decoder, Encoder, create_awareness_message, create_sync_message, create_update_message
+from pycrdt import Decoder, Doc, Encoder, create_awareness_message, create_sync_message, create_update_message
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
-
-from pycrdt import Doc
 
 
 def awareness_update(client_id: int, clock: int, state: dict[str, Any] | None) -> bytes:
