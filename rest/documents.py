@@ -121,9 +121,16 @@ async def _read_update(
 
 async def _apply(services: ServicesDep, access: Access, path: str, request: Request) -> UpdateApplied:
     require(access, Role.EDITOR)
-    body = await request.body()
-    if len(body) > services.settings.max_message_size:
-        raise PayloadTooLarge(f"update of {len(body)} bytes exceeds MAX_MESSAGE_SIZE")
+    limit = services.settings.max_message_size
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"update of {declared} bytes exceeds MAX_MESSAGE_SIZE ({limit})")
+    body = bytearray()
+    async for chunk in request.stream():  # bounded even without a Content-Length
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"update exceeds MAX_MESSAGE_SIZE ({limit} bytes)")
+    body = bytes(body)
     if not body:
         raise BadRequest("empty body: send a binary Yjs update (application/octet-stream)")
     room = await _room(services, access, path, create=True)

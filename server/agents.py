@@ -19,7 +19,7 @@ from crdt_store.agents import AgentState
 from .access import resolve_access
 from .auth import GlobalRole, Principal
 from .config import Settings
-from .errors import Forbidden
+from .errors import Forbidden, ServiceError
 from .events.hub import EventHub, agent_topic, workspace_topic
 from .events.models import (
     AgentEvent,
@@ -81,7 +81,7 @@ class AgentService:
             return False
         try:
             await resolve_access(self.store, self.settings, principal, state.workspace_id, join=False)
-        except Exception:  # noqa: BLE001 - any refusal means "cannot see"
+        except ServiceError:  # not found or forbidden: either way, not visible
             return False
         return True
 

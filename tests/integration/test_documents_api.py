@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator, Callable
 
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
+from server.config import Settings
 from tests.support.auth import client, token
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, run_server
 from tests.support.wait import wait_until
 from tests.support.yclient import yclient
 
@@ -128,6 +130,26 @@ async def test_refusals(auth_server: RunningServer, workspace: str) -> None:
         assert garbage.status_code == 400 and garbage.json()["error"]["code"] == "bad_request"
         empty = await owner.post(f"/workspaces/{workspace}/document/update", content=b"")
         assert empty.status_code == 400
+
+
+async def test_oversize_rest_update_is_refused(
+    make_settings: Callable[..., Settings], workspace: str
+) -> None:
+    async with run_server(make_settings(max_message_size=4096)) as server, client(server.http_url) as http:
+        big = Doc()
+        big.get("text", type=Text).insert(0, "x" * 10_000)
+        url = f"/workspaces/{workspace}/documents/big/update"
+        declared = await http.post(url, content=big.get_update())
+        assert declared.status_code == 413 and declared.json()["error"]["code"] == "payload_too_large"
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the body is streamed
+            update = big.get_update()
+            for start in range(0, len(update), 1000):
+                yield update[start : start + 1000]
+
+        streamed = await http.post(url, content=chunks())
+        assert streamed.status_code == 413
+        assert (await http.get(url)).status_code == 404  # nothing was created
 
 
 async def test_openapi_lists_every_route(server: RunningServer) -> None:
