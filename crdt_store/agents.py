@@ -10,7 +10,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .engine import translate_errors
+from .engine import insert_ignore, translate_errors
 from .tables import agent_subscriptions, agents
 
 
@@ -69,19 +69,9 @@ async def list_agents(
 @translate_errors
 async def subscribe(engine: AsyncEngine, *, user_id: str, agent_id: str) -> None:
     async with engine.begin() as conn:
-        exists = (
-            await conn.execute(
-                select(agent_subscriptions.c.agent_id).where(
-                    agent_subscriptions.c.user_id == user_id, agent_subscriptions.c.agent_id == agent_id
-                )
-            )
-        ).first()
-        if exists is None:
-            try:
-                async with conn.begin_nested():
-                    await conn.execute(insert(agent_subscriptions).values(user_id=user_id, agent_id=agent_id))
-            except IntegrityError:
-                pass  # subscribed concurrently: the outcome is the same
+        await conn.execute(
+            insert_ignore(conn, agent_subscriptions, {"user_id": user_id, "agent_id": agent_id})
+        )
 
 
 @translate_errors

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 from pycrdt import merge_updates
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .engine import translate_errors
+from .engine import insert_ignore, translate_errors
 from .errors import NotFound
 from .tables import document_snapshots, document_updates, documents
 
@@ -44,11 +43,6 @@ class Compaction:
     snapshot_bytes: int
 
 
-def _insert_ignore(conn: AsyncConnection, table, values: dict):  # type: ignore[no-untyped-def]
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).values(**values).on_conflict_do_nothing()
-
-
 async def _document_id(conn: AsyncConnection, workspace_id: str, path: str) -> int | None:
     result = await conn.execute(
         select(documents.c.id).where(documents.c.workspace_id == workspace_id, documents.c.path == path)
@@ -66,7 +60,7 @@ async def ensure_document(engine: AsyncEngine, *, workspace_id: str, path: str) 
             document_id = await _document_id(conn, workspace_id, path)
             if document_id is None:
                 result = await conn.execute(
-                    _insert_ignore(conn, documents, {"workspace_id": workspace_id, "path": path})
+                    insert_ignore(conn, documents, {"workspace_id": workspace_id, "path": path})
                 )
                 created = result.rowcount == 1
                 document_id = await _document_id(conn, workspace_id, path)

@@ -7,14 +7,15 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
+from sqlalchemy import Insert, Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .errors import StoreUnavailable
 
@@ -44,6 +45,12 @@ def translate_errors(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T
             raise
 
     return wrapper
+
+
+def insert_ignore(conn: AsyncConnection, table: Table, values: dict[str, Any]) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in the connection's dialect."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).values(**values).on_conflict_do_nothing()
 
 
 def normalise_database_url(url: str) -> str:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from crdt_store import Conflict
 from crdt_store import workspaces as workspace_store
 from crdt_store.workspaces import Member, Workspace
-from server.access import Role, require
+from server.access import Role, join_as_editor, require
 from server.errors import ConflictError, Forbidden, NotFoundError
 
 from .deps import CurrentUser, ServicesDep, WorkspaceAccess, WorkspaceId
@@ -148,14 +148,7 @@ async def join_workspace(workspace_id: WorkspaceId, services: ServicesDep, user:
     if member is None:
         if workspace.visibility != "open" and not user.is_admin:
             raise Forbidden(f"workspace {workspace_id!r} is private: an owner must add you")
-        member = await workspace_store.set_member(
-            engine,
-            workspace_id=workspace_id,
-            user_id=user.user_id,
-            role=Role.EDITOR.value,
-            display_name=user.name,
-            only_if_absent=True,
-        )
+        member = await join_as_editor(services.store, workspace_id, user)
         services.workspace_update(workspace_id, "member_added", user_id=user.user_id, role=member.role)
     return _member(member, services.presence.online(workspace_id))
 

@@ -17,7 +17,7 @@ from enum import StrEnum
 
 from crdt_store import Conflict, Store
 from crdt_store import workspaces as workspace_store
-from crdt_store.workspaces import Workspace
+from crdt_store.workspaces import Member, Workspace
 
 from .auth import GlobalRole, Principal
 from .config import Settings
@@ -71,17 +71,22 @@ async def resolve_access(
         return Access(workspace, Role.EDITOR)
     if workspace.visibility == "open":
         if join and not principal.guest:
-            member = await workspace_store.set_member(
-                engine,
-                workspace_id=workspace_id,
-                user_id=principal.user_id,
-                role=Role.EDITOR.value,
-                display_name=principal.name,
-                only_if_absent=True,
-            )
+            member = await join_as_editor(store, workspace_id, principal)
             return Access(workspace, Role(member.role))
         return Access(workspace, Role.EDITOR)
     raise Forbidden(f"workspace {workspace_id!r} is private and you are not a member")
+
+
+async def join_as_editor(store: Store, workspace_id: str, principal: Principal) -> Member:
+    """Make the principal an editor member, leaving an existing member's role as it is."""
+    return await workspace_store.set_member(
+        store.engine,
+        workspace_id=workspace_id,
+        user_id=principal.user_id,
+        role=Role.EDITOR.value,
+        display_name=principal.name,
+        only_if_absent=True,
+    )
 
 
 def require(access: Access, needed: Role) -> None:
