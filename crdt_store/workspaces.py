@@ -206,6 +206,18 @@ async def get_member(engine: AsyncEngine, *, workspace_id: str, user_id: str) ->
 
 
 @translate_errors
+async def roles_of(engine: AsyncEngine, *, user_id: str, workspace_ids: list[str]) -> dict[str, str]:
+    """The user's role in each of the workspaces it is a member of, in one query."""
+    if not workspace_ids:
+        return {}
+    query = select(workspace_members.c.workspace_id, workspace_members.c.role).where(
+        workspace_members.c.user_id == user_id, workspace_members.c.workspace_id.in_(workspace_ids)
+    )
+    async with engine.connect() as conn:
+        return {row.workspace_id: row.role for row in (await conn.execute(query)).all()}
+
+
+@translate_errors
 async def set_member(
     engine: AsyncEngine,
     *,

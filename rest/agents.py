@@ -39,7 +39,7 @@ async def agents_status(
     found = await agent_store.list_agents(
         services.store.engine, workspace_id=workspace_id, status=status_.value if status_ else None
     )
-    visible = [agent_public(a) for a in found if await services.agents.can_see(user, a)]
+    visible = [agent_public(a) for a in await services.agents.visible(user, found)]
     return {"data": visible, "count": len(visible)}
 
 

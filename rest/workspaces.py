@@ -71,11 +71,8 @@ async def list_workspaces(
     found, total = await workspace_store.list_workspaces(
         engine, user_id=None if user.is_admin else user.user_id, limit=limit, offset=offset
     )
-    data = []
-    for workspace in found:
-        member = await workspace_store.get_member(engine, workspace_id=workspace.id, user_id=user.user_id)
-        data.append(_public(workspace, member.role if member else None))
-    return WorkspacesPublic(data=data, count=total)
+    roles = await workspace_store.roles_of(engine, user_id=user.user_id, workspace_ids=[w.id for w in found])
+    return WorkspacesPublic(data=[_public(w, roles.get(w.id)) for w in found], count=total)
 
 
 @router.post(

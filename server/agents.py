@@ -27,6 +27,7 @@ from .events.models import (
     AgentExecutionStart,
     AgentStatus,
     WorkspaceUpdateData,
+    iso_z,
 )
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,7 @@ log = logging.getLogger(__name__)
 
 def agent_public(state: AgentState) -> dict[str, Any]:
     def iso(value: datetime | None) -> str | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return None if value is None else iso_z(value)
 
     return {
         "agent_id": state.id,
@@ -73,17 +70,28 @@ class AgentService:
     def is_privileged(self, principal: Principal) -> bool:
         return principal.role in (GlobalRole.SERVICE, GlobalRole.ADMIN) or not self.settings.auth_enabled
 
-    async def can_see(self, principal: Principal, state: AgentState | None) -> bool:
-        """Privileged callers and the starter see an agent; others need access to its workspace."""
+    async def can_see(
+        self, principal: Principal, state: AgentState | None, _access: dict[str, bool] | None = None
+    ) -> bool:
+        """Privileged callers and the starter see an agent; others need access to its workspace.
+        ``_access`` caches that answer per workspace across calls (see ``visible``)."""
         if state is None or self.is_privileged(principal) or state.started_by == principal.user_id:
             return True
         if state.workspace_id is None:
             return False
-        try:
-            await resolve_access(self.store, self.settings, principal, state.workspace_id, join=False)
-        except ServiceError:  # not found or forbidden: either way, not visible
-            return False
-        return True
+        cache = _access if _access is not None else {}
+        if state.workspace_id not in cache:
+            try:
+                await resolve_access(self.store, self.settings, principal, state.workspace_id, join=False)
+                cache[state.workspace_id] = True
+            except ServiceError:  # not found or forbidden: either way, not visible
+                cache[state.workspace_id] = False
+        return cache[state.workspace_id]
+
+    async def visible(self, principal: Principal, states: list[AgentState]) -> list[AgentState]:
+        """The agents ``principal`` may see, resolving each workspace's access once."""
+        access: dict[str, bool] = {}
+        return [state for state in states if await self.can_see(principal, state, access)]
 
     async def report(self, principal: Principal, message: AgentEvent) -> int:
         """Validate authority, record the new state, publish the event. Returns the event id."""

@@ -132,6 +132,7 @@ class UpdateWriter:
             if not self._buffer:
                 self._has_items.clear()
                 self._hurry.clear()
+                self._discarded.clear()  # no buffered row refers to a deleted document any more
             self._stored += len(batch)
             async with self._progress:
                 self._progress.notify_all()

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from pycrdt import Awareness, Doc, merge_updates
 
 from . import protocol
+from .close_codes import CloseCode
 from .connection import Connection
 from .protocol import MessageType, ProtocolError, SyncType
 
@@ -74,6 +75,11 @@ class Room:
             if ids:
                 self.awareness.remove_awareness_states(ids, origin=conn)
                 self._broadcast(protocol.awareness(self.awareness.encode_awareness_update(ids)), conn)
+
+    def eject(self, conn: Connection, code: CloseCode) -> None:
+        """Remove a connection at once, withdraw its presence, and close it with ``code``."""
+        self.leave(conn)
+        conn.close(code)
 
     # -- messages ---------------------------------------------------------------------------------
 

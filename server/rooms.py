@@ -184,8 +184,7 @@ class RoomManager:
                 if conn.user is None or conn.user.user_id != user_id:
                     continue
                 if can_write is None:
-                    room.leave(conn)
-                    conn.close(CLOSE_4403_ACCESS_REVOKED)
+                    room.eject(conn, CLOSE_4403_ACCESS_REVOKED)
                 else:
                     conn.can_write = can_write
 
@@ -205,8 +204,7 @@ class RoomManager:
 
     def _drop(self, room: Room) -> None:
         for conn in list(room.connections):
-            room.leave(conn)
-            conn.close(CLOSE_4404_DELETED)
+            room.eject(conn, CLOSE_4404_DELETED)
         if room.unload_handle is not None:
             room.unload_handle.cancel()
         del self.rooms[room.key]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import uuid
 from typing import Any
 from urllib.parse import parse_qs
@@ -41,6 +40,8 @@ from .models import (
     Resume,
     SubscribeAgent,
     UnsubscribeAgent,
+    iso_z,
+    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class CommandError(Exception):
 
 
 def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+    return iso_z(utcnow())
 
 
 async def event_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> None:

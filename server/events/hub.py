@@ -36,6 +36,11 @@ def frame(message_type: str, data: Any, **extra: Any) -> str:
     return json.dumps({"type": message_type, **extra, "data": data}, separators=(",", ":"))
 
 
+def event_frame(event_id: int, message_type: str, data_json: str) -> str:
+    """A server-sent event, around data already encoded as JSON (as stored in the event log)."""
+    return f'{{"id":{event_id},"type":{json.dumps(message_type)},"data":{data_json}}}'
+
+
 class Subscriber:
     """One event-channel connection: its topics and the last event id it was sent."""
 
@@ -48,6 +53,16 @@ class Subscriber:
         self.topics: set[str] = set()
         self.last_id = 0
         self._held: list[tuple[int, str]] | None = None  # live events held back during a replay
+
+    def hold(self) -> None:
+        """Hold live events back (while a replay is being sent)."""
+        self._held = []
+
+    def release(self) -> None:
+        """Send the events held back, skipping any the replay already sent."""
+        held, self._held = self._held, None
+        for event_id, text in held or ():
+            self.deliver(event_id, text)
 
     def deliver(self, event_id: int, text: str) -> None:
         if self._held is not None:
@@ -129,7 +144,7 @@ class EventHub:
             event_id = await event_log.append_event(
                 self.store.engine, topic=topic, type=message_type, data=body
             )
-            text = f'{{"id":{event_id},"type":{json.dumps(message_type)},"data":{body}}}'
+            text = event_frame(event_id, message_type, body)
             for sub in self._topics.get(topic, ()):
                 sub.deliver(event_id, text)
             self._since_trim += 1
@@ -160,7 +175,7 @@ class EventHub:
         live events through; live events arriving meanwhile are held, then sent without repeats.
         When events after ``after_id`` were already trimmed, send ``resync_required`` (its data
         from ``on_gap``) instead. Returns how many events were replayed."""
-        sub._held = []
+        sub.hold()
         replayed = 0
         try:
             oldest = await event_log.oldest_event_id(self.store.engine)
@@ -172,13 +187,9 @@ class EventHub:
                 sub.last_id = max(sub.last_id, after_id)
                 for event in events:
                     if event.id > sub.last_id:
-                        sub.conn.send(
-                            f'{{"id":{event.id},"type":{json.dumps(event.type)},"data":{event.data}}}'
-                        )
+                        sub.conn.send(event_frame(event.id, event.type, event.data))
                         sub.last_id = event.id
                         replayed += 1
         finally:
-            held, sub._held = sub._held, None
-            for event_id, text in held or ():
-                sub.deliver(event_id, text)
+            sub.release()
         return replayed

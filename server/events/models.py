@@ -24,6 +24,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def iso_z(value: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``, as every time in the event protocol is written."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 class AgentStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -45,9 +52,7 @@ class Timestamped(Payload):
 
     @field_serializer("timestamp")
     def _iso(self, value: datetime) -> str:
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return iso_z(value)
 
 
 # -- agent execution events (published by agents, delivered to subscribers) ----------------------
