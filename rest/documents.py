@@ -58,29 +58,32 @@ async def _room(services: ServicesDep, access: Access, path: str, *, create: boo
     return await services.rooms.open(key)
 
 
-def _root_as(update: bytes, name: str, kind: type) -> Any:
-    """Root ``name`` read as ``kind``, on a scratch copy (reading types a root for good)."""
-    scratch = Doc()
-    scratch.apply_update(update)
-    return scratch.get(name, type=kind)
-
-
 def to_json(doc: Doc) -> dict[str, Any]:
     """Each root shared type as JSON. Yjs does not send a root's type, so it is read from the
     content: keyed entries make a map, XML nodes a fragment, characters a text, other items an array."""
     update = doc.get_update()
+    copies: dict[type, Doc] = {}
+
+    def root_as(name: str, kind: type) -> Any:
+        # Reading a root as a type fixes its type in that document, so each type gets its own
+        # copy (one per type, shared by all roots: typing one root leaves the others alone).
+        if kind not in copies:
+            copies[kind] = Doc()
+            copies[kind].apply_update(update)
+        return copies[kind].get(name, type=kind)
+
     content: dict[str, Any] = {}
     for name in list(doc.keys()):
-        as_map = _root_as(update, name, Map).to_py()
+        as_map = root_as(name, Map).to_py()
         if as_map:
             content[name] = as_map
             continue
         try:
-            items = _root_as(update, name, Array).to_py()
+            items = root_as(name, Array).to_py()
         except ValueError:  # holds XML nodes
-            content[name] = str(_root_as(update, name, XmlFragment))
+            content[name] = str(root_as(name, XmlFragment))
             continue
-        text = str(_root_as(update, name, Text))
+        text = str(root_as(name, Text))
         if (
             items
             and text
