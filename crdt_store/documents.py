@@ -115,10 +115,21 @@ async def append_updates(engine: AsyncEngine, *, rows: Sequence[tuple[int, bytes
     """Append ``(document_id, update)`` rows in one transaction (group commit)."""
     if not rows:
         return
-    async with engine.begin() as conn:
-        await conn.execute(
-            insert(document_updates), [{"document_id": doc, "data": data} for doc, data in rows]
-        )
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(document_updates), [{"document_id": doc, "data": data} for doc, data in rows]
+            )
+    except IntegrityError:
+        # A document was deleted (perhaps by another instance) while its updates waited: store
+        # the rows of the documents that still exist, drop the others.
+        async with engine.begin() as conn:
+            wanted = {doc for doc, _ in rows}
+            found = await conn.execute(select(documents.c.id).where(documents.c.id.in_(wanted)))
+            existing = set(found.scalars())
+            kept = [{"document_id": doc, "data": data} for doc, data in rows if doc in existing]
+            if kept:
+                await conn.execute(insert(document_updates), kept)
 
 
 @translate_errors

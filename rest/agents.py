@@ -88,12 +88,12 @@ async def subscribe(agent_id: AgentId, services: ServicesDep, user: CurrentUser)
     if not await services.agents.can_see(user, state):
         raise Forbidden(f"you may not watch agent {agent_id!r}")
     await agent_store.subscribe(services.store.engine, user_id=user.user_id, agent_id=agent_id)
-    services.events.subscribe_user(user.user_id, agent_id, subscribed=True)
+    services.subscribe_user(user.user_id, agent_id, subscribed=True)
     return {"agent_id": agent_id, "subscribed": True}
 
 
 @router.post("/{agent_id}/unsubscribe", summary="Unsubscribe from an agent")
 async def unsubscribe(agent_id: AgentId, services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
     await agent_store.unsubscribe(services.store.engine, user_id=user.user_id, agent_id=agent_id)
-    services.events.subscribe_user(user.user_id, agent_id, subscribed=False)
+    services.subscribe_user(user.user_id, agent_id, subscribed=False)
     return {"agent_id": agent_id, "subscribed": False}

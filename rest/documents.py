@@ -203,7 +203,7 @@ async def delete_document(path: DocPath, access: WorkspaceAccess, services: Serv
     document_id = await workspace_store.delete_document(
         services.store.engine, workspace_id=access.workspace.id, path=path
     )
-    services.rooms.close_document(RoomKey(access.workspace.id, path), document_id)
+    services.close_document(access.workspace.id, path, document_id)
     services.workspace_update(access.workspace.id, "document_deleted", path=path)
     return Response(status_code=204)
 

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
-import redis.asyncio as redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 
 from crdt_store import StoreError
 
@@ -34,18 +35,23 @@ async def _database(services: ServicesDep) -> dict[str, Any]:
 
 
 async def _redis(services: ServicesDep) -> dict[str, Any]:
-    url = services.settings.redis_url
-    if url is None:
+    broker = services.broker
+    if services.settings.redis_url is None:
         return {"status": "disabled", "detail": "REDIS_URL is not set; using the in-process broker"}
     started = time.perf_counter()
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
-        await client.ping()
-    except (redis.RedisError, OSError) as exc:
-        return {"status": "down", "error": f"{exc.__class__.__name__}: {exc}"[:200]}
-    finally:
-        await client.aclose()
-    return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+        await asyncio.wait_for(broker.ping(), timeout=2)
+    except (RedisError, OSError, TimeoutError) as exc:
+        return {
+            "status": "down",
+            "instance": broker.instance_id,
+            "error": f"{exc.__class__.__name__}: {exc}"[:200],
+        }
+    return {
+        "status": "ok",
+        "instance": broker.instance_id,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
 
 
 def _answer(body: dict[str, Any]) -> JSONResponse:
@@ -90,7 +96,8 @@ async def status(services: ServicesDep) -> dict[str, Any]:
         "uptime_seconds": round(time.time() - services.started_at, 1),
         "auth": "jwt" if settings.auth_enabled else "open",
         "database": services.store.dialect,
-        "broker": "memory",
+        "broker": services.broker.status(),
+        "replication_repairs": services.replication.repairs,
         "connections": services.connections,
         "rooms": len(services.rooms.rooms),
         "pending_updates": services.writer.pending,

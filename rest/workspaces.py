@@ -128,7 +128,7 @@ async def delete_workspace(access: WorkspaceAccess, services: ServicesDep) -> Re
     document_ids = await workspace_store.delete_workspace(
         services.store.engine, workspace_id=access.workspace.id
     )
-    services.rooms.close_workspace(access.workspace.id, document_ids)
+    services.close_workspace(access.workspace.id, document_ids)
     services.workspace_update(access.workspace.id, "workspace_deleted")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -147,7 +147,7 @@ async def join_workspace(workspace_id: WorkspaceId, services: ServicesDep, user:
             raise Forbidden(f"workspace {workspace_id!r} is private: an owner must add you")
         member = await join_as_editor(services.store, workspace_id, user)
         services.workspace_update(workspace_id, "member_added", user_id=user.user_id, role=member.role)
-    return _member(member, services.presence.online(workspace_id))
+    return _member(member, await services.presence.online(workspace_id))
 
 
 @router.post("/{workspace_id}/leave", status_code=status.HTTP_204_NO_CONTENT, summary="Leave a workspace")
@@ -160,7 +160,7 @@ async def leave_workspace(workspace_id: WorkspaceId, services: ServicesDep, user
     if member.role == Role.OWNER:
         await _ensure_an_owner_remains(services, workspace_id, user.user_id)
     await workspace_store.remove_member(engine, workspace_id=workspace_id, user_id=user.user_id)
-    services.rooms.update_access(workspace_id, user.user_id, None)
+    services.update_access(workspace_id, user.user_id, None)
     services.workspace_update(workspace_id, "member_removed", user_id=user.user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -170,7 +170,7 @@ async def leave_workspace(workspace_id: WorkspaceId, services: ServicesDep, user
 )
 async def workspace_users(access: WorkspaceAccess, services: ServicesDep) -> MembersPublic:
     members = await workspace_store.list_members(services.store.engine, workspace_id=access.workspace.id)
-    online = services.presence.online(access.workspace.id)
+    online = await services.presence.online(access.workspace.id)
     return MembersPublic(data=[_member(m, online) for m in members], count=len(members))
 
 
@@ -194,11 +194,11 @@ async def set_member(
         role=body.role,
         display_name=body.display_name,
     )
-    services.rooms.update_access(access.workspace.id, user_id, Role(body.role).can_write)
+    services.update_access(access.workspace.id, user_id, Role(body.role).can_write)
     change = "member_added" if current is None else "member_role_changed"
     if current is None or current.role != member.role:
         services.workspace_update(access.workspace.id, change, user_id=user_id, role=member.role)
-    return _member(member, services.presence.online(access.workspace.id))
+    return _member(member, await services.presence.online(access.workspace.id))
 
 
 @router.delete(
@@ -215,7 +215,7 @@ async def remove_member(user_id: UserId, access: WorkspaceAccess, services: Serv
     if current.role == Role.OWNER:
         await _ensure_an_owner_remains(services, access.workspace.id, user_id)
     await workspace_store.remove_member(engine, workspace_id=access.workspace.id, user_id=user_id)
-    services.rooms.update_access(access.workspace.id, user_id, None)
+    services.update_access(access.workspace.id, user_id, None)
     services.workspace_update(access.workspace.id, "member_removed", user_id=user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -13,8 +13,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from crdt_store.agents import AgentState
-
 from .room import Room, RoomKey
 from .rooms import RoomManager
 
@@ -55,32 +53,39 @@ class AgentPresence:
             if shown.removal is not None:
                 shown.removal.cancel()
 
-    def update(self, agent: AgentState) -> None:
+    def show(
+        self,
+        agent_id: str,
+        workspace_id: str | None,
+        status: str,
+        progress: float,
+        current_step: str | None,
+    ) -> None:
         """Show (or update) the agent in its workspace's main document."""
-        shown = self._shown.get(agent.id)
-        if shown is not None and shown.workspace_id != agent.workspace_id:
-            self._remove(agent.id)
+        shown = self._shown.get(agent_id)
+        if shown is not None and shown.workspace_id != workspace_id:
+            self._remove(agent_id)
             shown = None
-        if agent.workspace_id is None:
+        if workspace_id is None:
             return
         state = {
-            "user": {"name": f"Agent {agent.id}", "color": COLORS[agent_client_id(agent.id) % len(COLORS)]},
+            "user": {"name": f"Agent {agent_id}", "color": COLORS[agent_client_id(agent_id) % len(COLORS)]},
             "agent": {
-                "id": agent.id,
-                "status": agent.status,
-                "progress": agent.progress,
-                "current_step": agent.current_step or "",
+                "id": agent_id,
+                "status": status,
+                "progress": progress,
+                "current_step": current_step or "",
             },
         }
         if shown is None:
-            shown = self._shown[agent.id] = _Shown(agent.workspace_id, state)
+            shown = self._shown[agent_id] = _Shown(workspace_id, state)
         shown.state = state
         if shown.removal is not None:
             shown.removal.cancel()
             shown.removal = None
-        self._send(agent.id, shown)
-        if agent.status in FINAL:
-            shown.removal = asyncio.get_running_loop().call_later(self.linger, self._remove, agent.id)
+        self._send(agent_id, shown)
+        if status in FINAL:
+            shown.removal = asyncio.get_running_loop().call_later(self.linger, self._remove, agent_id)
 
     def on_room_loaded(self, room: Room) -> None:
         """A workspace's main document was loaded: show its agents there."""

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     auto_create_workspaces: bool = False
     event_retention: int = Field(default=10_000, ge=10)
     agent_presence_linger: float = Field(default=5.0, ge=0)
+    # Several instances (with REDIS_URL).
+    redis_prefix: str = Field(default="collab", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    instance_timeout: float = Field(default=10.0, ge=1, le=600)
+    stream_retention: float = Field(default=60.0, ge=2, le=86_400)
+    sync_check_interval: float = Field(default=30.0, ge=0.5, le=3600)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -88,6 +93,13 @@ class Settings(BaseSettings):
     def _production_needs_secret(self) -> Settings:
         if self.environment is Environment.PRODUCTION and not self.jwt_secret:
             raise ValueError("JWT_SECRET must be set when ENVIRONMENT=production")
+        return self
+
+    @model_validator(mode="after")
+    def _streams_outlive_instances(self) -> Settings:
+        # A dead instance's unstored updates are read back from the streams by a survivor.
+        if self.stream_retention < 2 * self.instance_timeout:
+            raise ValueError("STREAM_RETENTION must be at least twice INSTANCE_TIMEOUT")
         return self
 
     @property

@@ -12,10 +12,12 @@ from crdt_store import open_store
 
 from .agent_presence import AgentPresence
 from .agents import AgentService
+from .broker import open_broker
 from .config import Settings
 from .events.hub import EventHub
 from .persistence import UpdateWriter
 from .presence import Presence
+from .replication import Replication
 from .rooms import RoomManager
 from .services import Services
 
@@ -30,9 +32,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     elif len(settings.jwt_secret or "") < 32:
         log.warning("JWT_SECRET is shorter than 32 bytes: tokens signed with it are easier to forge")
     async with AsyncExitStack() as stack:
-        # Exit order: agent presence stops, rooms close their sockets, queued events go out, the
-        # writer flushes every accepted update, the store closes its pool.
+        # Exit order: agent presence stops, rooms close their sockets, presence changes reach
+        # Redis, queued events go out, the writer flushes every accepted update, the broker
+        # publishes how far this instance has stored and leaves, the store closes its pool.
         store = await stack.enter_async_context(open_store(settings.database_url))
+        broker = await stack.enter_async_context(open_broker(settings, store))
         writer = await stack.enter_async_context(
             UpdateWriter(
                 store,
@@ -40,14 +44,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 compact_after_updates=settings.compact_after_updates,
                 compact_after_bytes=settings.compact_after_bytes,
                 retry_max=settings.store_retry_max,
+                on_stored=broker.stored,
             )
         )
-        hub = await stack.enter_async_context(EventHub(store, retention=settings.event_retention))
-        presence = Presence(hub)
+        hub = await stack.enter_async_context(
+            EventHub(store, retention=settings.event_retention, broker=broker)
+        )
+        stack.push_async_callback(broker.drain_presence)
+        presence = Presence(hub, broker)
+        replication = await stack.enter_async_context(
+            Replication(broker, check_interval=settings.sync_check_interval)
+        )
         rooms = await stack.enter_async_context(
             RoomManager(
                 store,
                 writer,
+                replication=replication,
                 unload_grace=settings.room_unload_grace,
                 heartbeat_interval=settings.heartbeat_interval,
                 message_queue_size=settings.message_queue_size,
@@ -61,7 +73,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
         )
         rooms.on_room_loaded = agent_presence.on_room_loaded
-        agents = AgentService(store, settings, hub, on_state=agent_presence.update)
         services = Services(
             settings=settings,
             store=store,
@@ -69,13 +80,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             rooms=rooms,
             events=hub,
             presence=presence,
-            agents=agents,
+            agents=AgentService(store, settings, hub),
             agent_presence=agent_presence,
+            broker=broker,
+            replication=replication,
         )
+        services.agents.on_state = services.show_agent
+        broker.on_control = services.apply
         rooms.on_document_created = lambda key: services.workspace_update(
             key.workspace_id, "document_created", path=key.path
         )
         app.state.services = services
-        log.info("ready on port %s (%s)", settings.port, settings.environment.value)
+        log.info(
+            "ready on port %s (%s, instance %s, %s broker)",
+            settings.port,
+            settings.environment.value,
+            broker.instance_id,
+            broker.kind,
+        )
         yield
         log.info("shutting down: flushing %d pending updates", writer.pending)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from crdt_store import Store, StoreError
@@ -34,12 +35,14 @@ class UpdateWriter:
         compact_after_updates: int = 500,
         compact_after_bytes: int = 4 * 1024 * 1024,
         retry_max: float = 10.0,
+        on_stored: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
         self.interval = interval
         self.compact_after_updates = compact_after_updates
         self.compact_after_bytes = compact_after_bytes
         self.retry_max = retry_max
+        self.on_stored = on_stored  # called with ``stored_seq`` after each write
         self._buffer: list[tuple[int, bytes]] = []
         self._appended = 0  # updates ever appended
         self._stored = 0  # updates ever stored; the first `_stored` appended are in the database
@@ -87,10 +90,17 @@ class UpdateWriter:
         for document_id in document_ids:
             self.forget(document_id)
 
-    def append(self, document_id: int, update: bytes) -> None:
+    def append(self, document_id: int, update: bytes) -> int:
+        """Buffer an update for storage; returns its sequence number (1, 2, ...): once
+        ``stored_seq`` reaches it, it is in the database."""
         self._buffer.append((document_id, update))
         self._appended += 1
         self._has_items.set()
+        return self._appended
+
+    @property
+    def stored_seq(self) -> int:
+        return self._stored
 
     async def flush(self) -> None:
         """Return once every update appended before this call is stored."""
@@ -134,6 +144,8 @@ class UpdateWriter:
                 self._hurry.clear()
                 self._discarded.clear()  # no buffered row refers to a deleted document any more
             self._stored += len(batch)
+            if self.on_stored is not None:
+                self.on_stored(self._stored)
             async with self._progress:
                 self._progress.notify_all()
             self._note_stored(rows)

@@ -1,28 +1,43 @@
 """Who is in a workspace: ``user_joined`` when a user's first connection to it opens (document or
-event channel), ``user_left`` when the last one closes, however many tabs it had."""
+event channel), ``user_left`` when the last one closes, however many tabs it had.
+
+This instance counts its own connections per (workspace, user); the broker turns this
+instance's first/last connection into the cluster's view (with one instance, the same thing)
+and calls back when that view changes, which is when the event is announced.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from .auth import Principal
+from .broker import Broker
 from .events.hub import EventHub, workspace_topic
 from .events.models import UserPresenceData
 
 
 class Presence:
-    def __init__(self, hub: EventHub) -> None:
+    def __init__(self, hub: EventHub, broker: Broker | None = None) -> None:
         self.hub = hub
+        self.broker = broker or Broker()
+        self.broker.on_presence = self._announce
         self._counts: Counter[tuple[str, str]] = Counter()
 
-    def online(self, workspace_id: str) -> set[str]:
+    def local(self, workspace_id: str) -> set[str]:
+        """Users connected to the workspace on this instance."""
         return {user for (workspace, user) in self._counts if workspace == workspace_id}
+
+    async def online(self, workspace_id: str) -> set[str]:
+        """Users connected to the workspace on any instance (this one's, when the others'
+        cannot be known: Redis is down)."""
+        users = await self.broker.online(workspace_id)
+        return self.local(workspace_id) if users is None else users
 
     def enter(self, workspace_id: str, user: Principal) -> None:
         key = (workspace_id, user.user_id)
         self._counts[key] += 1
         if self._counts[key] == 1:
-            self._announce("user_joined", workspace_id, user)
+            self.broker.set_present(workspace_id, user.user_id, user.name[:500], True)
 
     def leave(self, workspace_id: str, user: Principal) -> None:
         key = (workspace_id, user.user_id)
@@ -32,8 +47,9 @@ class Presence:
         self._counts[key] -= 1
         if self._counts[key] == 0:
             del self._counts[key]
-            self._announce("user_left", workspace_id, user)
+            self.broker.set_present(workspace_id, user.user_id, user.name[:500], False)
 
-    def _announce(self, kind: str, workspace_id: str, user: Principal) -> None:
-        data = UserPresenceData(workspace_id=workspace_id, user_id=user.user_id, username=user.name[:500])
+    def _announce(self, workspace_id: str, user_id: str, name: str, joined: bool) -> None:
+        data = UserPresenceData(workspace_id=workspace_id, user_id=user_id, username=name)
+        kind = "user_joined" if joined else "user_left"
         self.hub.publish_soon(workspace_topic(workspace_id), kind, data.model_dump(mode="json"))

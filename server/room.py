@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -50,6 +51,9 @@ class Room:
         self.awareness.set_local_state(None)  # the server itself has no presence
         self.connections: set[Connection] = set()
         self._on_update = on_update
+        # Set when other instances serve this room too: awareness changes of our clients.
+        self.on_awareness: Callable[[Room, bytes], None] | None = None
+        self._remote_awareness: dict[int, float] = {}  # client id -> when last renewed
         self._pending: list[tuple[Connection | None, bytes]] = []
         self._full_state: bytes | None = None
         self._loop = asyncio.get_running_loop()
@@ -74,7 +78,10 @@ class Room:
             conn.awareness_ids = None
             if ids:
                 self.awareness.remove_awareness_states(ids, origin=conn)
-                self._broadcast(protocol.awareness(self.awareness.encode_awareness_update(ids)), conn)
+                update = self.awareness.encode_awareness_update(ids)
+                self._broadcast(protocol.awareness(update), conn)
+                if self.on_awareness is not None:
+                    self.on_awareness(self, update)
 
     def eject(self, conn: Connection, code: CloseCode) -> None:
         """Remove a connection at once, withdraw its presence, and close it with ``code``."""
@@ -107,12 +114,26 @@ class Room:
         """Apply an update, log it for storage, and relay it to every other connection."""
         if update == protocol.EMPTY_UPDATE:
             return
+        self._apply(update)
+        self._on_update(self.document_id, update)
+        self._relay(update, origin)
+
+    def apply_remote(self, update: bytes) -> None:
+        """Apply an update another instance accepted (and stores): relay it to every
+        connection here, without storing it again."""
+        if update == protocol.EMPTY_UPDATE:
+            return
+        self._apply(update)
+        self._relay(update, None)
+
+    def _apply(self, update: bytes) -> None:
         try:
             self.doc.apply_update(update)
         except ValueError as exc:
             raise ProtocolError(f"invalid Yjs update: {exc}") from None
         self._full_state = None
-        self._on_update(self.document_id, update)
+
+    def _relay(self, update: bytes, origin: Connection | None) -> None:
         if not self._pending:
             self._loop.call_soon(self._relay_pending)
         self._pending.append((origin, update))
@@ -141,6 +162,40 @@ class Room:
                 conn.awareness_ids.add(entry.client_id)
         self.awareness.apply_awareness_update(update, origin=conn)
         self._broadcast(frame, conn)
+        if self.on_awareness is not None:
+            self.on_awareness(self, update)
+
+    def apply_remote_awareness(self, update: bytes, entries: list[protocol.AwarenessEntry]) -> None:
+        """Presence changes of clients connected to another instance."""
+        now = time.monotonic()
+        for entry in entries:
+            if entry.state is None:
+                self._remote_awareness.pop(entry.client_id, None)
+            else:
+                self._remote_awareness[entry.client_id] = now
+        self.awareness.apply_awareness_update(update, origin=None)
+        self._broadcast(protocol.awareness(update), None)
+
+    def local_awareness_update(self) -> bytes | None:
+        """The presence of this instance's own clients, for an instance that just loaded the room."""
+        ids = [
+            cid
+            for conn in self.connections
+            for cid in conn.awareness_ids or ()
+            if cid in self.awareness.states
+        ]
+        return self.awareness.encode_awareness_update(ids) if ids else None
+
+    def expire_remote_awareness(self, renewed_before: float) -> None:
+        """Withdraw other instances' clients whose presence was not renewed since ``renewed_before``
+        (their instance stopped, or their removal was lost)."""
+        stale = [cid for cid, seen in self._remote_awareness.items() if seen < renewed_before]
+        for cid in stale:
+            del self._remote_awareness[cid]
+        stale = [cid for cid in stale if cid in self.awareness.states]
+        if stale:
+            self.awareness.remove_awareness_states(stale, origin=None)
+            self._broadcast(protocol.awareness(self.awareness.encode_awareness_update(stale)), None)
 
     def set_server_awareness(self, client_id: int, clock: int, state: dict[str, Any] | None) -> None:
         """Publish (``state``) or withdraw (``None``) a presence owned by the server, such as a

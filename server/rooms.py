@@ -26,6 +26,7 @@ from .close_codes import (
 from .connection import Connection
 from .persistence import UpdateWriter
 from .protocol import KEEPALIVE, ProtocolError
+from .replication import Replication
 from .room import Room, RoomKey
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class RoomManager:
     Arguments:
         store: where documents are loaded from.
         writer: where accepted updates go to be stored.
+        replication: keeps rooms in step with other instances (none: this instance is alone).
         unload_grace: seconds an empty room stays loaded (a reload in that time costs nothing).
         heartbeat_interval: a connection that has been sent nothing for this long gets a
             keep-alive frame, so idle clients (the stock y-websocket client reconnects after 30 s
@@ -52,6 +54,7 @@ class RoomManager:
         store: Store,
         writer: UpdateWriter,
         *,
+        replication: Replication | None = None,
         unload_grace: float = 5.0,
         heartbeat_interval: float = 15.0,
         message_queue_size: int = 1000,
@@ -66,6 +69,7 @@ class RoomManager:
         self.on_leave = on_leave
         self.store = store
         self.writer = writer
+        self.replication = replication
         self.unload_grace = unload_grace
         self.heartbeat_interval = heartbeat_interval
         self.message_queue_size = message_queue_size
@@ -121,7 +125,9 @@ class RoomManager:
         doc = Doc()
         for update in stored.updates:
             doc.apply_update(update)
-        room = Room(key, stored.id, doc, on_update=self.writer.append)
+        room = Room(key, stored.id, doc, on_update=self._accept)
+        if self.replication is not None:
+            await self.replication.attach(room)
         self.writer.track(stored.id, tail_count=stored.tail_count, tail_bytes=stored.tail_bytes)
         self.rooms[key] = room
         log.debug("loaded room %s (%d stored updates)", key, len(stored.updates))
@@ -130,6 +136,17 @@ class RoomManager:
         if stored.created and self.on_document_created is not None:
             self.on_document_created(key)
         return room
+
+    def _accept(self, document_id: int, update: bytes) -> None:
+        """An update accepted from a client (or REST): store it, and tell the other instances."""
+        seq = self.writer.append(document_id, update)
+        if self.replication is not None:
+            self.replication.local_update(document_id, update, seq)
+
+    def _forget(self, room: Room) -> None:
+        del self.rooms[room.key]
+        if self.replication is not None:
+            self.replication.detach(room)
 
     # -- serving ----------------------------------------------------------------------------------
 
@@ -207,7 +224,7 @@ class RoomManager:
             room.eject(conn, CLOSE_4404_DELETED)
         if room.unload_handle is not None:
             room.unload_handle.cancel()
-        del self.rooms[room.key]
+        self._forget(room)
 
     async def _read(self, room: Room, conn: Connection, channel: Channel) -> None:
         while not conn.is_closing:
@@ -261,7 +278,7 @@ class RoomManager:
             return
         if room.connections or self.rooms.get(room.key) is not room:
             return
-        del self.rooms[room.key]
+        self._forget(room)
         self.writer.forget(room.document_id)
         log.debug("unloaded room %s", room.key)
 

@@ -4,6 +4,11 @@ Every event is stored in the event log first, which gives it its id; ids increas
 so they increase within every stream. Publication is serialised, so events leave in id order. A
 reconnecting client names the last id it saw and first receives what it missed (or
 ``resync_required`` when that is older than retention), then the live stream, with no duplicates.
+
+With several instances, the log is shared (one sequence of ids), and the broker relays each
+event, with its id, to the other instances' subscribers. Events of one publisher arrive in order;
+events published at the same moment on two instances may arrive a few ids out of order, so a
+subscriber skips repeats by remembering recent ids rather than only the highest.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from typing import Any
 from crdt_store import Store, event_log
 
 from ..auth import Principal
+from ..broker import Broker
 from ..connection import Connection
 
 log = logging.getLogger(__name__)
 
 TRIM_EVERY = 200  # events between retention trims
+RECENT_IDS = 256  # ids each subscriber remembers to skip repeats
 
 
 def agent_topic(agent_id: str) -> str:
@@ -42,16 +49,18 @@ def event_frame(event_id: int, message_type: str, data_json: str) -> str:
 
 
 class Subscriber:
-    """One event-channel connection: its topics and the last event id it was sent."""
+    """One event-channel connection: its topics and the event ids it was sent."""
 
-    __slots__ = ("conn", "user", "kinds", "topics", "last_id", "_held")
+    __slots__ = ("conn", "user", "kinds", "topics", "last_id", "floor", "_recent", "_held")
 
     def __init__(self, conn: Connection, user: Principal, kinds: frozenset[str]) -> None:
         self.conn = conn
         self.user = user
         self.kinds = kinds  # {"agent", "workspace"}: what this endpoint carries
         self.topics: set[str] = set()
-        self.last_id = 0
+        self.last_id = 0  # the highest id sent
+        self.floor = 0  # ids at or below this one are never sent (the client had them)
+        self._recent: dict[int, None] = {}  # ids sent lately, oldest first
         self._held: list[tuple[int, str]] | None = None  # live events held back during a replay
 
     def hold(self) -> None:
@@ -67,14 +76,26 @@ class Subscriber:
     def deliver(self, event_id: int, text: str) -> None:
         if self._held is not None:
             self._held.append((event_id, text))
-        elif event_id > self.last_id:
-            self.last_id = event_id
+        elif self.wants(event_id):
+            self.sent(event_id)
             self.conn.send(text)
+
+    def wants(self, event_id: int) -> bool:
+        """Not sent yet, and not older than the resume point."""
+        return event_id > self.floor and event_id not in self._recent
+
+    def sent(self, event_id: int) -> None:
+        self.last_id = max(self.last_id, event_id)
+        self._recent[event_id] = None
+        if len(self._recent) > RECENT_IDS:
+            del self._recent[next(iter(self._recent))]
 
 
 class EventHub:
-    def __init__(self, store: Store, *, retention: int = 10_000) -> None:
+    def __init__(self, store: Store, *, retention: int = 10_000, broker: Broker | None = None) -> None:
         self.store = store
+        self.broker = broker or Broker()
+        self.broker.on_event = self._deliver
         self.retention = retention
         self._topics: dict[str, set[Subscriber]] = {}
         self._by_user: dict[str, set[Subscriber]] = {}
@@ -145,13 +166,17 @@ class EventHub:
                 self.store.engine, topic=topic, type=message_type, data=body
             )
             text = event_frame(event_id, message_type, body)
-            for sub in self._topics.get(topic, ()):
-                sub.deliver(event_id, text)
+            self._deliver(topic, event_id, text)
+            self.broker.publish_event(topic, event_id, text)
             self._since_trim += 1
             if self._since_trim >= TRIM_EVERY:
                 self._since_trim = 0
                 await event_log.trim_events(self.store.engine, keep=self.retention)
         return event_id
+
+    def _deliver(self, topic: str, event_id: int, text: str) -> None:
+        for sub in self._topics.get(topic, ()):
+            sub.deliver(event_id, text)
 
     def publish_soon(self, topic: str, message_type: str, data: dict[str, Any]) -> None:
         """Publish from code that cannot wait (connection open/close); queued events go out in
@@ -179,16 +204,16 @@ class EventHub:
         replayed = 0
         try:
             oldest = await event_log.oldest_event_id(self.store.engine)
+            sub.floor = max(sub.floor, after_id)
+            sub.last_id = max(sub.last_id, after_id)
             if oldest is not None and after_id < oldest - 1:
                 sub.conn.send(frame("resync_required", await on_gap()))
-                sub.last_id = max(sub.last_id, after_id)
             else:
                 events = await event_log.events_after(self.store.engine, after_id=after_id, topics=sub.topics)
-                sub.last_id = max(sub.last_id, after_id)
                 for event in events:
-                    if event.id > sub.last_id:
+                    if sub.wants(event.id):
+                        sub.sent(event.id)
                         sub.conn.send(event_frame(event.id, event.type, event.data))
-                        sub.last_id = event.id
                         replayed += 1
         finally:
             sub.release()

@@ -154,7 +154,7 @@ async def test_users_shows_who_is_online(auth_server: RunningServer, workspace: 
                 u["user_id"]: u for u in (await alice.get(f"/workspaces/{workspace}/users")).json()["data"]
             }
             assert users["bob"]["online"] is True and users["alice"]["online"] is False
-        await wait_until(lambda: "bob" not in auth_server.services.presence.online(workspace))
+        await wait_until(lambda: "bob" not in auth_server.services.presence.local(workspace))
         users = {u["user_id"]: u for u in (await alice.get(f"/workspaces/{workspace}/users")).json()["data"]}
         assert users["bob"]["online"] is False
 

@@ -1,0 +1,26 @@
+"""Relaying between instances: in-process for one instance, Redis for several."""
+
+from __future__ import annotations
+
+from crdt_store import Store
+
+from ..config import Settings
+from .base import Broker, RoomMessage
+from .keys import Keys
+
+__all__ = ["Broker", "Keys", "RoomMessage", "open_broker"]
+
+
+def open_broker(settings: Settings, store: Store) -> Broker:
+    """The broker the settings ask for: Redis when ``REDIS_URL`` is set, else in-process."""
+    if settings.redis_url is None:
+        return Broker()
+    from .redis import RedisBroker
+
+    return RedisBroker(
+        settings.redis_url,
+        store=store,
+        prefix=settings.redis_prefix,
+        instance_timeout=settings.instance_timeout,
+        stream_retention=settings.stream_retention,
+    )
