@@ -82,11 +82,30 @@ class ServerProcess:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
     def doc_url(self, workspace_id: str, path: str = "") -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/workspaces/{workspace_id}" + (f"/{path}" if path else "")
+        return f"{self.ws_url}/ws/workspaces/{workspace_id}" + (f"/{path}" if path else "")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    async def stop(self, timeout: float = 30) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                await asyncio.to_thread(self.process.wait, timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                await asyncio.to_thread(self.process.wait, 10)
+
+    async def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush."""
+        self.process.kill()
+        await asyncio.to_thread(self.process.wait, 10)
 
 
 async def start_process(env: dict[str, str], log_path: Path) -> ServerProcess:

@@ -1,6 +1,7 @@
 // A stock Yjs client (yjs + y-websocket's WebsocketProvider), driven by the Python tests.
 // Usage: node client.mjs '<json options>'
-//   {url, room, token?, insert?, expect?, expectDenied?, awareness?, idleMs?, timeoutMs?}
+//   {url, room, token?, insert?, expect?, expectPeers?, expectDenied?, awareness?, idleMs?, timeoutMs?}
+//   expectPeers: names (awareness state user.name) of other clients to wait for
 // Prints one JSON line: {text, synced, disconnects, messages, peers} and exits 0, or exits 1 on timeout.
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
@@ -50,6 +51,19 @@ const waitFor = (predicate) => new Promise((resolve) => {
 await waitFor(() => provider.synced)
 if (opts.insert) text.insert(text.length, opts.insert)
 if (opts.expect) await waitFor(() => opts.expect.every((part) => text.toString().includes(part)))
+if (opts.expectPeers) {
+  const names = () => [...provider.awareness.getStates().values()].map((state) => state?.user?.name)
+  await new Promise((resolve) => {
+    const check = () => {
+      if (opts.expectPeers.every((name) => names().includes(name))) {
+        provider.awareness.off('change', check)
+        resolve()
+      }
+    }
+    provider.awareness.on('change', check)
+    check()
+  })
+}
 if (opts.expectDenied) {
   await new Promise((resolve) => {
     const poll = setInterval(() => { if (permissionDenied.length) { clearInterval(poll); resolve() } }, 10)
