@@ -2,7 +2,10 @@
 // protocol. Every update is one small text insert carrying its sender, sequence number and send
 // time (process.hrtime, a monotonic clock shared by every process on the machine).
 //
-// node loadgen.mjs '<json>'  with  {mode: "fanout", base, rooms, clients, rate, durationMs, drainMs, prefix}
+// node loadgen.mjs '<json>'  with  {mode: "fanout", base, rooms, clients, rate, durationMs, drainMs, prefix,
+//                                     writerBase?, writers?}
+//   writerBase: where the first client of each room connects (another instance than `base`);
+//   writers: how many clients of each room write (default: all, round-robin)
 //                               or {mode: "idle", base, connections, roomSize, prefix, holdMs}
 // Prints one JSON line with the measurements.
 import * as Y from 'yjs'
@@ -108,9 +111,13 @@ async function connectAll (urls, stats) {
 
 async function fanout () {
   const { base, rooms, clients: perRoom, rate, durationMs, drainMs, prefix } = opts
+  const writerBase = opts.writerBase ?? base
+  const writers = Math.min(opts.writers ?? perRoom, perRoom)
   const stats = { latencies: [], errors: [], closes: [] }
   const urls = []
-  for (let r = 0; r < rooms; r++) for (let c = 0; c < perRoom; c++) urls.push(`${base}/${prefix}-${r}`)
+  for (let r = 0; r < rooms; r++) {
+    for (let c = 0; c < perRoom; c++) urls.push(`${c === 0 ? writerBase : base}/${prefix}-${r}`)
+  }
   const clients = await connectAll(urls, stats)
   const byRoom = []
   for (let r = 0; r < rooms; r++) byRoom.push(clients.slice(r * perRoom, (r + 1) * perRoom))
@@ -130,7 +137,7 @@ async function fanout () {
         const target = Math.floor(elapsed * rate / 1e6 + r / rooms)
         while (due[r] < target) {
           byRoom[r][cursor[r]].write()
-          cursor[r] = (cursor[r] + 1) % perRoom
+          cursor[r] = (cursor[r] + 1) % writers
           due[r]++
           sent++
         }

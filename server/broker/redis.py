@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 _FAILURES = (RedisError, OSError)
 MAX_BACKOFF = 2.0
-XREAD_BLOCK_MS = 30_000
+XREAD_BLOCK_MS = 10_000
+PUBSUB_PING = 10.0  # seconds of pub/sub silence before a ping (a dead connection shows up)
+READER_TIMEOUT = 20.0  # longer than XREAD_BLOCK_MS and PUBSUB_PING
 XREAD_COUNT = 1_000
 TAKEOVER_LOCK_SECONDS = 60
 
@@ -89,7 +91,9 @@ class RedisBroker(Broker):
         # Commands and publishing; the stream reader and pub/sub get their own connections (no
         # silent retries there: a lost connection must be seen, to catch up after it).
         self._redis = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-        self._reader = Redis.from_url(url, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+        self._reader = Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=READER_TIMEOUT, retry=Retry(NoBackoff(), 0)
+        )
         self._set_present = self._redis.register_script(_SET_PRESENT)
         self._up = True
         self._last_error: str | None = None
@@ -423,8 +427,11 @@ class RedisBroker(Broker):
                 if not first:
                     # Messages sent while we were away are lost: compare states now.
                     self.on_reconnect()
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=PUBSUB_PING)
+                    if message is None:
+                        await pubsub.ping()
+                    elif message["type"] == "message":
                         self._dispatch(message["channel"], message["data"])
             except _FAILURES as exc:
                 self._failed(exc)

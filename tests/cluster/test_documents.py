@@ -101,7 +101,9 @@ async def test_room_first_loaded_on_a_second_instance_gets_updates_not_stored_ye
             await wait_until(lambda: str(writer.text()) == "not stored yet and back", timeout=10)
 
 
-async def test_killed_instance_loses_nothing(start_cluster: StartCluster, workspace: str, pg_url: str) -> None:
+async def test_killed_instance_loses_nothing(
+    start_cluster: StartCluster, workspace: str, pg_url: str
+) -> None:
     # A one-second group commit: the killed instance surely holds updates it has not stored.
     instances = await start_cluster(3, PERSIST_INTERVAL_MS="1000")
     victim = instances[0]
@@ -148,8 +150,10 @@ async def test_killed_instance_loses_nothing(start_cluster: StartCluster, worksp
         await victim.kill()
         expected = {f"{name}-{i}" for name in writers for i in range(writes_each)}
         await wait_until(
-            lambda: all(set(doc.get("entries", type=Map).keys()) == expected for doc in docs.values())
-            or any(task.done() for task in tasks),
+            lambda: (
+                all(set(doc.get("entries", type=Map).keys()) == expected for doc in docs.values())
+                or any(task.done() for task in tasks)
+            ),
             timeout=40,
         )
         for task in tasks:
@@ -203,6 +207,7 @@ async def test_survivor_stores_what_a_killed_instance_accepted_but_had_not_store
         return set(stored.get("entries", type=Map).keys()) == entries
 
     await wait_until(everything_stored, timeout=30, interval=0.2)
+    assert "token=ey" not in victim.log()  # tokens in URLs stay out of the logs
     assert re.search(r"stopped: stored [1-9]\d* of its updates", survivor.log()), survivor.log()
 
 
