@@ -31,6 +31,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("JWT_SECRET is not set: the server accepts every connection without a token")
     elif len(settings.jwt_secret or "") < 32:
         log.warning("JWT_SECRET is shorter than 32 bytes: tokens signed with it are easier to forge")
+    if settings.redis_url is not None and settings.database_url.startswith("sqlite"):
+        log.warning("REDIS_URL is set with SQLite: instances can share Redis only on one PostgreSQL")
     async with AsyncExitStack() as stack:
         # Exit order: agent presence stops, rooms close their sockets, presence changes reach
         # Redis, queued events go out, the writer flushes every accepted update, the broker

@@ -42,7 +42,7 @@ class UpdateWriter:
         self.compact_after_updates = compact_after_updates
         self.compact_after_bytes = compact_after_bytes
         self.retry_max = retry_max
-        self.on_stored = on_stored  # called with ``stored_seq`` after each write
+        self.on_stored = on_stored  # called after each write with how many updates are stored
         self._buffer: list[tuple[int, bytes]] = []
         self._appended = 0  # updates ever appended
         self._stored = 0  # updates ever stored; the first `_stored` appended are in the database
@@ -91,16 +91,12 @@ class UpdateWriter:
             self.forget(document_id)
 
     def append(self, document_id: int, update: bytes) -> int:
-        """Buffer an update for storage; returns its sequence number (1, 2, ...): once
-        ``stored_seq`` reaches it, it is in the database."""
+        """Buffer an update for storage; returns its sequence number (1, 2, ...). Updates are
+        stored in that order: once ``on_stored`` reports ``n``, updates 1 to ``n`` are stored."""
         self._buffer.append((document_id, update))
         self._appended += 1
         self._has_items.set()
         return self._appended
-
-    @property
-    def stored_seq(self) -> int:
-        return self._stored
 
     async def flush(self) -> None:
         """Return once every update appended before this call is stored."""
