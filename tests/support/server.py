@@ -66,10 +66,19 @@ async def run_server(settings: Settings) -> AsyncIterator[RunningServer]:
         await asyncio.wait_for(task, timeout=30)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free right now and not handed out before in this run (servers started together
+    must not be given the same one)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass
@@ -131,4 +140,6 @@ async def start_process(env: dict[str, str], log_path: Path) -> ServerProcess:
             return False
 
     await wait_until(healthy, timeout=30)
+    if process.poll() is not None:  # /health was answered by someone else on that port
+        raise RuntimeError(f"server exited with {process.returncode}:\n{handle.log()}")
     return handle
