@@ -420,8 +420,13 @@ class RedisBroker(Broker):
         while True:
             pubsub = self._reader.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.keys.events, *self._channel_documents)
+                channels = list(self._channel_documents)
+                await pubsub.subscribe(self.keys.events, *channels)
                 self._pubsub = pubsub
+                # Rooms loaded while we subscribed did not find a pub/sub to subscribe with.
+                late = [channel for channel in self._channel_documents if channel not in channels]
+                if late:
+                    await pubsub.subscribe(*late)
                 self._ok()
                 delay = 0.1
                 if not first:
