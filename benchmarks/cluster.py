@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg
 import redis
 
-from benchmarks.fanout import RESULTS, ROOT, Server, free_port, loadgen, wait_for_port
+from benchmarks.fanout import RESULTS, ROOT, Server, fanout_run, free_port, wait_for_port
 
 PG_ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -55,20 +55,7 @@ def start_instance(name: str, database_url: str, prefix: str) -> Server:
 def run(
     writer: Server, readers: Server, rooms: int, clients: int, rate: int, duration: float
 ) -> dict[str, Any]:
-    return loadgen(
-        {
-            "mode": "fanout",
-            "base": readers.base,
-            "writerBase": writer.base,
-            "writers": 1,
-            "rooms": rooms,
-            "clients": clients,
-            "rate": rate,
-            "durationMs": int(duration * 1000),
-            "drainMs": 5000,
-            "prefix": f"c{uuid.uuid4().hex[:8]}",
-        }
-    )
+    return fanout_run(readers, rooms, clients, rate, duration, writerBase=writer.base, writers=1)
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:

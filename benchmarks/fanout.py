@@ -131,7 +131,10 @@ def loadgen(options: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def fanout_run(server: Server, rooms: int, clients: int, rate: int, duration: float) -> dict[str, Any]:
+def fanout_run(
+    server: Server, rooms: int, clients: int, rate: int, duration: float, **extra: Any
+) -> dict[str, Any]:
+    """One load-generator run; ``extra`` adds options (``writerBase``, ``writers``)."""
     return loadgen(
         {
             "mode": "fanout",
@@ -142,6 +145,7 @@ def fanout_run(server: Server, rooms: int, clients: int, rate: int, duration: fl
             "durationMs": int(duration * 1000),
             "drainMs": 5000,
             "prefix": f"b{uuid.uuid4().hex[:8]}",
+            **extra,
         }
     )
 

@@ -174,6 +174,12 @@ class RedisBroker(Broker):
             self._up = False
             log.error("Redis is unreachable, serving this instance's clients alone: %s", self._last_error)
 
+    async def _wait_after(self, exc: BaseException, delay: float) -> float:
+        """Note a failure, wait ``delay`` seconds, and return the next (doubled, bounded) delay."""
+        self._failed(exc)
+        await asyncio.sleep(delay)
+        return min(delay * 2, MAX_BACKOFF)
+
     def status(self) -> dict[str, Any]:
         status = super().status()
         status.update(
@@ -301,9 +307,7 @@ class RedisBroker(Broker):
                 try:
                     count = await self._apply_presence(self.instance_id, *key, name, present)
                 except _FAILURES as exc:
-                    self._failed(exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, MAX_BACKOFF)
+                    delay = await self._wait_after(exc, delay)
                     continue
                 delay = 0.1
                 self._ok()
@@ -393,9 +397,7 @@ class RedisBroker(Broker):
             try:
                 result = await self._reader.xread(streams, count=XREAD_COUNT, block=XREAD_BLOCK_MS)
             except _FAILURES as exc:
-                self._failed(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
+                delay = await self._wait_after(exc, delay)
                 continue
             delay = 0.1
             self._ok()
@@ -439,13 +441,12 @@ class RedisBroker(Broker):
                     elif message["type"] == "message":
                         self._dispatch(message["channel"], message["data"])
             except _FAILURES as exc:
-                self._failed(exc)
+                failure = exc  # the loop above only ends this way
             finally:
                 self._pubsub = None
                 await pubsub.aclose()
             first = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF)
+            delay = await self._wait_after(failure, delay)
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         try:
