@@ -1,7 +1,7 @@
 // A stock Yjs client (yjs + y-websocket's WebsocketProvider), driven by the Python tests.
 // Usage: node client.mjs '<json options>'
 //   {url, room, token?, insert?, expect?, expectPeers?, expectDenied?, awareness?, idleMs?, timeoutMs?}
-//   expectPeers: names (awareness state user.name) of other clients to wait for
+//   expectPeers: names (awareness state user.name) of other clients to wait for (seen at any time)
 // Prints one JSON line: {text, synced, disconnects, messages, peers} and exits 0, or exits 1 on timeout.
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
@@ -34,9 +34,16 @@ const provider = new WebsocketProvider(opts.url, opts.room, doc, {
 let disconnects = 0
 provider.on('status', ({ status }) => { if (status === 'disconnected') disconnects++ })
 if (opts.awareness) provider.awareness.setLocalState(opts.awareness)
+// Names of the other clients seen so far (a peer may have left again by the time we look).
+const seenPeers = new Set()
+provider.awareness.on('change', () => {
+  for (const [id, state] of provider.awareness.getStates()) {
+    if (id !== doc.clientID && state?.user?.name) seenPeers.add(state.user.name)
+  }
+})
 
 const deadline = setTimeout(() => {
-  console.error(JSON.stringify({ error: 'timeout', text: text.toString(), synced: provider.synced }))
+  console.error(JSON.stringify({ error: 'timeout', text: text.toString(), synced: provider.synced, seenPeers: [...seenPeers] }))
   process.exit(1)
 }, timeoutMs)
 
@@ -52,10 +59,9 @@ await waitFor(() => provider.synced)
 if (opts.insert) text.insert(text.length, opts.insert)
 if (opts.expect) await waitFor(() => opts.expect.every((part) => text.toString().includes(part)))
 if (opts.expectPeers) {
-  const names = () => [...provider.awareness.getStates().values()].map((state) => state?.user?.name)
   await new Promise((resolve) => {
     const check = () => {
-      if (opts.expectPeers.every((name) => names().includes(name))) {
+      if (opts.expectPeers.every((name) => seenPeers.has(name))) {
         provider.awareness.off('change', check)
         resolve()
       }
@@ -75,6 +81,6 @@ const peers = [...provider.awareness.getStates().entries()]
   .filter(([id]) => id !== doc.clientID)
   .map(([, state]) => state)
 clearTimeout(deadline)
-console.log(JSON.stringify({ text: text.toString(), synced: provider.synced, disconnects, messages, peers, permissionDenied }))
+console.log(JSON.stringify({ text: text.toString(), synced: provider.synced, disconnects, messages, peers, seenPeers: [...seenPeers], permissionDenied }))
 provider.destroy()
 process.exit(0)
