@@ -2,26 +2,33 @@
 
 Invariants:
 - every row of ``document_updates`` holds an update exactly as a client sent it;
-- a snapshot is the Yjs merge of every update row compaction has deleted for that document;
+- a snapshot is the document's own encoded state after applying every update row compaction has
+  deleted for that document (see ``yjs_state``): it holds what the document holds, not
+  everything it ever held;
 - compaction deletes exactly the rows it merged, in the transaction that writes the snapshot.
 So snapshot + remaining rows always hold every accepted update, whatever runs concurrently.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from array import array
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from pycrdt import merge_updates
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .engine import insert_ignore, translate_errors
 from .errors import NotFound
 from .tables import document_snapshots, document_updates, documents
+from .yjs_state import StateBuilder
 
-DELETE_CHUNK = 5_000
+DELETE_CHUNK = 5_000  # row ids per DELETE statement
+COMPACT_PAGE_ROWS = 1_000  # row ids and sizes listed per query while compacting
+COMPACT_CHUNK_BYTES = 1024 * 1024  # update bytes read and applied at once while compacting
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +45,9 @@ class StoredDocument:
 
 @dataclass(frozen=True, slots=True)
 class Compaction:
+    """What one compaction did: rows merged into the snapshot (0: nothing to do, or another
+    compaction got there first) and the snapshot's size in bytes."""
+
     document_id: int
     merged: int
     snapshot_bytes: int
@@ -132,52 +142,137 @@ async def append_updates(engine: AsyncEngine, *, rows: Sequence[tuple[int, bytes
                 await conn.execute(insert(document_updates), kept)
 
 
+class _Superseded(Exception):
+    """Another compaction of the same document committed first; this one rolls back."""
+
+
 @translate_errors
-async def compact_document(engine: AsyncEngine, *, document_id: int) -> Compaction:
-    """Merge the document's update rows into its snapshot and delete exactly those rows, in one
-    transaction. Appends may continue meanwhile: rows committed after the read stay in the log."""
-    async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Serialises compactions of one document across instances; appends are not blocked.
-            await conn.execute(select(documents.c.id).where(documents.c.id == document_id).with_for_update())
-        rows = (
+async def compact_document(
+    engine: AsyncEngine, *, document_id: int, chunk_bytes: int = COMPACT_CHUNK_BYTES
+) -> Compaction:
+    """Replace the document's snapshot and update rows by its own encoded state, in one
+    transaction: the snapshot and the rows are applied to a fresh Yjs document (which drops the
+    content of deleted items), the document's encoding becomes the new snapshot, and exactly the
+    rows that were applied are deleted. See ``yjs_state`` for why this duplicates nothing.
+
+    Memory stays bounded: rows are read in batches of about ``chunk_bytes`` and applied as they
+    come, so only the document, one batch and the ids of merged rows are held at once. Appends
+    may continue meanwhile: rows stored after compaction started stay in the log. On PostgreSQL
+    compactions of one document are serialised across instances by a row lock that does not
+    block appends; a compaction that finds its snapshot changed underneath rolls back and merges
+    nothing. Raises ``StoreUnavailable`` when the database fails.
+    """
+    try:
+        async with engine.begin() as conn:
+            await _lock_for_compaction(conn, document_id)
+            return await _compact(conn, document_id, chunk_bytes)
+    except (_Superseded, IntegrityError):  # IntegrityError: the document was deleted meanwhile
+        return Compaction(document_id=document_id, merged=0, snapshot_bytes=0)
+
+
+async def _lock_for_compaction(conn: AsyncConnection, document_id: int) -> None:
+    """Serialise compactions of one document (PostgreSQL). ``FOR NO KEY UPDATE`` conflicts with
+    itself but not with the ``FOR KEY SHARE`` lock that inserting a row referencing the document
+    takes, so appends go on while a compaction runs (PostgreSQL manual, "Row-Level Locks")."""
+    if conn.dialect.name == "postgresql":
+        query = select(documents.c.id).where(documents.c.id == document_id)
+        await conn.execute(query.with_for_update(key_share=True))
+
+
+async def _compact(conn: AsyncConnection, document_id: int, chunk_bytes: int) -> Compaction:
+    snapshot_row = (
+        await conn.execute(
+            select(document_snapshots.c.state, document_snapshots.c.merged_updates).where(
+                document_snapshots.c.document_id == document_id
+            )
+        )
+    ).one_or_none()
+    snapshot_bytes = len(snapshot_row.state) if snapshot_row else 0
+    upper = (
+        await conn.execute(
+            select(func.max(document_updates.c.id)).where(document_updates.c.document_id == document_id)
+        )
+    ).scalar_one_or_none()
+    if upper is None:
+        return Compaction(document_id=document_id, merged=0, snapshot_bytes=snapshot_bytes)
+    builder = StateBuilder()
+    seen_merged: int | None = None
+    if snapshot_row is not None:
+        builder.apply([snapshot_row.state])
+        seen_merged = snapshot_row.merged_updates
+        del snapshot_row  # an old snapshot can be large: hold only the document from here on
+    merged_ids = array("q")
+    async for batch in _update_batches(conn, document_id, upper, chunk_bytes):
+        builder.apply(row.data for row in batch)
+        merged_ids.extend(row.id for row in batch)
+        await asyncio.sleep(0)  # let the event loop serve clients between batches
+    if not merged_ids:
+        return Compaction(document_id=document_id, merged=0, snapshot_bytes=snapshot_bytes)
+    state = builder.encode()
+    await _write_snapshot(conn, document_id, state, seen_merged, len(merged_ids))
+    for start in range(0, len(merged_ids), DELETE_CHUNK):
+        chunk = merged_ids[start : start + DELETE_CHUNK].tolist()
+        await conn.execute(delete(document_updates).where(document_updates.c.id.in_(chunk)))
+    return Compaction(document_id=document_id, merged=len(merged_ids), snapshot_bytes=len(state))
+
+
+async def _update_batches(
+    conn: AsyncConnection, document_id: int, upper: int, chunk_bytes: int
+) -> AsyncIterator[Sequence[Row[Any]]]:
+    """The document's update rows up to id ``upper``, oldest first, in batches of at most
+    ``chunk_bytes`` (or one row, when a single row is larger). Ids and sizes are listed a page at
+    a time; the data is read one batch at a time."""
+    after = 0
+    while True:
+        page = (
             await conn.execute(
-                select(document_updates.c.id, document_updates.c.data)
-                .where(document_updates.c.document_id == document_id)
+                select(document_updates.c.id, func.length(document_updates.c.data).label("size"))
+                .where(
+                    document_updates.c.document_id == document_id,
+                    document_updates.c.id > after,
+                    document_updates.c.id <= upper,
+                )
                 .order_by(document_updates.c.id)
+                .limit(COMPACT_PAGE_ROWS)
             )
         ).all()
-        snapshot_row = (
-            await conn.execute(
-                select(document_snapshots.c.state, document_snapshots.c.merged_updates).where(
-                    document_snapshots.c.document_id == document_id
-                )
+        if not page:
+            return
+        after = page[-1].id
+        ids: list[int] = []
+        size = 0
+        for row in page:
+            if ids and size + row.size > chunk_bytes:
+                yield await _read_updates(conn, ids)
+                ids, size = [], 0
+            ids.append(row.id)
+            size += row.size
+        yield await _read_updates(conn, ids)
+
+
+async def _read_updates(conn: AsyncConnection, ids: list[int]) -> Sequence[Row[Any]]:
+    query = select(document_updates.c.id, document_updates.c.data).where(document_updates.c.id.in_(ids))
+    return (await conn.execute(query.order_by(document_updates.c.id))).all()
+
+
+async def _write_snapshot(
+    conn: AsyncConnection, document_id: int, state: bytes, seen_merged: int | None, merged: int
+) -> None:
+    """Write the new snapshot, provided nobody replaced the one this compaction started from."""
+    if seen_merged is None:
+        result = await conn.execute(
+            insert_ignore(
+                conn, document_snapshots, {"document_id": document_id, "state": state, "merged_updates": merged}
             )
-        ).one_or_none()
-        if not rows:
-            size = len(snapshot_row.state) if snapshot_row else 0
-            return Compaction(document_id=document_id, merged=0, snapshot_bytes=size)
-        parts = ([snapshot_row.state] if snapshot_row else []) + [row.data for row in rows]
-        state = merge_updates(*parts) if len(parts) > 1 else parts[0]
-        if snapshot_row is None:
-            await conn.execute(
-                insert(document_snapshots).values(
-                    document_id=document_id, state=state, merged_updates=len(rows)
-                )
+        )
+    else:
+        result = await conn.execute(
+            update(document_snapshots)
+            .where(
+                document_snapshots.c.document_id == document_id,
+                document_snapshots.c.merged_updates == seen_merged,
             )
-        else:
-            await conn.execute(
-                update(document_snapshots)
-                .where(document_snapshots.c.document_id == document_id)
-                .values(
-                    state=state,
-                    merged_updates=document_snapshots.c.merged_updates + len(rows),
-                    updated_at=func.now(),
-                )
-            )
-        ids = [row.id for row in rows]
-        for start in range(0, len(ids), DELETE_CHUNK):
-            await conn.execute(
-                delete(document_updates).where(document_updates.c.id.in_(ids[start : start + DELETE_CHUNK]))
-            )
-    return Compaction(document_id=document_id, merged=len(rows), snapshot_bytes=len(state))
+            .values(state=state, merged_updates=seen_merged + merged, updated_at=func.now())
+        )
+    if result.rowcount != 1:
+        raise _Superseded

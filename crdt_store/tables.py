@@ -84,7 +84,8 @@ document_updates = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-# One row per document: every update merged so far (Yjs ``mergeUpdates`` of the clients' updates).
+# One row per document: its own encoded state (``Doc.get_update()``) after every update row that
+# compaction merged and deleted; ``merged_updates`` counts those rows.
 document_snapshots = Table(
     "document_snapshots",
     metadata,
