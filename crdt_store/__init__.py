@@ -1,8 +1,8 @@
 """Persistence of Yjs documents (update log + snapshots) on SQLAlchemy async: SQLite or PostgreSQL."""
 
 from .documents import Compaction, StoredDocument
-from .engine import normalise_database_url
-from .errors import Conflict, NotFound, StoreError, StoreUnavailable
+from .engine import describe_database, normalise_database_url
+from .errors import Conflict, NotFound, StoreError, StoreLocked, StoreUnavailable
 from .store import Store, open_store
 
 __all__ = [
@@ -11,8 +11,10 @@ __all__ = [
     "NotFound",
     "Store",
     "StoreError",
+    "StoreLocked",
     "StoreUnavailable",
     "StoredDocument",
+    "describe_database",
     "normalise_database_url",
     "open_store",
 ]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -14,10 +17,10 @@ from alembic.config import Config
 from sqlalchemy import Insert, Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .errors import StoreUnavailable
+from .errors import StoreError, StoreLocked, StoreUnavailable
+from .failures import unavailable_reason
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +33,21 @@ T = TypeVar("T")
 
 
 def translate_errors(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Turn driver and connection failures into ``StoreUnavailable`` so that callers need to
-    know one exception type, whatever the database."""
+    """Turn every way of failing to get or keep a database connection (see ``failures``) into
+    ``StoreUnavailable``, so that callers need to know one exception type, whatever the
+    database and driver. Other errors pass unchanged."""
 
     @functools.wraps(func)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await func(*args, **kwargs)
-        except (OperationalError, InterfaceError, OSError, ConnectionError) as exc:
-            raise StoreUnavailable(f"{func.__name__}: {exc.__class__.__name__}: {exc}") from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise StoreUnavailable(f"{func.__name__}: connection lost") from exc
+        except StoreError:
             raise
+        except Exception as exc:
+            reason = unavailable_reason(exc)
+            if reason is None:
+                raise
+            raise StoreUnavailable(reason, operation=func.__name__) from exc
 
     return wrapper
 
@@ -69,17 +74,38 @@ def normalise_database_url(url: str) -> str:
     raise ValueError("must be a postgresql:// or sqlite:/// URL")
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, timeout: float = 10.0) -> AsyncEngine:
+    """An async engine for the URL. ``timeout`` (seconds) bounds the wait for a connection: for
+    the connect itself and for a free pool slot (PostgreSQL), or for a lock (SQLite)."""
     url = normalise_database_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": timeout})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        pool_timeout=timeout,
+        connect_args={"timeout": timeout},
+    )
+
+
+def describe_database(url: str) -> str:
+    """Where the URL points, for messages: dialect, database, host and port, user; never the
+    password. ``postgresql://u:pw@db:5433/app`` -> ``PostgreSQL database "app" at db:5433 as
+    user "u"``."""
+    parsed = make_url(normalise_database_url(url))
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite database {parsed.database or ':memory:'}"
+    host = parsed.host or parsed.query.get("host") or "localhost"
+    user = f' as user "{parsed.username}"' if parsed.username else ""
+    return f'PostgreSQL database "{parsed.database}" at {host}:{parsed.port or 5432}{user}'
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -108,12 +134,76 @@ async def migrate(engine: AsyncEngine) -> None:
         await conn.run_sync(_upgrade)
 
 
+async def migrate_when_reachable(engine: AsyncEngine, *, wait: float) -> None:
+    """Migrate, retrying for up to ``wait`` seconds while the database is unavailable (not
+    started yet, refusing connections, missing). Each failed try is logged as one line naming
+    the database; after the last one ``StoreUnavailable`` is raised."""
+    target = describe_database(engine.url.render_as_string(hide_password=False))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    delay = 0.25
+    attempt = 1
+    while True:
+        try:
+            await migrate(engine)
+            return
+        except StoreUnavailable as exc:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise
+            log.warning(
+                "%s is unavailable (try %d): %s; retrying for %.0f more s", target, attempt, exc.reason, left
+            )
+        await asyncio.sleep(min(delay, max(left, 0.0)))
+        delay = min(delay * 2, 5.0)
+        attempt += 1
+
+
 @contextlib.asynccontextmanager
-async def open_engine(url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(url)
+async def open_engine(url: str, *, timeout: float = 10.0, wait: float = 0.0) -> AsyncIterator[AsyncEngine]:
+    """An engine on a migrated schema, disposed on exit. A SQLite file is locked for this
+    process (``StoreLocked`` if another holds it). ``wait``: seconds to keep retrying an
+    unavailable database before raising ``StoreUnavailable``."""
+    with single_process_lock(url):
+        engine = create_engine(url, timeout=timeout)
+        try:
+            await migrate_when_reachable(engine, wait=wait)
+            log.info("store ready: %s", describe_database(url))
+            yield engine
+        finally:
+            await engine.dispose()
+
+
+@contextlib.contextmanager
+def single_process_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<database>.lock`` beside a SQLite file while the block runs.
+
+    Two processes on one SQLite file would each keep documents, rooms and connections of their
+    own and never hear of the other's changes, so the second is refused with ``StoreLocked``.
+    The lock is an ``flock`` (Linux, macOS): the kernel drops it when the process ends, however it
+    ends. PostgreSQL needs no lock: instances share it through Redis.
+    """
+    parsed = make_url(normalise_database_url(url))
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        await migrate(engine)
-        log.info("store ready: %s", make_url(url).render_as_string(hide_password=True))
-        yield engine
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise StoreLocked(
+                f"SQLite database {database} is in use by another process (pid {holder} holds the lock "
+                f"{lock_path}): the embedded store serves one process; run several instances on "
+                "PostgreSQL (and Redis) instead"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
     finally:
-        await engine.dispose()
+        os.close(fd)  # releases the lock

@@ -39,7 +39,13 @@ class Store:
 
 
 @contextlib.asynccontextmanager
-async def open_store(url: str) -> AsyncIterator[Store]:
-    """Connect, apply migrations, and close the pool on exit."""
-    async with open_engine(url) as engine:
+async def open_store(url: str, *, timeout: float = 10.0, wait: float = 0.0) -> AsyncIterator[Store]:
+    """Connect, apply migrations, and close the pool on exit.
+
+    ``timeout``: seconds any operation waits for a connection (or a SQLite lock) before it fails
+    with ``StoreUnavailable``. ``wait``: seconds to keep retrying at start while the database is
+    unavailable. Raises ``StoreUnavailable`` once ``wait`` has passed, ``StoreLocked`` when
+    another process holds the SQLite file.
+    """
+    async with open_engine(url, timeout=timeout, wait=wait) as engine:
         yield Store(engine)

@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from crdt_store import StoreError
+from crdt_store import StoreError, StoreUnavailable
 
 from .deps import ServicesDep
 
@@ -19,19 +19,27 @@ router = APIRouter(tags=["health"])
 
 
 async def _database(services: ServicesDep) -> dict[str, Any]:
+    """Reachability, and how many accepted updates wait to be stored (kept in memory and
+    retried while the database is down)."""
+    waiting = {"pending_updates": services.writer.pending, "last_error": services.writer.last_error}
     started = time.perf_counter()
     try:
         await services.store.ping()
+    except StoreUnavailable as exc:
+        return {"status": "down", "dialect": services.store.dialect, "error": exc.reason[:300], **waiting}
     except StoreError as exc:
-        return {"status": "down", "dialect": services.store.dialect, "error": str(exc)[:200]}
+        return {"status": "down", "dialect": services.store.dialect, "error": str(exc)[:300], **waiting}
     latency = round((time.perf_counter() - started) * 1000, 2)
-    return {
-        "status": "ok",
-        "dialect": services.store.dialect,
-        "latency_ms": latency,
-        "pending_updates": services.writer.pending,
-        "last_error": services.writer.last_error,
-    }
+    if services.writer.last_error is not None:
+        # Reachable, but storing updates fails (a SQLite file locked by someone else, a full disk).
+        return {
+            "status": "write_failing",
+            "dialect": services.store.dialect,
+            "latency_ms": latency,
+            "error": services.writer.last_error[:300],
+            **waiting,
+        }
+    return {"status": "ok", "dialect": services.store.dialect, "latency_ms": latency, **waiting}
 
 
 async def _redis(services: ServicesDep) -> dict[str, Any]:

@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         )  # noqa: T201
         return 0
     logging.getLogger().setLevel(settings.log_level)
-    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
-    return 0
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
+    server.run()
+    return 0 if server.started else 1  # a start that failed (the reason is logged) exits with 1
 
 
 if __name__ == "__main__":

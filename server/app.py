@@ -20,6 +20,9 @@ class CollaborationApp(FastAPI):
     memory and time per frame."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, StartupFailure(self, send))
+            return
         if is_sync_request(scope):
             scope["app"] = self
             await sync_endpoint(scope, receive, send)
@@ -29,6 +32,21 @@ class CollaborationApp(FastAPI):
             await event_endpoint(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+class StartupFailure:
+    """The lifespan's ``send``, except that a start that failed for a known reason (the lifespan
+    left it on ``app.state.startup_error``) is reported as that one line instead of a traceback."""
+
+    def __init__(self, app: FastAPI, send: Any) -> None:
+        self._app = app
+        self._send = send
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        reason = getattr(self._app.state, "startup_error", None)
+        if message["type"] == "lifespan.startup.failed" and reason:
+            message = {**message, "message": reason}
+        await self._send(message)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     compact_after_bytes: int = Field(default=4 * MiB, ge=1024)
     room_unload_grace: float = Field(default=5.0, ge=0)
     store_retry_max: float = Field(default=10.0, gt=0)
+    database_timeout: float = Field(default=10.0, gt=0, le=600)
+    database_startup_timeout: float = Field(default=30.0, ge=0, le=3600)
     auto_create_workspaces: bool = False
     event_retention: int = Field(default=10_000, ge=10)
     agent_presence_linger: float = Field(default=5.0, ge=0)

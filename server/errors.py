@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from crdt_store import Conflict, NotFound, StoreError
+from crdt_store import Conflict, NotFound, StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -57,13 +60,27 @@ _HTTP_CODES = {
 }
 
 
+# What clients are told when the database cannot be used; the reason goes to the log and to
+# /health/database, not to every client.
+DATABASE_UNAVAILABLE_CODE = "database_unavailable"
+DATABASE_UNAVAILABLE_MESSAGE = "the database is unavailable; try again later"
+DATABASE_RETRY_AFTER = "5"  # seconds, for the Retry-After header of a 503
+
+
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
-    async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
+    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+        if isinstance(exc, StoreUnavailable):
+            log.warning("%s %s: %s", request.method, request.url.path, exc)
+            return JSONResponse(
+                error_body(DATABASE_UNAVAILABLE_CODE, DATABASE_UNAVAILABLE_MESSAGE),
+                503,
+                headers={"Retry-After": DATABASE_RETRY_AFTER},
+            )
         status, code = {NotFound: (404, "not_found"), Conflict: (409, "conflict")}.get(
             type(exc), (503, "unavailable")
         )
@@ -77,6 +94,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the exception and re-raises it after this response is sent.
+        return JSONResponse(error_body("internal_error", "internal server error"), 500)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
-from crdt_store import open_store
+from crdt_store import Store, StoreLocked, StoreUnavailable, describe_database, open_store
 
 from .agent_presence import AgentPresence
 from .agents import AgentService
@@ -24,6 +24,37 @@ from .services import Services
 log = logging.getLogger(__name__)
 
 
+class StartupFailed(Exception):
+    """The service cannot start; the message says why in one line (see ``app.StartupFailure``)."""
+
+
+@asynccontextmanager
+async def open_store_or_explain(app: FastAPI, settings: Settings) -> AsyncIterator[Store]:
+    """``open_store`` with the settings' timeouts. A database still unavailable after
+    ``DATABASE_STARTUP_TIMEOUT`` seconds, or a SQLite file another process holds, stops the start
+    with ``StartupFailed`` and a one-line reason (kept on ``app.state.startup_error``)."""
+    opened = False
+    try:
+        async with open_store(
+            settings.database_url, timeout=settings.database_timeout, wait=settings.database_startup_timeout
+        ) as store:
+            opened = True
+            yield store
+    except StoreUnavailable as exc:
+        if opened:
+            raise
+        app.state.startup_error = (
+            f"cannot start: {describe_database(settings.database_url)} is unavailable: {exc.reason} "
+            f"(gave up after DATABASE_STARTUP_TIMEOUT={settings.database_startup_timeout:g} s)"
+        )
+        raise StartupFailed(app.state.startup_error) from None
+    except StoreLocked as exc:
+        if opened:
+            raise
+        app.state.startup_error = f"cannot start: {exc}"
+        raise StartupFailed(app.state.startup_error) from None
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -37,7 +68,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Exit order: agent presence stops, rooms close their sockets, presence changes reach
         # Redis, queued events go out, the writer flushes every accepted update, the broker
         # publishes how far this instance has stored and leaves, the store closes its pool.
-        store = await stack.enter_async_context(open_store(settings.database_url))
+        store = await stack.enter_async_context(open_store_or_explain(app, settings))
         broker = await stack.enter_async_context(open_broker(settings, store))
         writer = await stack.enter_async_context(
             UpdateWriter(

@@ -21,7 +21,7 @@ from .close_codes import (
     CLOSE_4404_NOT_FOUND,
     CloseCode,
 )
-from .errors import ServiceError
+from .errors import DATABASE_UNAVAILABLE_CODE, ServiceError
 from .handshake import admit, refuse
 from .room import RoomKey
 from .services import Services
@@ -96,7 +96,7 @@ async def sync_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> 
             scope,
             send,
             status=503,
-            code="unavailable",
+            code=DATABASE_UNAVAILABLE_CODE,
             close=CLOSE_1013_STORE_UNAVAILABLE,
             message=CLOSE_1013_STORE_UNAVAILABLE.reason,
         )
