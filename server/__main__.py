@@ -92,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # noqa: T201
         return 0
     logging.getLogger().setLevel(settings.log_level)
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
-    server.run()
-    return 0 if server.started else 1  # a start that failed (the reason is logged) exits with 1
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
+    return 0
 
 
 if __name__ == "__main__":

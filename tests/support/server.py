@@ -117,18 +117,34 @@ class ServerProcess:
         await asyncio.to_thread(self.process.wait, 10)
 
 
+def spawn_process(env: dict[str, str], log_path: Path) -> ServerProcess:
+    """``python -m server`` as its own OS process on a fresh port, output to ``log_path``;
+    returns at once (``start_process`` waits until it serves)."""
+    port = free_port()
+    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **env}
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server"], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    return ServerProcess(process, port, log_path)
+
+
+async def run_to_exit(env: dict[str, str], log_path: Path, timeout: float = 60) -> tuple[int, str]:
+    """Run a server process expected to stop by itself; its exit status and output."""
+    handle = spawn_process(env, log_path)
+    try:
+        returncode = await asyncio.to_thread(handle.process.wait, timeout)
+    finally:
+        await handle.stop()
+    return returncode, handle.log()
+
+
 async def start_process(env: dict[str, str], log_path: Path) -> ServerProcess:
     """``python -m server`` as its own OS process; returns once ``/health`` answers."""
     import httpx
 
-    port = free_port()
-    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **env}
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server"], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
-    )
-    log_file.close()
-    handle = ServerProcess(process, port, log_path)
+    handle = spawn_process(env, log_path)
+    process = handle.process
 
     async def healthy() -> bool:
         if process.poll() is not None:
