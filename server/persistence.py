@@ -4,12 +4,19 @@ Every accepted update goes into one in-memory buffer; a single task writes the b
 transaction at most ``interval`` after the first update arrived. A failed write keeps the buffer
 and retries with backoff, so nothing accepted is dropped while the database is away; ``flush``
 waits until everything appended before the call is stored.
+
+Durability: with ``interval > 0`` (group commit) updates are relayed to other clients at once and
+stored within ``interval``; a process killed in between loses that window's updates (unless
+another instance stores them from the Redis streams). With ``interval == 0`` (synchronous mode)
+the buffer is written as soon as it holds anything, and ``when_relayable`` holds each relay until
+its update is stored: an update another client has seen is in the database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,6 +60,7 @@ class UpdateWriter:
         self._compacting: dict[int, asyncio.Task[None]] = {}
         self._discarded: set[int] = set()
         self._task: asyncio.Task[None] | None = None
+        self._held: deque[tuple[int, Callable[[], None]]] = deque()  # synchronous mode: (seq, relay)
         self.last_error: str | None = None
 
     async def __aenter__(self) -> UpdateWriter:
@@ -76,6 +84,19 @@ class UpdateWriter:
     @property
     def pending(self) -> int:
         return self._appended - self._stored
+
+    @property
+    def synchronous(self) -> bool:
+        """Synchronous mode (``PERSIST_INTERVAL_MS=0``): updates are relayed only once stored."""
+        return self.interval == 0
+
+    def when_relayable(self, seq: int, relay: Callable[[], None]) -> None:
+        """Call ``relay`` when update ``seq`` (as returned by ``append``) may be shown to others:
+        at once under group commit, once it is stored in synchronous mode. Relays run in order."""
+        if not self.synchronous or self._stored >= seq:
+            relay()
+        else:
+            self._held.append((seq, relay))
 
     def track(self, document_id: int, *, tail_count: int, tail_bytes: int) -> None:
         """Record the size of a freshly loaded document's uncompacted log."""
@@ -142,9 +163,18 @@ class UpdateWriter:
             self._stored += len(batch)
             if self.on_stored is not None:
                 self.on_stored(self._stored)
+            self._release_held()
             async with self._progress:
                 self._progress.notify_all()
             self._note_stored(rows)
+
+    def _release_held(self) -> None:
+        while self._held and self._held[0][0] <= self._stored:
+            _, relay = self._held.popleft()
+            try:
+                relay()
+            except Exception:
+                log.exception("relaying a stored update failed")
 
     def _note_stored(self, batch: list[tuple[int, bytes]]) -> None:
         for document_id, update in batch:

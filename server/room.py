@@ -42,7 +42,7 @@ class Room:
         document_id: int,
         doc: Doc,
         *,
-        on_update: Callable[[int, bytes], None],
+        on_update: Callable[[int, bytes, Callable[[], None]], None],
     ) -> None:
         self.key = key
         self.document_id = document_id
@@ -111,12 +111,13 @@ class Room:
         # AUTH messages are server-to-client only; a client sending one is ignored.
 
     def apply_update(self, update: bytes, *, origin: Connection | None = None) -> None:
-        """Apply an update, log it for storage, and relay it to every other connection."""
+        """Apply an update, log it for storage, and relay it to every other connection: the
+        ``on_update`` listener gets the relay as a function, and calls it at once or, in
+        synchronous mode, once the update is stored."""
         if update == protocol.EMPTY_UPDATE:
             return
         self._apply(update)
-        self._on_update(self.document_id, update)
-        self._relay(update, origin)
+        self._on_update(self.document_id, update, lambda: self._relay(update, origin))
 
     def apply_remote(self, update: bytes) -> None:
         """Apply an update another instance accepted (and stores): relay it to every

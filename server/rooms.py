@@ -137,11 +137,14 @@ class RoomManager:
             self.on_document_created(key)
         return room
 
-    def _accept(self, document_id: int, update: bytes) -> None:
-        """An update accepted from a client (or REST): store it, and tell the other instances."""
+    def _accept(self, document_id: int, update: bytes, relay: Callable[[], None]) -> None:
+        """An update accepted from a client (or REST): store it, relay it to this instance's
+        other clients and tell the other instances, at once or, in synchronous mode, once stored."""
         seq = self.writer.append(document_id, update)
+        self.writer.when_relayable(seq, relay)
         if self.replication is not None:
-            self.replication.local_update(document_id, update, seq)
+            replication = self.replication
+            self.writer.when_relayable(seq, lambda: replication.local_update(document_id, update, seq))
 
     def _forget(self, room: Room) -> None:
         del self.rooms[room.key]
