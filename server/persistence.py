@@ -59,6 +59,7 @@ class UpdateWriter:
         self._tails: dict[int, _Tail] = {}
         self._compacting: dict[int, asyncio.Task[None]] = {}
         self._discarded: set[int] = set()
+        self._compact_again: set[int] = set()  # unloaded while a compaction ran: once more after it
         self._task: asyncio.Task[None] | None = None
         self._held: deque[tuple[int, Callable[[], None]]] = deque()  # synchronous mode: (seq, relay)
         self.last_error: str | None = None
@@ -74,7 +75,7 @@ class UpdateWriter:
             await asyncio.wait_for(self.flush(), timeout=max(30.0, self.retry_max * 3))
         except TimeoutError:
             log.error("shutdown: %d document updates could not be stored: %s", self.pending, self.last_error)
-        if self._compacting:
+        while self._compacting:  # a finishing compaction may start the one it owes
             await asyncio.gather(*self._compacting.values(), return_exceptions=True)
         assert self._task is not None
         self._task.cancel()
@@ -104,6 +105,17 @@ class UpdateWriter:
 
     def forget(self, document_id: int) -> None:
         self._tails.pop(document_id, None)
+
+    def compact_unloaded(self, document_id: int) -> None:
+        """The document's room was unloaded (its updates are stored): compact whatever its log
+        holds, so an idle document is stored as its own encoded state, and stop tracking it."""
+        tail = self._tails.pop(document_id, None)
+        if tail is None or not tail.count:
+            return
+        if document_id in self._compacting:
+            self._compact_again.add(document_id)  # rows stored while it runs are not in it
+        else:
+            self._start_compaction(document_id)
 
     def discard(self, document_ids: list[int]) -> None:
         """The documents were deleted: drop their buffered updates instead of storing them."""
@@ -183,12 +195,14 @@ class UpdateWriter:
                 tail = self._tails[document_id] = _Tail()
             tail.count += 1
             tail.bytes += len(update)
-            if (
-                tail.count >= self.compact_after_updates or tail.bytes >= self.compact_after_bytes
-            ) and document_id not in self._compacting:
-                self._compacting[document_id] = asyncio.create_task(
-                    self._compact(document_id), name=f"compact-{document_id}"
-                )
+            if tail.count >= self.compact_after_updates or tail.bytes >= self.compact_after_bytes:
+                self._start_compaction(document_id)
+
+    def _start_compaction(self, document_id: int) -> None:
+        if document_id not in self._compacting:
+            self._compacting[document_id] = asyncio.create_task(
+                self._compact(document_id), name=f"compact-{document_id}"
+            )
 
     async def _compact(self, document_id: int) -> None:
         try:
@@ -213,3 +227,6 @@ class UpdateWriter:
             )
         finally:
             self._compacting.pop(document_id, None)
+            if document_id in self._compact_again:
+                self._compact_again.discard(document_id)
+                self._start_compaction(document_id)

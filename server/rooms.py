@@ -282,7 +282,7 @@ class RoomManager:
         if room.connections or self.rooms.get(room.key) is not room:
             return
         self._forget(room)
-        self.writer.forget(room.document_id)
+        self.writer.compact_unloaded(room.document_id)
         log.debug("unloaded room %s", room.key)
 
     # -- keep-alive -------------------------------------------------------------------------------

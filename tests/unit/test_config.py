@@ -74,6 +74,9 @@ def test_every_spec_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("REDIS_URL", "http://x"),
         ("LOG_LEVEL", "LOUD"),
         ("ENVIRONMENT", "prod"),
+        ("PERSIST_INTERVAL_MS", "-1"),
+        ("DATABASE_TIMEOUT", "0"),
+        ("DATABASE_STARTUP_TIMEOUT", "-5"),
     ],
 )
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
