@@ -41,7 +41,7 @@ import psutil
 import websockets
 from pycrdt import Doc, Text
 
-from benchmarks.cluster import create_database, drop_database
+from benchmarks.cluster import PG_ADMIN_DSN, create_database, drop_database
 from benchmarks.fanout import JS, RESULTS, ROOT, Server, fanout_run, free_port, wait_for_port
 from server import protocol
 
@@ -62,7 +62,9 @@ def start_server(name: str, database_url: str, **env: str) -> Server:
         "ROOM_UNLOAD_GRACE": "1",
         **env,
     }
-    process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server"], cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL
+    )
     wait_for_port(port, process)
     return Server(name, process, port)
 
@@ -209,7 +211,7 @@ async def churn(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     backends: list[tuple[str, Any]] = [("SQLite", None)]
     try:
-        await (await asyncpg.connect(os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1/postgres"))).close()
+        await (await asyncpg.connect(PG_ADMIN_DSN)).close()
         backends.append(("PostgreSQL", True))
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"PostgreSQL unreachable, churn on SQLite only: {exc}", flush=True)  # noqa: T201
@@ -258,7 +260,9 @@ def durability(args: argparse.Namespace, data_dir: Path) -> list[dict[str, Any]]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="one repeat, short runs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--churn-seconds", type=float, default=30.0)
@@ -274,7 +278,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.churn_seconds, args.duration = 1, 10.0, 2.0
-    if not args.skip_durability and (shutil.which("node") is None or not (JS / "node_modules" / "yjs").is_dir()):
+    node_ready = shutil.which("node") is not None and (JS / "node_modules" / "yjs").is_dir()
+    if not args.skip_durability and not node_ready:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS, check=True)
     data_dir = Path(tempfile.mkdtemp(prefix="rtc-bench-storage-"))
     report: dict[str, Any] = {
@@ -314,12 +319,13 @@ def render(report: dict[str, Any]) -> str:
     ]
     if "churn" in report:
         lines += [
-            f"Churn: a 100 KB document, plus 100 KB inserted and deleted again for {settings['churn_seconds']:g} s "
-            "by one client, at a fixed number of rounds per second or as fast as the server reads; default "
-            "settings (compaction after 500 rows or 4 MiB, and when the idle room unloads).",
+            "Churn: a 100 KB document, plus 100 KB inserted and deleted again for "
+            f"{settings['churn_seconds']:g} s by one client, at a fixed number of rounds per second or as "
+            "fast as the server reads; default settings (compaction after 500 rows or 4 MiB, and when the "
+            "idle room unloads).",
             "",
-            "| database, rounds/s | rounds | sent | live document (baseline) | stored at peak | stored when idle "
-            "| idle / live | RSS before / peak |",
+            "| database, rounds/s | rounds | sent | live document (baseline) | stored at peak "
+            "| stored when idle | idle / live | RSS before / peak |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, row in report["churn"].items():
@@ -343,13 +349,15 @@ def render(report: dict[str, Any]) -> str:
             for mode in modes:
                 m = row[mode]
                 lines.append(
-                    f"| {row['shape']} | {row['rate_per_room']} | {mode} | {m['p50_ms']:.1f} / {m['p99_ms']:.1f} ms "
+                    f"| {row['shape']} | {row['rate_per_room']} | {mode} "
+                    f"| {m['p50_ms']:.1f} / {m['p99_ms']:.1f} ms "
                     f"| {m['deliveries_per_second']:,.0f} | {m['lost']} |"
                 )
             base, sync = row[modes[0]], row[modes[1]]
             if base["p99_ms"] and base["deliveries_per_second"]:
                 ratios.append(
-                    f"{row['shape']} at {row['rate_per_room']}/s: p50 {sync['p50_ms'] / base['p50_ms']:.2f}x, "
+                    f"{row['shape']} at {row['rate_per_room']}/s: "
+                    f"p50 {sync['p50_ms'] / base['p50_ms']:.2f}x, "
                     f"p99 {sync['p99_ms'] / base['p99_ms']:.2f}x, "
                     f"deliveries {sync['deliveries_per_second'] / base['deliveries_per_second']:.2f}x"
                 )

@@ -260,11 +260,8 @@ async def _write_snapshot(
 ) -> None:
     """Write the new snapshot, provided nobody replaced the one this compaction started from."""
     if seen_merged is None:
-        result = await conn.execute(
-            insert_ignore(
-                conn, document_snapshots, {"document_id": document_id, "state": state, "merged_updates": merged}
-            )
-        )
+        values = {"document_id": document_id, "state": state, "merged_updates": merged}
+        result = await conn.execute(insert_ignore(conn, document_snapshots, values))
     else:
         result = await conn.execute(
             update(document_snapshots)

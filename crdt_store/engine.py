@@ -138,7 +138,7 @@ async def migrate_when_reachable(engine: AsyncEngine, *, wait: float) -> None:
     """Migrate, retrying for up to ``wait`` seconds while the database is unavailable (not
     started yet, refusing connections, missing). Each failed try is logged as one line naming
     the database; after the last one ``StoreUnavailable`` is raised."""
-    target = describe_database(engine.url.render_as_string(hide_password=False))
+    target = describe_database(engine.url.render_as_string())
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     delay = 0.25

@@ -80,7 +80,8 @@ async def test_unreadable_sqlite_file_is_named_in_one_line(tmp_path: Path) -> No
     returncode, output = await run_to_exit(env, tmp_path / "server.log")
     assert returncode == 3  # uvicorn's status for a failed start
     [line] = error_lines(output)
-    assert f"SQLite database {path} is unavailable: cannot connect: file is not a database (SQLITE_NOTADB)" in line
+    reason = "cannot connect: file is not a database (SQLITE_NOTADB)"
+    assert f"SQLite database {path} is unavailable: {reason}" in line
     assert "Traceback" not in output
 
 

@@ -124,7 +124,11 @@ def spawn_process(env: dict[str, str], log_path: Path) -> ServerProcess:
     full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **env}
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "server"], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "server"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     return ServerProcess(process, port, log_path)
 

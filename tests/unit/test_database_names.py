@@ -10,9 +10,15 @@ from crdt_store import describe_database
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("postgresql://collab:pw-secret@db.internal:5433/app", 'PostgreSQL database "app" at db.internal:5433 as user "collab"'),
+        (
+            "postgresql://collab:pw-secret@db.internal:5433/app",
+            'PostgreSQL database "app" at db.internal:5433 as user "collab"',
+        ),
         ("postgres://collab:pw-secret@db/app", 'PostgreSQL database "app" at db:5432 as user "collab"'),
-        ("postgresql+asyncpg:///app?host=/run/postgresql", 'PostgreSQL database "app" at /run/postgresql:5432'),
+        (
+            "postgresql+asyncpg:///app?host=/run/postgresql",
+            'PostgreSQL database "app" at /run/postgresql:5432',
+        ),
         ("sqlite:///./data/collab.db", "SQLite database ./data/collab.db"),
     ],
 )
