@@ -14,7 +14,8 @@ its peak. Medians over ``--repeats`` runs, each on a fresh server and database.
 Durability modes: the fan-out harness of ``benchmarks.fanout`` (Node load generator, real Yjs
 clients) against the default group commit (PERSIST_INTERVAL_MS=100) and synchronous mode
 (PERSIST_INTERVAL_MS=0), on SQLite, interleaved run by run; medians of p50/p99 latency and
-delivered updates/s, and their ratio. Results go to benchmarks/results/storage.{json,md}.
+delivered updates/s, and their ratio. Kill -9: updates a reader had seen that a restart does not
+find, in both modes. Results go to benchmarks/results/storage.{json,md}.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pycrdt import Doc, Text
 from benchmarks.cluster import PG_ADMIN_DSN, create_database, drop_database
 from benchmarks.fanout import JS, RESULTS, ROOT, Server, fanout_run, free_port, wait_for_port
 from server import protocol
+from server.protocol import SyncType
 
 CHUNK = 100_000  # characters inserted and deleted per round
 DURABILITY_CASES = [(10, 10, 10), (10, 10, 100), (10, 10, 400), (1, 100, 10), (1, 100, 100), (1, 100, 1000)]
@@ -233,6 +235,70 @@ async def churn(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     return results
 
 
+async def kill_once(database_url: str, interval: str, rate: float, seconds: float) -> dict[str, int]:
+    """One writer sends numbered inserts at ``rate``/s, one reader applies what it is relayed;
+    the server is killed (SIGKILL) while the writer is still writing, then restarted on the same
+    database. Returns what the reader had seen and how much of it was lost."""
+    server = start_server("kill", database_url, PERSIST_INTERVAL_MS=interval)
+    url = f"ws://127.0.0.1:{server.port}/ws/workspaces/kill"
+    seen = Doc()
+    try:
+        async with websockets.connect(url, max_size=None) as writer, websockets.connect(url) as reader:
+
+            async def read() -> None:
+                async for frame in reader:
+                    message = protocol.decode(frame) if isinstance(frame, bytes) else None
+                    if message is not None and message.sync_type in (SyncType.STEP2, SyncType.UPDATE):
+                        seen.apply_update(message.payload)
+
+            receiving = asyncio.create_task(read())
+            doc = Doc()
+            text = doc.get("text", type=Text)
+            outgoing: list[bytes] = []
+            doc.observe(lambda event: outgoing.append(event.update))
+            started = time.monotonic()
+            sent = 0
+            while time.monotonic() - started < seconds:
+                text.insert(len(text), f"{sent};")
+                sent += 1
+                for update in outgoing:
+                    await writer.send(protocol.sync_update(update))
+                outgoing.clear()
+                await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
+            server.process.kill()  # mid-stream: no shutdown, no flush
+            server.process.wait(10)
+            await asyncio.gather(receiving, return_exceptions=True)
+    except websockets.ConnectionClosed:
+        pass
+    seen_markers = set(str(seen.get("text", type=Text)).split(";")) - {""}
+    restarted = start_server("restarted", database_url, PERSIST_INTERVAL_MS=interval)
+    try:
+        async with httpx.AsyncClient() as http:
+            response = await http.get(f"http://127.0.0.1:{restarted.port}/workspaces/kill/document/update")
+            response.raise_for_status()
+        stored = Doc()
+        stored.apply_update(response.content)
+        stored_markers = set(str(stored.get("text", type=Text)).split(";")) - {""}
+    finally:
+        restarted.stop()
+    return {"sent": sent, "seen": len(seen_markers), "lost": len(seen_markers - stored_markers)}
+
+
+async def kill_loss(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    modes = {"group commit (100 ms)": "100", "synchronous (0)": "0"}
+    runs: dict[str, list[dict[str, int]]] = {mode: [] for mode in modes}
+    for _ in range(args.repeats):
+        for mode, interval in modes.items():
+            url = f"sqlite:///{data_dir / f'kill-{uuid.uuid4().hex[:6]}.db'}"
+            runs[mode].append(await kill_once(url, interval, rate=500, seconds=3))
+            print(mode, runs[mode][-1], flush=True)  # noqa: T201
+    return {
+        mode: {key: statistics.median(r[key] for r in results) for key in ("sent", "seen", "lost")}
+        | {"max_lost": max(r["lost"] for r in results), "runs": len(results)}
+        for mode, results in runs.items()
+    }
+
+
 def durability(args: argparse.Namespace, data_dir: Path) -> list[dict[str, Any]]:
     modes = {"group commit (100 ms)": "100", "synchronous (0)": "0"}
     rows = []
@@ -275,6 +341,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per fan-out run")
     parser.add_argument("--skip-churn", action="store_true")
     parser.add_argument("--skip-durability", action="store_true")
+    parser.add_argument("--skip-kill", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.churn_seconds, args.duration = 1, 10.0, 2.0
@@ -296,6 +363,8 @@ def main() -> int:
             report["churn"] = asyncio.run(churn(args, data_dir))
         if not args.skip_durability:
             report["durability"] = durability(args, data_dir)
+        if not args.skip_kill:
+            report["kill"] = asyncio.run(kill_loss(args, data_dir))
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
@@ -361,7 +430,19 @@ def render(report: dict[str, Any]) -> str:
                     f"p99 {sync['p99_ms'] / base['p99_ms']:.2f}x, "
                     f"deliveries {sync['deliveries_per_second'] / base['deliveries_per_second']:.2f}x"
                 )
-        lines += ["", "Synchronous / group commit: " + "; ".join(ratios)]
+        lines += ["", "Synchronous / group commit: " + "; ".join(ratios), ""]
+    if "kill" in report:
+        lines += [
+            "kill -9 while a client writes 500 small updates/s on SQLite (3 s), another client reading: "
+            "updates the reader had seen that were not stored after the restart.",
+            "",
+            "| mode | sent | seen by the reader | lost (median) | lost (worst run) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for mode, k in report["kill"].items():
+            lines.append(
+                f"| {mode} | {k['sent']:,.0f} | {k['seen']:,.0f} | {k['lost']:,.0f} | {k['max_lost']:,.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
