@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 JS := tests/interop/js
 
-.PHONY: run test install install-test bench clean
+.PHONY: run test install install-test bench bench-storage clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: install-test
 
 bench: install-test
 	$(BIN)/python -m benchmarks.fanout $(BENCH_ARGS)
+
+bench-storage: install-test
+	$(BIN)/python -m benchmarks.storage $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(JS)/node_modules
