@@ -14,12 +14,13 @@ from server.agents import agent_public
 from server.errors import BadRequest, Forbidden, NotFoundError
 from server.events.hub import agent_topic
 from server.events.models import AGENT_EVENT_TYPES, CLIENT_MESSAGE, AgentStatus
+from server.vocabulary import ID_PATTERN, MAX_ID_LENGTH
 
 from .deps import CurrentUser, ServicesDep
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
-AgentId = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+AgentId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 
 
 class AgentEventIn(BaseModel):

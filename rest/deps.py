@@ -10,6 +10,7 @@ from server.access import Access, resolve_access
 from server.auth import Principal, TokenError, authenticate
 from server.errors import Unauthorized
 from server.services import Services
+from server.vocabulary import MAX_ID_LENGTH
 
 
 def get_services(request: Request) -> Services:
@@ -29,12 +30,12 @@ def get_current_user(request: Request, services: ServicesDep) -> Principal:
 
 CurrentUser = Annotated[Principal, Depends(get_current_user)]
 
-WorkspaceId = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+WorkspaceId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\x00-\x1f\x7f/]+$")]
 
 
 async def get_workspace_access(workspace_id: WorkspaceId, services: ServicesDep, user: CurrentUser) -> Access:
     """The caller's role in the workspace of the path, without joining it."""
-    return await resolve_access(services.store, services.settings, user, workspace_id, join=False)
+    return await resolve_access(services.store, user, workspace_id)
 
 
 WorkspaceAccess = Annotated[Access, Depends(get_workspace_access)]

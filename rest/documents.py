@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pycrdt import Array, Doc, Map, Text, XmlFragment
+from fastapi.responses import StreamingResponse
 
 from crdt_store import documents
 from crdt_store import workspaces as workspace_store
-from server.access import Access, Role, require
-from server.errors import BadRequest, NotFoundError, ServiceError
+from server.access import Access, Role, require, resolve_access
+from server.auth import Principal
+from server.document_view import ViewError, ViewTimeout
+from server.errors import BadRequest, NotFoundError, ServiceError, UnknownWorkspace
 from server.protocol import ProtocolError
 from server.room import Room, RoomKey
 from server.sync_endpoint import valid_doc_path
+from server.yjs_format import check_state_vector, check_update_soon
 
-from .deps import ServicesDep, WorkspaceAccess
+from .deps import CurrentUser, ServicesDep, WorkspaceAccess, WorkspaceId
 from .schemas import DocumentContent, UpdateApplied
 
 router = APIRouter(prefix="/workspaces/{workspace_id}", tags=["documents"])
@@ -33,6 +37,14 @@ OCTET_STREAM = "application/octet-stream"
 
 class PayloadTooLarge(ServiceError):
     status_code, code = 413, "payload_too_large"
+
+
+class DocumentUnreadable(ServiceError):
+    status_code, code = 422, "document_unreadable"
+
+
+class DocumentUnavailable(ServiceError):
+    status_code, code = 503, "document_view_timeout"
 
 
 def document_path(doc_path: str = "") -> str:
@@ -58,73 +70,93 @@ async def _room(services: ServicesDep, access: Access, path: str, *, create: boo
     return await services.rooms.open(key)
 
 
-def to_json(doc: Doc) -> dict[str, Any]:
-    """Each root shared type as JSON. Yjs does not send a root's type, so it is read from the
-    content: keyed entries make a map, XML nodes a fragment, characters a text, other items an array."""
-    update = doc.get_update()
-    copies: dict[type, Doc] = {}
+SEND_CHUNK = 256 * 1024
 
-    def root_as(name: str, kind: type) -> Any:
-        # Reading a root as a type fixes its type in that document, so each type gets its own
-        # copy (one per type, shared by all roots: typing one root leaves the others alone).
-        if kind not in copies:
-            copies[kind] = Doc()
-            copies[kind].apply_update(update)
-        return copies[kind].get(name, type=kind)
 
-    content: dict[str, Any] = {}
-    for name in list(doc.keys()):
-        as_map = root_as(name, Map).to_py()
-        if as_map:
-            content[name] = as_map
-            continue
-        try:
-            items = root_as(name, Array).to_py()
-        except ValueError:  # holds XML nodes
-            content[name] = str(root_as(name, XmlFragment))
-            continue
-        text = str(root_as(name, Text))
-        if (
-            items
-            and text
-            and all(isinstance(i, str) and len(i) == 1 for i in items)
-            and "".join(items) == text
-        ):
-            content[name] = text
-        else:
-            content[name] = items if items else text
-    return content
+def large_response(body: bytes, media_type: str) -> Response:
+    """A response that hands its body to the server in chunks: a multi-megabyte document then
+    leaves the event loop free between chunks instead of holding it for one large write."""
+    if len(body) <= SEND_CHUNK:
+        return Response(body, media_type=media_type)
+
+    async def chunks() -> AsyncIterator[memoryview]:
+        view = memoryview(body)
+        for start in range(0, len(body), SEND_CHUNK):
+            yield view[start : start + SEND_CHUNK]
+
+    return StreamingResponse(chunks(), media_type=media_type, headers={"Content-Length": str(len(body))})
 
 
 def _decode_state_vector(value: str | None) -> bytes | None:
     if value is None:
         return None
+    standard = value.replace("-", "+").replace("_", "/").rstrip("=")
     try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        vector = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest("state_vector must be base64 (standard or URL-safe)") from None
+    try:
+        check_state_vector(vector)
+    except ProtocolError as exc:
+        raise BadRequest(f"state_vector is not a valid Yjs state vector: {exc}") from None
+    return vector
 
 
-async def _read_json(services: ServicesDep, access: Access, path: str) -> DocumentContent:
+async def _read_json(services: ServicesDep, access: Access, path: str) -> Response:
     room = await _room(services, access, path)
-    return DocumentContent(workspace_id=access.workspace.id, path=path, content=to_json(room.doc))
+    try:
+        body = await services.views.body(room)
+    except ViewTimeout as exc:
+        raise DocumentUnavailable(f"{exc}; read the document as a Yjs update at .../update") from None
+    except ViewError as exc:
+        raise DocumentUnreadable(
+            f"the document's JSON view could not be built ({exc}); read it as a Yjs update at .../update"
+        ) from None
+    return large_response(body, "application/json")
 
 
 async def _read_update(
     services: ServicesDep, access: Access, path: str, state_vector: str | None
 ) -> Response:
-    room = await _room(services, access, path)
     vector = _decode_state_vector(state_vector)
+    room = await _room(services, access, path)
+    if vector is None or vector == b"\x00":
+        return large_response(room.full_state(), OCTET_STREAM)
     try:
-        update = room.doc.get_update(vector) if vector is not None else room.doc.get_update()
+        update = room.doc.get_update(vector)
     except ValueError:
         raise BadRequest("state_vector is not a valid Yjs state vector") from None
-    return Response(update, media_type=OCTET_STREAM)
+    return large_response(update, OCTET_STREAM)
 
 
-async def _apply(services: ServicesDep, access: Access, path: str, request: Request) -> UpdateApplied:
+async def _apply(
+    services: ServicesDep, user: Principal, workspace_id: str, path: str, request: Request
+) -> UpdateApplied:
+    """Apply a client's update. A write opens the workspace as a sync connection does (it may
+    create it, or make the caller a member): only once the update is known to be valid."""
+    try:
+        require(await resolve_access(services.store, user, workspace_id), Role.EDITOR)
+    except UnknownWorkspace:
+        if not services.workspaces.may_create:
+            raise
+    body = await _read_body(request, services.settings.max_message_size)
+    try:
+        await check_update_soon(body)
+    except ProtocolError as exc:
+        raise BadRequest(f"not a valid Yjs update: {exc}") from None
+    access = await services.workspaces.open(user, workspace_id)
     require(access, Role.EDITOR)
-    limit = services.settings.max_message_size
+    room = await _room(services, access, path, create=True)
+    try:
+        room.apply_update(body)
+    except ProtocolError as exc:
+        raise BadRequest(f"not a valid Yjs update: {exc}") from None
+    state = base64.b64encode(room.doc.get_state()).decode()
+    return UpdateApplied(applied_bytes=len(body), state_vector=state)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes, and 400 if empty."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"update of {declared} bytes exceeds MAX_MESSAGE_SIZE ({limit})")
@@ -133,27 +165,24 @@ async def _apply(services: ServicesDep, access: Access, path: str, request: Requ
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"update exceeds MAX_MESSAGE_SIZE ({limit} bytes)")
-    body = bytes(body)
     if not body:
         raise BadRequest("empty body: send a binary Yjs update (application/octet-stream)")
-    room = await _room(services, access, path, create=True)
-    try:
-        room.apply_update(body)
-    except ProtocolError as exc:
-        raise BadRequest(str(exc)) from None
-    state = base64.b64encode(room.doc.get_state()).decode()
-    return UpdateApplied(applied_bytes=len(body), state_vector=state)
+    return bytes(body)
 
 
 StateVector = Annotated[
-    str | None, Query(description="base64 Yjs state vector: return only what it lacks", max_length=1_000_000)
+    str | None,
+    Query(
+        description="base64 Yjs state vector: return only what it lacks (at most 8,000 characters)",
+        max_length=8_000,
+    ),
 ]
 _binary = {200: {"content": {OCTET_STREAM: {}}, "description": "A Yjs update (v1 encoding)"}}
 _upload = {"requestBody": {"content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 @router.get("/document", response_model=DocumentContent, summary="The main document as JSON")
-async def main_document(access: WorkspaceAccess, services: ServicesDep) -> DocumentContent:
+async def main_document(access: WorkspaceAccess, services: ServicesDep) -> Response:
     return await _read_json(services, access, "")
 
 
@@ -171,9 +200,9 @@ async def main_document_update(
     summary="Apply a Yjs update to the main document (editor)",
 )
 async def main_document_apply(
-    access: WorkspaceAccess, services: ServicesDep, request: Request
+    workspace_id: WorkspaceId, user: CurrentUser, services: ServicesDep, request: Request
 ) -> UpdateApplied:
-    return await _apply(services, access, "", request)
+    return await _apply(services, user, workspace_id, "", request)
 
 
 @router.get("/documents/{doc_path:path}/update", responses=_binary, summary="A document as a Yjs update")
@@ -190,9 +219,9 @@ async def document_update(
     summary="Apply a Yjs update to a document (editor)",
 )
 async def document_apply(
-    path: DocPath, access: WorkspaceAccess, services: ServicesDep, request: Request
+    path: DocPath, workspace_id: WorkspaceId, user: CurrentUser, services: ServicesDep, request: Request
 ) -> UpdateApplied:
-    return await _apply(services, access, path, request)
+    return await _apply(services, user, workspace_id, path, request)
 
 
 @router.delete("/documents/{doc_path:path}", status_code=204, summary="Delete a document (editor)")
@@ -209,5 +238,5 @@ async def delete_document(path: DocPath, access: WorkspaceAccess, services: Serv
 
 
 @router.get("/documents/{doc_path:path}", response_model=DocumentContent, summary="A document as JSON")
-async def document(path: DocPath, access: WorkspaceAccess, services: ServicesDep) -> DocumentContent:
+async def document(path: DocPath, access: WorkspaceAccess, services: ServicesDep) -> Response:
     return await _read_json(services, access, path)

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.vocabulary import Name
+
 Visibility = Literal["open", "private"]
 RoleName = Literal["owner", "editor", "viewer"]
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,254}$"
@@ -20,14 +22,14 @@ class WorkspaceCreate(BaseModel):
         pattern=ID_PATTERN,
         description="Optional id, as Yjs apps name their rooms; generated when omitted. 409 if taken.",
     )
-    name: str = Field(min_length=1, max_length=255)
+    name: Name
     visibility: Visibility = "open"
 
 
 class WorkspaceUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=255)
+    name: Name | None = None
     visibility: Visibility | None = None
 
 
@@ -50,7 +52,7 @@ class MemberSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: RoleName
-    display_name: str | None = Field(default=None, max_length=255)
+    display_name: Name | None = None
 
 
 class MemberPublic(BaseModel):

@@ -7,11 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from crdt_store import Conflict
 from crdt_store import workspaces as workspace_store
 from crdt_store.workspaces import Member, Workspace
-from server.access import Role, join_as_editor, require
-from server.errors import ConflictError, Forbidden, NotFoundError
+from server.access import Role, require
+from server.errors import ConflictError, NotFoundError
+from server.vocabulary import ID_PATTERN, MAX_ID_LENGTH, MAX_INT64
 
 from .deps import CurrentUser, ServicesDep, WorkspaceAccess, WorkspaceId
 from .schemas import (
@@ -28,7 +28,7 @@ from .schemas import (
 
 router = APIRouter(prefix="/workspaces", tags=["workspaces"])
 
-UserId = Annotated[str, Path(min_length=1, max_length=255)]
+UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 
 
 def _public(workspace: Workspace, role: str | None) -> WorkspacePublic:
@@ -65,7 +65,7 @@ async def list_workspaces(
     services: ServicesDep,
     user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
 ) -> WorkspacesPublic:
     engine = services.store.engine
     found, total = await workspace_store.list_workspaces(
@@ -81,18 +81,12 @@ async def list_workspaces(
 async def create_workspace(
     body: WorkspaceCreate, services: ServicesDep, user: CurrentUser
 ) -> WorkspacePublic:
-    workspace_id = body.id or f"ws-{secrets.token_hex(6)}"
-    try:
-        workspace = await workspace_store.create_workspace(
-            services.store.engine,
-            workspace_id=workspace_id,
-            name=body.name,
-            visibility=body.visibility,
-            owner_id=user.user_id,
-            owner_name=user.name,
-        )
-    except Conflict as exc:
-        raise ConflictError(str(exc)) from None
+    workspace = await services.workspaces.create(
+        user,
+        workspace_id=body.id or f"ws-{secrets.token_hex(6)}",
+        name=body.name,
+        visibility=body.visibility,
+    )
     return _public(workspace, Role.OWNER.value)
 
 
@@ -137,16 +131,7 @@ async def delete_workspace(access: WorkspaceAccess, services: ServicesDep) -> Re
     "/{workspace_id}/join", response_model=MemberPublic, summary="Join an open workspace (as editor)"
 )
 async def join_workspace(workspace_id: WorkspaceId, services: ServicesDep, user: CurrentUser) -> MemberPublic:
-    engine = services.store.engine
-    workspace = await workspace_store.find_workspace(engine, workspace_id=workspace_id)
-    if workspace is None:
-        raise NotFoundError(f"workspace {workspace_id!r} does not exist")
-    member = await workspace_store.get_member(engine, workspace_id=workspace_id, user_id=user.user_id)
-    if member is None:
-        if workspace.visibility != "open" and not user.is_admin:
-            raise Forbidden(f"workspace {workspace_id!r} is private: an owner must add you")
-        member = await join_as_editor(services.store, workspace_id, user)
-        services.workspace_update(workspace_id, "member_added", user_id=user.user_id, role=member.role)
+    member = await services.workspaces.join(user, workspace_id)
     return _member(member, await services.presence.online(workspace_id))
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import re
 import sys
 from typing import Any
 
@@ -14,6 +12,7 @@ from fastapi import FastAPI
 from .app import create_app
 from .auth import GlobalRole, mint_token
 from .config import ConfigError, Settings, load_settings
+from .logs import configure_logging, quiet_refusals
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -31,28 +30,12 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
         "ws_ping_timeout": settings.heartbeat_interval,
         "timeout_graceful_shutdown": 10,
         "lifespan": "on",
+        "log_config": None,  # uvicorn's lines go to the service's handler (``logs.configure_logging``)
     }
     options.update(overrides)
-    config = uvicorn.Config(app, **options)  # configures uvicorn's loggers
-    for name in ("uvicorn.error", "uvicorn.access"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactTokens) for f in logger.filters):
-            logger.addFilter(RedactTokens())
+    config = uvicorn.Config(app, **options)
+    quiet_refusals()
     return config
-
-
-class RedactTokens(logging.Filter):
-    """Keep tokens passed in query strings (``?token=...``) out of uvicorn's connection and
-    access log lines."""
-
-    _TOKEN = re.compile(r"([?&](?:token|access_token)=)[^&\s\"]+", re.IGNORECASE)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                self._TOKEN.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg for arg in record.args
-            )
-        return True
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -77,7 +60,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("INFO")
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -91,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             mint_token(settings.jwt_secret, user_id=args.user, name=args.name, role=args.role, ttl=args.ttl)
         )  # noqa: T201
         return 0
-    logging.getLogger().setLevel(settings.log_level)
+    configure_logging(settings.log_level, secrets=[settings.jwt_secret or ""])
     uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
     return 0
 

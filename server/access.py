@@ -1,13 +1,13 @@
 """Who may do what in a workspace: a principal and a workspace id give a role, or a refusal.
+Deciding never writes: joining and creating are the workspace service's acts.
 
 Rules:
 - an administrator acts as owner everywhere; a service (agent publisher) as editor everywhere;
 - a member has its stored role;
-- anyone authenticated may open an ``open`` workspace and becomes an editor member on first use
-  (guests of an open development server are editors without being stored);
+- anyone may work in an ``open`` workspace as an editor (opening one of its documents makes an
+  authenticated user a member: ``WorkspaceService.open``);
 - a ``private`` workspace admits members only;
-- an unknown workspace is created (open, the caller its owner) on a server without tokens or with
-  ``AUTO_CREATE_WORKSPACES=true``; otherwise it is not found.
+- an unknown workspace is not found.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from crdt_store import Conflict, Store
+from crdt_store import Store
 from crdt_store import workspaces as workspace_store
 from crdt_store.workspaces import Member, Workspace
 
 from .auth import GlobalRole, Principal
-from .config import Settings
-from .errors import Forbidden, NotFoundError
+from .errors import Forbidden, UnknownWorkspace
 
 
 class Role(StrEnum):
@@ -38,41 +37,22 @@ class Role(StrEnum):
 class Access:
     workspace: Workspace
     role: Role
+    member: bool = False  # the principal is a stored member (an open workspace admits others)
 
 
-async def resolve_access(
-    store: Store, settings: Settings, principal: Principal, workspace_id: str, *, join: bool = True
-) -> Access:
-    """The caller's role in the workspace. ``join`` makes a first visitor of an open workspace a
-    stored member. Raises ``NotFoundError`` or ``Forbidden``."""
+async def resolve_access(store: Store, principal: Principal, workspace_id: str) -> Access:
+    """The caller's role in the workspace, read from the store (nothing is written).
+    Raises ``UnknownWorkspace`` or ``Forbidden``."""
     engine = store.engine
     workspace = await workspace_store.find_workspace(engine, workspace_id=workspace_id)
     if workspace is None:
-        if settings.auth_enabled and not settings.auto_create_workspaces:
-            raise NotFoundError(f"workspace {workspace_id!r} does not exist")
-        try:
-            workspace = await workspace_store.create_workspace(
-                engine,
-                workspace_id=workspace_id,
-                name=workspace_id,
-                visibility="open",
-                owner_id=principal.user_id,
-                owner_name=principal.name,
-            )
-            return Access(workspace, Role.OWNER)
-        except Conflict:  # created by someone else meanwhile
-            workspace = await workspace_store.get_workspace(engine, workspace_id=workspace_id)
-    if principal.role is GlobalRole.ADMIN:
-        return Access(workspace, Role.OWNER)
+        raise UnknownWorkspace(workspace_id)
     member = await workspace_store.get_member(engine, workspace_id=workspace_id, user_id=principal.user_id)
+    if principal.role is GlobalRole.ADMIN:
+        return Access(workspace, Role.OWNER, member is not None)
     if member is not None:
-        return Access(workspace, Role(member.role))
-    if principal.role is GlobalRole.SERVICE:
-        return Access(workspace, Role.EDITOR)
-    if workspace.visibility == "open":
-        if join and not principal.guest:
-            member = await join_as_editor(store, workspace_id, principal)
-            return Access(workspace, Role(member.role))
+        return Access(workspace, Role(member.role), True)
+    if principal.role is GlobalRole.SERVICE or workspace.visibility == "open":
         return Access(workspace, Role.EDITOR)
     raise Forbidden(f"workspace {workspace_id!r} is private and you are not a member")
 

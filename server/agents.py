@@ -82,7 +82,7 @@ class AgentService:
         cache = _access if _access is not None else {}
         if state.workspace_id not in cache:
             try:
-                await resolve_access(self.store, self.settings, principal, state.workspace_id, join=False)
+                await resolve_access(self.store, principal, state.workspace_id)
                 cache[state.workspace_id] = True
             except ServiceError:  # not found or forbidden: either way, not visible
                 cache[state.workspace_id] = False
@@ -100,7 +100,8 @@ class AgentService:
         if not self.is_privileged(principal):
             if current is not None and current.started_by not in (None, principal.user_id):
                 raise Forbidden(
-                    f"agent {data.agent_id!r} was started by someone else; only they or a service may report it"
+                    f"agent {data.agent_id!r} was started by someone else; "
+                    "only they or a service may report it"
                 )
             if current is None and not isinstance(message, AgentExecutionStart):
                 raise Forbidden(f"agent {data.agent_id!r} has not started: send agent_execution_start first")
@@ -109,11 +110,9 @@ class AgentService:
         values: dict[str, Any] = {"updated_at": now}
         previous_workspace = current.workspace_id if current else None
         if isinstance(message, AgentExecutionStart):
-            if data.workspace_id is not None and not self.is_privileged(principal):
-                # Attaching an agent to a workspace needs the right to edit there.
-                access = await resolve_access(
-                    self.store, self.settings, principal, data.workspace_id, join=False
-                )
+            if data.workspace_id is not None:
+                # Attaching an agent to a workspace needs the workspace, and the right to edit there.
+                access = await resolve_access(self.store, principal, data.workspace_id)
                 if not access.role.can_write:
                     raise Forbidden("attaching an agent to a workspace needs the editor role there")
             payload["user_id"] = data.user_id or principal.user_id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI
@@ -52,7 +51,6 @@ class StartupFailure:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. ``settings`` defaults to the environment (the only place it is read)."""
     settings = settings or load_settings()
-    logging.getLogger().setLevel(settings.log_level)
     app = CollaborationApp(
         title="Real-time collaboration service",
         description="Yjs-compatible document sync, presence, agent monitoring and workspace events. "

@@ -1,12 +1,18 @@
 """Who is calling: a JWT (HS256, ``JWT_SECRET``) from the ``token`` query parameter, an
 ``Authorization: Bearer`` header, or the WebSocket subprotocol, turned into a ``Principal``.
 
+One expiry rule everywhere (RFC 7519 4.1.4): a token is accepted while the current time is before
+its ``exp``, to the second, with no grace: at the upgrade, on every REST request, and on a live
+connection, which closes (4401) at that moment. ``nbf`` and ``iat`` may lie up to
+``CLOCK_SKEW_SECONDS`` in the future (the issuer's clock may run ahead of ours).
+
 Without ``JWT_SECRET`` (development only) the server is open: a request without a token is a
 guest with a generated identity, and a token's claims are read without verification.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import time
@@ -18,9 +24,10 @@ from urllib.parse import parse_qs
 import jwt
 
 from .config import Settings
+from .vocabulary import is_id
 
 ALGORITHM = "HS256"
-LEEWAY_SECONDS = 10
+CLOCK_SKEW_SECONDS = 10
 BEARER_SUBPROTOCOL = "bearer"
 _JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
@@ -66,14 +73,17 @@ def decode_token(token: str, settings: Settings) -> Principal:
     try:
         if settings.jwt_secret is None:
             claims = jwt.decode(token, options={"verify_signature": False})
+            if "exp" in claims:
+                _check_expiry(claims)
         else:
             claims = jwt.decode(
                 token,
                 settings.jwt_secret,
                 algorithms=[ALGORITHM],  # pinned: no "none", no RS/HS confusion
-                options={"require": ["exp", "sub"]},
-                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "sub"], "verify_exp": False},  # checked below, strictly
+                leeway=CLOCK_SKEW_SECONDS,
             )
+            _check_expiry(claims)
     except jwt.ExpiredSignatureError:
         raise TokenError("token expired") from None
     except jwt.ImmatureSignatureError:
@@ -91,19 +101,28 @@ def decode_token(token: str, settings: Settings) -> Principal:
     return _principal(claims)
 
 
+def _check_expiry(claims: dict[str, Any]) -> None:
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        raise TokenError("token 'exp' must be a number of seconds since the epoch")
+    if time.time() >= exp:
+        raise TokenError("token expired")
+
+
 def _principal(claims: dict[str, Any]) -> Principal:
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub or len(sub) > 255:
-        raise TokenError("token 'sub' must be a non-empty string of at most 255 characters")
+    if not isinstance(sub, str) or not is_id(sub):
+        raise TokenError("token 'sub' must be 1 to 255 characters, without control characters")
     name = claims.get("name", sub)
-    if not isinstance(name, str) or len(name) > 255:
-        raise TokenError("token 'name' must be a string of at most 255 characters")
+    if not isinstance(name, str) or not (name == "" or is_id(name)):
+        raise TokenError("token 'name' must be at most 255 characters, without control characters")
     try:
         role = GlobalRole(claims.get("role", GlobalRole.USER))
     except ValueError:
         raise TokenError("token 'role' must be one of: user, service, admin") from None
     exp = claims.get("exp")
-    return Principal(user_id=sub, name=name or sub, role=role, expires_at=float(exp) if exp else None)
+    expires_at = float(exp) if isinstance(exp, int | float) and math.isfinite(exp) else None
+    return Principal(user_id=sub, name=name or sub, role=role, expires_at=expires_at)
 
 
 def guest() -> Principal:

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     auto_create_workspaces: bool = False
     event_retention: int = Field(default=10_000, ge=10)
     agent_presence_linger: float = Field(default=5.0, ge=0)
+    document_view_timeout: float = Field(default=10.0, gt=0, le=600)
     # Several instances (with REDIS_URL).
     redis_prefix: str = Field(default="collab", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     instance_timeout: float = Field(default=10.0, ge=1, le=600)

@@ -42,6 +42,13 @@ class NotFoundError(ServiceError):
     status_code, code = 404, "not_found"
 
 
+class UnknownWorkspace(NotFoundError):
+    code = "unknown_workspace"
+
+    def __init__(self, workspace_id: str) -> None:
+        super().__init__(f"workspace {workspace_id!r} does not exist")
+
+
 class ConflictError(ServiceError):
     status_code, code = 409, "conflict"
 

@@ -4,6 +4,7 @@ body (or a named close code for servers without denial responses)."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from .auth import Principal, TokenError, authenticate
@@ -12,12 +13,16 @@ from .close_codes import CLOSE_1013_SERVER_FULL, CLOSE_4401_UNAUTHORIZED, CloseC
 from .errors import error_body
 from .services import Services
 
+log = logging.getLogger(__name__)
+
 
 async def refuse(
     scope: dict[str, Any], send: Send, *, status: int, code: str, close: CloseCode, message: str
 ) -> None:
     """Refuse before the upgrade completes: an HTTP response with a JSON body where the server
-    supports it, otherwise a close frame with a named code."""
+    supports it, otherwise a close frame with a named code. Logged once, with the reason."""
+    client = scope.get("client") or ("?", 0)
+    log.info("refused WebSocket %s from %s:%s: %d %s: %s", scope["path"], *client, status, code, message)
     if "websocket.http.response" in scope.get("extensions", {}):
         body = json.dumps(error_body(code, message)).encode()
         await send(

@@ -14,12 +14,14 @@ from .agent_presence import AgentPresence
 from .agents import AgentService
 from .broker import open_broker
 from .config import Settings
+from .document_view import ViewWorker
 from .events.hub import EventHub
 from .persistence import UpdateWriter
 from .presence import Presence
 from .replication import Replication
 from .rooms import RoomManager
 from .services import Services
+from .workspaces import WorkspaceService
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 rooms, linger=settings.agent_presence_linger, renew_interval=settings.heartbeat_interval
             )
         )
+        views = await stack.enter_async_context(ViewWorker(timeout=settings.document_view_timeout))
         rooms.on_room_loaded = agent_presence.on_room_loaded
         services = Services(
             settings=settings,
@@ -117,6 +120,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             agent_presence=agent_presence,
             broker=broker,
             replication=replication,
+            views=views,
+            workspaces=WorkspaceService(store, settings, hub),
         )
         services.agents.on_state = services.show_agent
         broker.on_control = services.apply

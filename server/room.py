@@ -56,6 +56,8 @@ class Room:
         self._remote_awareness: dict[int, float] = {}  # client id -> when last renewed
         self._pending: list[tuple[Connection | None, bytes]] = []
         self._full_state: bytes | None = None
+        self._full_state_step2: bytes | None = None
+        self.version = 0  # counts the updates applied, so that views of the document can be cached
         self._loop = asyncio.get_running_loop()
         self.unload_handle: asyncio.TimerHandle | None = None
 
@@ -90,13 +92,13 @@ class Room:
 
     # -- messages ---------------------------------------------------------------------------------
 
-    def receive(self, conn: Connection, frame: bytes) -> None:
-        """Handle one frame from ``conn``. Raises ``ProtocolError`` for a malformed frame, in which
-        case neither the document nor anyone's presence has changed."""
-        message = protocol.decode(frame)
+    def receive(self, conn: Connection, message: protocol.Message, frame: bytes) -> None:
+        """Handle one message from ``conn`` (``frame``: the message as received), whose payload
+        passed ``yjs_format.check_message``. Raises ``ProtocolError`` for a malformed message, in
+        which case neither the document nor anyone's presence has changed."""
         if message.type is MessageType.SYNC:
             if message.sync_type is SyncType.STEP1:
-                conn.send(protocol.sync_step2(self._encode_state(message.payload)))
+                conn.send(self._sync_step2(message.payload))
             elif conn.can_write:
                 self.apply_update(message.payload, origin=conn)
             elif message.payload != protocol.EMPTY_UPDATE:
@@ -111,9 +113,9 @@ class Room:
         # AUTH messages are server-to-client only; a client sending one is ignored.
 
     def apply_update(self, update: bytes, *, origin: Connection | None = None) -> None:
-        """Apply an update, log it for storage, and relay it to every other connection: the
-        ``on_update`` listener gets the relay as a function, and calls it at once or, in
-        synchronous mode, once the update is stored."""
+        """Apply an update (checked with ``yjs_format.check_update``), log it for storage, and
+        relay it to every other connection: the ``on_update`` listener gets the relay as a
+        function, and calls it at once or, in synchronous mode, once the update is stored."""
         if update == protocol.EMPTY_UPDATE:
             return
         self._apply(update)
@@ -132,22 +134,30 @@ class Room:
             self.doc.apply_update(update)
         except ValueError as exc:
             raise ProtocolError(f"invalid Yjs update: {exc}") from None
-        self._full_state = None
+        self._full_state = self._full_state_step2 = None
+        self.version += 1
 
     def _relay(self, update: bytes, origin: Connection | None) -> None:
         if not self._pending:
             self._loop.call_soon(self._relay_pending)
         self._pending.append((origin, update))
 
-    def _encode_state(self, state_vector: bytes) -> bytes:
-        # A client with an empty document (state vector b"\x00") gets the whole state; many
-        # joiners at once (a reconnect storm) share one encoding.
+    def full_state(self) -> bytes:
+        """The whole document as one update, encoded once per version: many joiners at once (a
+        reconnect storm) and readers of a large document share one encoding."""
+        if self._full_state is None:
+            self._full_state = self.doc.get_update()
+        return self._full_state
+
+    def _sync_step2(self, state_vector: bytes) -> bytes:
+        """Sync step 2: what a client with ``state_vector`` lacks. Clients with an empty document
+        share one frame per version."""
         if state_vector == b"\x00":
-            if self._full_state is None:
-                self._full_state = self.doc.get_update()
-            return self._full_state
+            if self._full_state_step2 is None:
+                self._full_state_step2 = protocol.sync_step2(self.full_state())
+            return self._full_state_step2
         try:
-            return self.doc.get_update(state_vector)
+            return protocol.sync_step2(self.doc.get_update(state_vector))
         except ValueError as exc:
             raise ProtocolError(f"invalid state vector: {exc}") from None
 

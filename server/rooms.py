@@ -25,9 +25,10 @@ from .close_codes import (
 )
 from .connection import Connection
 from .persistence import UpdateWriter
-from .protocol import KEEPALIVE, ProtocolError
+from .protocol import KEEPALIVE, ProtocolError, decode
 from .replication import Replication
 from .room import Room, RoomKey
+from .yjs_format import check_message
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,11 @@ class RoomManager:
                 conn.close(exc.close)
                 return
             try:
-                room.receive(conn, frame)
+                message = decode(frame)
+                await check_message(message)
+                if conn.is_closing:  # closed while a large message was being checked
+                    return
+                room.receive(conn, message, frame)
             except ProtocolError as exc:
                 log.info("connection %s to %s: malformed message: %s", conn.id, room.key, exc)
                 conn.close(CloseCode(CLOSE_4400_BAD_MESSAGE.code, f"malformed message: {exc}"[:120]))

@@ -14,13 +14,14 @@ from .agent_presence import AgentPresence
 from .agents import AgentService
 from .broker import Broker
 from .config import Settings
-from .events.hub import EventHub, workspace_topic
-from .events.models import WorkspaceUpdateData
+from .document_view import ViewWorker
+from .events.hub import EventHub
 from .persistence import UpdateWriter
 from .presence import Presence
 from .replication import Replication
 from .room import RoomKey
 from .rooms import RoomManager
+from .workspaces import WorkspaceService
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,14 @@ class Services:
     agent_presence: AgentPresence
     broker: Broker
     replication: Replication
+    views: ViewWorker
+    workspaces: WorkspaceService
     started_at: float = field(default_factory=time.time)
     connections: int = 0  # open WebSocket connections of every kind
 
     def workspace_update(self, workspace_id: str, update_type: str, **details: Any) -> None:
         """Announce a change of a workspace to its event subscribers."""
-        data = WorkspaceUpdateData(workspace_id=workspace_id, update_type=update_type, **details)  # type: ignore[arg-type]
-        self.events.publish_soon(
-            workspace_topic(workspace_id), "workspace_update", data.model_dump(mode="json")
-        )
+        self.workspaces.announce(workspace_id, update_type, **details)
 
     # -- changes every instance applies to its own connections ------------------------------------
 

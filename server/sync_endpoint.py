@@ -11,7 +11,6 @@ from typing import Any
 
 from crdt_store import StoreError
 
-from .access import resolve_access
 from .channel import AsgiChannel, Receive, Send
 from .close_codes import (
     CLOSE_1013_STORE_UNAVAILABLE,
@@ -80,7 +79,7 @@ async def sync_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> 
         )
         return
     try:
-        access = await resolve_access(services.store, settings, principal, key.workspace_id)
+        access = await services.workspaces.open(principal, key.workspace_id)
     except ServiceError as exc:
         await refuse(
             scope,

@@ -8,7 +8,6 @@ never closes the stream. ``?last_event_id=N`` (or a ``resume`` command) replays 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from typing import Any
@@ -19,7 +18,6 @@ from pydantic import ValidationError
 from crdt_store import StoreError
 from crdt_store import agents as agent_store
 
-from ..access import resolve_access
 from ..agents import agent_public
 from ..auth import Principal
 from ..channel import AsgiChannel, ChannelClosed, FrameRejected, Receive, Send
@@ -33,6 +31,7 @@ from .models import (
     AGENT_EVENT_TYPES,
     CLIENT_MESSAGE,
     CLIENT_TYPES,
+    MAX_EVENT_ID,
     AgentEvent,
     JoinWorkspace,
     LeaveWorkspace,
@@ -40,7 +39,9 @@ from .models import (
     Resume,
     SubscribeAgent,
     UnsubscribeAgent,
+    event_id_param,
     iso_z,
+    parse_json,
     utcnow,
 )
 
@@ -123,10 +124,11 @@ class EventSession:
             ):
                 hub.subscribe(self.sub, agent_topic(agent_id))
         if last_event_id is not None:
-            if not last_event_id.isdigit():
-                self.error("bad_request", "last_event_id must be a non-negative integer")
+            after = event_id_param(last_event_id)
+            if after is None:
+                self.error("bad_request", f"last_event_id must be an integer from 0 to {MAX_EVENT_ID}")
             else:
-                await self.resume(int(last_event_id))
+                await self.resume(after)
         channel = self.conn.channel
         assert isinstance(channel, AsgiChannel)
         while not self.conn.is_closing:
@@ -169,9 +171,9 @@ class EventSession:
             )
             return
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            self.error("invalid_json", f"not valid JSON: {exc}")
+            body = parse_json(raw)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+            self.error("invalid_json", f"not valid JSON: {str(exc)[:200]}")
             return
         request_id = body.get("request_id") if isinstance(body, dict) else None
         request_id = request_id if isinstance(request_id, str) and len(request_id) <= 100 else None
@@ -233,13 +235,7 @@ class EventSession:
         if isinstance(message, JoinWorkspace):
             self.need("workspace")
             workspace_id = message.data.workspace_id
-            try:
-                await resolve_access(
-                    self.services.store, self.services.settings, self.user, workspace_id, join=False
-                )
-            except ServiceError as exc:
-                code = "unknown_workspace" if exc.status_code == 404 else exc.code
-                raise CommandError(code, exc.message) from None
+            await self.services.workspaces.open(self.user, workspace_id)
             hub.subscribe(self.sub, workspace_topic(workspace_id))
             if workspace_id not in self.joined:
                 self.joined.add(workspace_id)

@@ -40,7 +40,7 @@ def workspace_topic(workspace_id: str) -> str:
 
 
 def frame(message_type: str, data: Any, **extra: Any) -> str:
-    return json.dumps({"type": message_type, **extra, "data": data}, separators=(",", ":"))
+    return json.dumps({"type": message_type, **extra, "data": data}, separators=(",", ":"), allow_nan=False)
 
 
 def event_frame(event_id: int, message_type: str, data_json: str) -> str:
@@ -160,7 +160,7 @@ class EventHub:
 
     async def publish(self, topic: str, message_type: str, data: dict[str, Any]) -> int:
         """Store the event, then send it to the topic's subscribers. Returns its id."""
-        body = json.dumps(data, separators=(",", ":"))
+        body = json.dumps(data, separators=(",", ":"), allow_nan=False)
         async with self._lock:
             event_id = await event_log.append_event(
                 self.store.engine, topic=topic, type=message_type, data=body

@@ -8,20 +8,62 @@ Server -> client: ``welcome``, ``ack``, ``error``, ``pong``, ``resync_required``
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_serializer
 
-Id = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+from ..vocabulary import MAX_INT64, Id, LongText, ShortText
+
 RequestId = Annotated[str, Field(max_length=100)]
-ShortText = Annotated[str, Field(max_length=500)]
-LongText = Annotated[str, Field(max_length=20_000)]
+MAX_EVENT_ID = MAX_INT64  # event ids are 64-bit database keys
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _in_utc(value: datetime) -> datetime:
+    """A time with an offset, converted to UTC (a time without one is taken as UTC). A time that
+    has no UTC equivalent between years 1 and 9999 is refused."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is outside years 1 to 9999 once converted to UTC") from None
+
+
+Timestamp = Annotated[datetime, AfterValidator(_in_utc)]
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def event_id_param(text: str) -> int | None:
+    """An event id given as text (a query parameter), or None unless it is ``0`` to
+    ``MAX_EVENT_ID`` in ASCII digits."""
+    if not (0 < len(text) <= 19 and text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value <= MAX_EVENT_ID else None
+
+
+def parse_json(text: str) -> Any:
+    """Strict JSON (RFC 8259): no ``NaN`` or ``Infinity``, no number that overflows a double.
+    Raises ``ValueError`` (or ``RecursionError`` for absurd nesting)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
 
 
 def iso_z(value: datetime) -> str:
@@ -44,11 +86,12 @@ class AgentStatus(StrEnum):
 
 
 class Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Numbers must be finite: JSON has no Infinity or NaN, and every event is sent on as JSON.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Timestamped(Payload):
-    timestamp: datetime = Field(default_factory=utcnow, description="ISO 8601; the server's time if omitted")
+    timestamp: Timestamp = Field(default_factory=utcnow, description="ISO 8601; the server's time if omitted")
 
     @field_serializer("timestamp")
     def _iso(self, value: datetime) -> str:
@@ -94,6 +137,7 @@ class WorkspaceUpdateData(Timestamped):
 
     workspace_id: Id
     update_type: Literal[
+        "workspace_created",
         "agent_added",
         "agent_removed",
         "document_created",
@@ -123,7 +167,7 @@ class WorkspaceRef(Payload):
 
 
 class ResumeData(Payload):
-    last_event_id: int = Field(ge=0)
+    last_event_id: int = Field(ge=0, le=MAX_EVENT_ID)
 
 
 class SubscribeAgent(Message):

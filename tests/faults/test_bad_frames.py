@@ -32,7 +32,33 @@ BAD_FRAMES = {
     "invalid state vector": (b"\x00\x00\x03\x05\x01\x01", CLOSE_4400_BAD_MESSAGE.code),
     "awareness not json": (b"\x01\x06\x01\x07\x01\x02{x", CLOSE_4400_BAD_MESSAGE.code),
     "endless varint": (b"\x00\x02" + b"\xff" * 12, CLOSE_4400_BAD_MESSAGE.code),
+    # Counts that promise more than the bytes hold: refused before pycrdt allocates for them.
+    "update declaring 268 million clients": (bytes.fromhex("000205ffffff7f00"), CLOSE_4400_BAD_MESSAGE.code),
+    "state vector declaring 268 million entries": (
+        bytes.fromhex("000004ffffff7f"),
+        CLOSE_4400_BAD_MESSAGE.code,
+    ),
+    "bytes after the update (a v2 update)": (
+        create_update_message(b"\x00\x00\x00\x01\x00"),
+        CLOSE_4400_BAD_MESSAGE.code,
+    ),
+    "values nested 100,000 deep": (
+        create_update_message(b"\x01\x01\x01\x00\x08\x01\x01a\x01" + b"\x75\x01" * 100_000 + b"\x7e\x00"),
+        CLOSE_4400_BAD_MESSAGE.code,
+    ),
 }
+
+
+async def test_the_eight_byte_frame_is_refused_at_once_with_its_reason(
+    server: RunningServer, workspace: str
+) -> None:
+    async with raw_client(server.doc_url(workspace)) as bad:
+        await bad.send(bytes.fromhex("000205ffffff7f00"))
+        code, reason = await bad.wait_closed()
+    assert (code, reason) == (
+        CLOSE_4400_BAD_MESSAGE.code,
+        "malformed message: client count 268435455 exceeds the 1 bytes left",
+    )
 
 
 @pytest.mark.parametrize("name", list(BAD_FRAMES))

@@ -34,7 +34,7 @@ async def test_non_member_of_private_workspace_is_refused(auth_server: RunningSe
 
 async def test_unknown_workspace_is_not_found_with_tokens(auth_server: RunningServer, workspace: str) -> None:
     status, body = await refused_status(auth_server.doc_url(workspace) + f"?token={token('alice')}")
-    assert status == 404 and b'"not_found"' in body
+    assert status == 404 and b'"unknown_workspace"' in body
 
 
 async def test_auto_create_makes_the_first_user_owner(
@@ -128,3 +128,48 @@ async def test_removed_member_is_disconnected_and_downgraded_member_loses_writes
             assert denied[:2] == b"\x02\x00"  # y-protocols auth message, permission denied
             assert b"read-only" in denied
         assert "carol" not in str(owner.text())
+
+
+async def test_reads_never_create_and_creation_is_announced(
+    make_settings: Callable[..., Settings], workspace: str
+) -> None:
+    from tests.support.events import event_client
+
+    async with run_server(make_settings(jwt_secret=SECRET, auto_create_workspaces=True)) as server:
+        async with client(server.http_url, "alice") as alice:
+            assert (await alice.get(f"/workspaces/{workspace}")).status_code == 404
+            assert (await alice.get(f"/workspaces/{workspace}/users")).status_code == 404
+            assert (await alice.get(f"/agents/status?workspace_id={workspace}")).json()["count"] == 0
+            assert (await alice.get(f"/workspaces/{workspace}")).status_code == 404  # still unknown
+        async with event_client(
+            f"{server.ws_url}/ws/agents?token={token('indexer', role='service')}"
+        ) as agent:
+            refused = await agent.command(
+                "agent_execution_start", {"agent_id": "a-1", "workspace_id": workspace}
+            )
+            assert refused["type"] == "error" and refused["data"]["code"] == "unknown_workspace"
+        # Opening a document is the explicit act that creates it: owner alice, announced.
+        async with yclient(server.doc_url(workspace) + f"?token={token('alice')}"):
+            pass
+        async with event_client(f"{server.ws_url}/ws?token={token('alice')}") as watcher:
+            await watcher.command("join_workspace", {"workspace_id": workspace})
+            await watcher.command("resume", {"last_event_id": 0})
+            created = await watcher.wait_for(lambda m: m.get("type") == "workspace_update")
+        assert created["data"]["update_type"] == "workspace_created"
+        assert created["data"]["owner_id"] == "alice"
+
+
+async def test_a_visitor_joining_an_open_workspace_is_announced(
+    auth_server: RunningServer, workspace: str
+) -> None:
+    from tests.support.events import event_client
+
+    async with client(auth_server.http_url, "alice") as alice:
+        await alice.post("/workspaces", json={"id": workspace, "name": "open"})
+    async with event_client(f"{auth_server.ws_url}/ws/workspaces?token={token('alice')}") as watcher:
+        assert (await watcher.command("join_workspace", {"workspace_id": workspace}))["type"] == "ack"
+        async with yclient(auth_server.doc_url(workspace) + f"?token={token('bob')}"):
+            added = await watcher.wait_for(
+                lambda m: m.get("type") == "workspace_update" and m["data"]["update_type"] == "member_added"
+            )
+    assert (added["data"]["user_id"], added["data"]["role"]) == ("bob", "editor")

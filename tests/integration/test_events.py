@@ -220,6 +220,28 @@ INVALID = [
         "validation_failed",
     ),
     ('{"type": "resume", "data": {"last_event_id": -1}}', "validation_failed"),
+    # Values JSON cannot carry, or that have no UTC equivalent, never get further than here.
+    (
+        '{"type": "agent_execution_start",'
+        ' "data": {"agent_id": "a", "timestamp": "9999-12-31T23:59:59-23:59"}}',
+        "validation_failed",
+    ),
+    (
+        '{"type": "agent_execution_complete", "data": {"agent_id": "a", "execution_time": Infinity}}',
+        "invalid_json",
+    ),
+    ('{"type": "agent_execution_update", "data": {"agent_id": "a", "progress": NaN}}', "invalid_json"),
+    (
+        '{"type": "agent_execution_complete", "data": {"agent_id": "a", "execution_time": 1e400}}',
+        "invalid_json",
+    ),
+    ('{"type": "ping", "data": {"n": ' + "9" * 5000 + "}}", "invalid_json"),
+    ('{"type": "resume", "data": {"last_event_id": 9223372036854775808}}', "validation_failed"),
+    (
+        '{"type": "agent_execution_start", "data": {"agent_id": "a", "task": "nul \\u0000 inside"}}',
+        "validation_failed",
+    ),
+    ("[" * 100_000 + "]" * 100_000, "invalid_json"),
 ]
 
 
@@ -233,6 +255,37 @@ async def test_invalid_messages_get_an_error_and_the_stream_stays_open(
         assert error["data"]["code"] == code and error["data"]["message"]
         pong = await sub.command("ping", {"n": 1})
         assert pong["type"] == "pong" and pong["data"]["n"] == 1
+
+
+async def test_a_bad_last_event_id_parameter_is_an_error(server: RunningServer) -> None:
+    for value in ("\u00b2", "-1", "9223372036854775808", "1e3"):
+        async with event_client(f"{server.ws_url}/ws?last_event_id={value}") as sub:
+            error = await sub.wait_for(lambda m: m["type"] == "error")
+            assert error["data"]["code"] == "bad_request"
+            assert (await sub.command("ping"))["type"] == "pong"
+
+
+async def test_rest_refuses_values_it_cannot_store(server: RunningServer) -> None:
+    async with client(server.http_url) as http:
+        offset = await http.get("/workspaces", params={"offset": 2**63})
+        assert offset.status_code == 422 and offset.json()["error"]["code"] == "invalid_request"
+        infinite = await http.post(
+            "/agents/a-inf/events",
+            content=b'{"type": "agent_execution_start", "data": {"task": "t"}}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert infinite.status_code == 202
+        for body in (
+            b'{"type": "agent_execution_complete", "data": {"execution_time": Infinity}}',
+            b'{"type": "agent_execution_complete", "data": {"execution_time": 1e400}}',
+            b'{"type": "agent_execution_update", "data": {"timestamp": "0001-01-01T00:00:00+23:59"}}',
+        ):
+            refused = await http.post(
+                "/agents/a-inf/events", content=body, headers={"Content-Type": "application/json"}
+            )
+            assert refused.status_code in (400, 422), refused.text
+        detail = await http.get("/agents/a-inf")
+        assert detail.status_code == 200 and detail.json()["agent"]["execution_time"] is None
 
 
 async def test_refused_topics_get_an_error(auth_server: RunningServer, workspace: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -12,7 +13,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from tests.support.auth import SECRET, claims, client, raw_token, token
-from tests.support.server import ROOT, RunningServer
+from tests.support.server import ROOT, RunningServer, start_process
 from tests.support.yclient import yclient
 
 BAD_TOKENS = {
@@ -110,3 +111,62 @@ def test_cli_mints_a_token_the_server_accepts() -> None:
     decoded = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
     assert (decoded["sub"], decoded["name"], decoded["role"]) == ("alice", "Alice", "service")
     assert decoded["exp"] > time.time()
+
+
+async def test_a_token_expired_seconds_ago_is_refused_at_the_door_and_on_rest(
+    auth_server: RunningServer, workspace: str
+) -> None:
+    # One rule everywhere: valid until ``exp``, with no grace (a live connection closes at ``exp``).
+    await create_workspace(auth_server, workspace)
+    expired = raw_token({"alg": "HS256"}, claims("alice", exp=int(time.time()) - 3))
+    for url in (auth_server.doc_url(workspace), f"{auth_server.ws_url}/ws"):
+        with pytest.raises(InvalidStatus) as refused:
+            async with websockets.connect(f"{url}?token={expired}"):
+                pass
+        assert refused.value.response.status_code == 401
+        assert b"token expired" in refused.value.response.body
+    async with client(auth_server.http_url) as http:
+        rest = await http.get(f"/workspaces/{workspace}", headers={"Authorization": f"Bearer {expired}"})
+    assert rest.status_code == 401
+    assert rest.json()["error"]["message"] == "token expired"
+
+
+async def test_no_token_or_secret_reaches_the_debug_log(tmp_path: Path, workspace: str) -> None:
+    server = await start_process(
+        {"JWT_SECRET": SECRET, "LOG_LEVEL": "DEBUG", "DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}"},
+        tmp_path / "server.log",
+    )
+    good, bad = token("alice"), raw_token({"alg": "HS256"}, claims(), key="wrong-secret-" * 4)
+    expired = raw_token({"alg": "HS256"}, claims("alice", exp=int(time.time()) - 60))
+    try:
+        await create_workspace(server, workspace)  # type: ignore[arg-type]
+        async with client(server.http_url) as http:
+            await http.get("/workspaces", headers={"Authorization": f"Bearer {good}"})
+            await http.get(f"/workspaces?token={good}")
+            await http.get("/workspaces", headers={"Authorization": f"Bearer {bad}"})
+        ways: list[tuple[str, dict[str, object]]] = [
+            (f"?token={good}", {}),
+            ("", {"additional_headers": {"Authorization": f"Bearer {good}"}}),
+            ("", {"subprotocols": ["bearer", good]}),
+            ("", {"subprotocols": [good]}),
+        ]
+        for url in (server.doc_url(workspace), f"{server.ws_url}/ws", f"{server.ws_url}/ws/agents"):
+            for query, options in ways:
+                async with websockets.connect(url + query, **options) as ws:  # type: ignore[arg-type]
+                    await ws.recv()
+        refusals = [(f"?token={bad}", {}), ("", {"subprotocols": ["bearer", expired]})]
+        for query, options in refusals:
+            with pytest.raises(InvalidStatus):
+                async with websockets.connect(server.doc_url(workspace) + query, **options):  # type: ignore[arg-type]
+                    pass
+    finally:
+        await server.stop()
+    log = server.log()
+    assert "DEBUG" in log and "authorization: [redacted]" in log.lower()
+    for secret in (good, bad, expired, SECRET):
+        assert secret not in log
+        assert secret.rsplit(".", 1)[-1] not in log  # not even the signature
+    # Each refusal is one INFO line with its reason, and nothing is logged as an error.
+    assert log.count("refused WebSocket") == len(refusals)
+    assert "invalid token signature" in log and "token expired" in log
+    assert " ERROR " not in log and "Traceback" not in log

@@ -31,7 +31,7 @@ async def test_create_get_and_conflict(auth_server: RunningServer, workspace: st
         fetched = await alice.get(f"/workspaces/{workspace}")
         assert fetched.status_code == 200 and fetched.json()["name"] == "Design"
         missing = await alice.get("/workspaces/no-such-workspace")
-        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_workspace"
 
 
 @pytest.mark.parametrize(

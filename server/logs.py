@@ -1,0 +1,110 @@
+"""Logging: one handler for the service's lines and uvicorn's, and no secret in any line.
+
+``configure_logging`` gives the root logger one handler; uvicorn runs with ``log_config=None``, so
+its loggers propagate to it. The handler's ``RedactSecrets`` filter sees every record, whatever
+logger it came from and at every level (uvicorn's DEBUG lines print request headers).
+
+``QuietRefusals`` keeps uvicorn's own lines about an upgrade the service refused out of the log:
+the service logs each refusal once, with its reason (``handshake.refuse``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable
+
+REDACTED = "[redacted]"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Libraries that log every operation at DEBUG; they stay at INFO so that DEBUG shows the service.
+CHATTY = ("aiosqlite", "asyncio", "httpcore", "httpx", "multipart", "hpack")
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Header values: "authorization: Bearer <token>", "cookie: ...", as uvicorn prints them.
+    (
+        re.compile(r"((?:proxy-)?authorization|cookie|set-cookie)(\s*[:=]\s*)[^\r\n]*", re.IGNORECASE),
+        r"\1\2" + REDACTED,
+    ),
+    # The WebSocket subprotocols that carry a token: "bearer, <token>".
+    (re.compile(r"(\bbearer\s*,\s*)[^\s,]+", re.IGNORECASE), r"\1" + REDACTED),
+    # Query parameters: ?token=..., &access_token=...
+    (re.compile(r"([?&](?:access_)?token=)[^&\s\"']+", re.IGNORECASE), r"\1" + REDACTED),
+    # Anything shaped like a JWT (its header is base64url JSON, so it starts with "eyJ").
+    (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*"), REDACTED),
+    # Passwords in URLs: scheme://user:password@host
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE), r"\1" + REDACTED + "@"),
+)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with tokens, credentials and the given secrets replaced by ``[redacted]``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites each record's message (and traceback) without secrets. A handler filter: it sees
+    the records of every logger that propagates to the handler."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if s)
+        self._formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message, self.secrets)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secrets)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, self.secrets)
+        return True
+
+
+class QuietRefusals(logging.Filter):
+    """Drops uvicorn's lines about a refused WebSocket upgrade: its status line, the protocol
+    library's "connection rejected", and the false "returned without completing handshake" error
+    that follows every refusal made with an HTTP response."""
+
+    _DROPPED = frozenset(
+        {
+            '%s - "WebSocket %s" %d',
+            '%s - "WebSocket %s" 403',
+            "connection rejected (%d %s)",
+            "ASGI callable returned without completing handshake.",
+        }
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self._DROPPED
+
+
+def configure_logging(level: str, *, secrets: Iterable[str] = ()) -> None:
+    """One stderr handler on the root logger, redacting ``secrets`` and every token."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(RedactSecrets(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    numeric = logging.getLevelName(level)
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(max(numeric, logging.INFO))
+
+
+def quiet_refusals() -> None:
+    """Install ``QuietRefusals`` on uvicorn's error logger (idempotent)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, QuietRefusals) for f in logger.filters):
+        logger.addFilter(QuietRefusals())

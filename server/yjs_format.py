@@ -1,0 +1,433 @@
+"""The Yjs v1 binary formats, read strictly: updates and state vectors.
+
+Sources: Yjs's ``UpdateDecoderV1`` and ``readClientsStructRefs`` / ``readDeleteSet``
+(yjs/src/utils/UpdateDecoder.js, yjs/src/utils/encoding.js, yjs/src/utils/DeleteSet.js), the item
+content readers (yjs/src/structs/Content*.js) and lib0's variable-length integers and ``readAny``
+(lib0/decoding.js). The y-websocket protocol carries v1 updates only.
+
+pycrdt (Yrs) trusts the counts it reads: a 5-byte update that declares 268 million clients makes it
+allocate half a gigabyte before it notices the bytes are missing, and deeply nested values crash it.
+So an update or state vector that comes from outside is read here first, and refused with
+``ProtocolError`` unless:
+
+- every count and length fits in the bytes that remain (each element takes at least one byte);
+- values nest at most ``MAX_NESTING`` levels;
+- client ids fit 53 bits (lib0) and clocks 32 bits (Yrs);
+- the update ends exactly where its delete set ends (a v2-encoded update, read as v1, ends early).
+
+Reading is linear in the size of the input and allocates nothing per declared element.
+
+``root_kinds`` also reads the structure of a whole document (its own encoding) to tell what each
+root shared type is, from its content: Yjs does not send a root's type, and reading a root as a
+type it is not makes Yrs loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from bisect import bisect_right
+from collections.abc import Callable
+from enum import StrEnum
+
+from .protocol import Message, MessageType, ProtocolError, SyncType
+
+MAX_NESTING = 1_000  # nesting of values (arrays, objects) inside one item
+MAX_CLIENT = (1 << 53) - 1  # lib0 reads at most 53 bits; Yjs client ids are 32 bits
+MAX_CLOCK = (1 << 32) - 1  # Yrs keeps clocks in 32 bits
+
+# Item content kinds: the low five bits of an item's info byte (yjs/src/structs/Item.js).
+GC, DELETED, JSON, BINARY, STRING, EMBED, FORMAT, TYPE, ANY, DOC, SKIP = range(11)
+_BIT_ORIGIN, _BIT_RIGHT_ORIGIN, _BIT_PARENT_SUB = 0x80, 0x40, 0x20
+
+# Type references of ContentType (yjs/src/types/*.js, ``YArrayRefID`` ...).
+TYPE_ARRAY, TYPE_MAP, TYPE_TEXT, TYPE_XML_ELEMENT, TYPE_XML_FRAGMENT, TYPE_XML_HOOK, TYPE_XML_TEXT = range(7)
+_XML_CHILDREN = {TYPE_XML_ELEMENT, TYPE_XML_HOOK, TYPE_XML_TEXT}
+
+
+def _uint(data: bytes, pos: int) -> tuple[int, int]:
+    """lib0 ``readVarUint`` at ``pos``: 7 bits per byte, low bits first, at most 53 bits (8
+    bytes). Returns the value and the position after it. Unrolled: Yjs client ids take five
+    bytes, and every item names one or two."""
+    try:
+        byte = data[pos]
+        value = byte & 0x7F
+        if byte < 0x80:
+            return value, pos + 1
+        for shift in (7, 14, 21, 28, 35, 42, 49):
+            pos += 1
+            byte = data[pos]
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value, pos + 1
+    except IndexError:
+        raise ProtocolError("the update ends inside a variable-length integer") from None
+    raise ProtocolError("a variable-length integer is longer than 53 bits")
+
+
+class _Reader:
+    """A cursor over untrusted bytes; every read checks what remains. The hot reads take the
+    one-byte case inline: updates are read on every edit."""
+
+    __slots__ = ("data", "pos", "end")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+        self.end = len(data)
+
+    @property
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def byte(self) -> int:
+        pos = self.pos
+        if pos >= self.end:
+            raise ProtocolError("the update ends too early")
+        self.pos = pos + 1
+        return self.data[pos]
+
+    def uint(self) -> int:
+        pos = self.pos
+        if pos < self.end and self.data[pos] < 0x80:
+            self.pos = pos + 1
+            return self.data[pos]
+        value, self.pos = _uint(self.data, pos)
+        return value
+
+    def int(self) -> None:
+        """lib0 ``readVarInt`` (sign in the first byte), skipped."""
+        byte = self.byte()
+        shift = 6
+        while byte & 0x80:
+            byte = self.byte()
+            shift += 7
+            if shift > 60:
+                raise ProtocolError("a variable-length integer is longer than 53 bits")
+
+    def count(self, what: str) -> int:
+        """A count of elements that each take at least one byte."""
+        value = self.uint()
+        if value > self.end - self.pos:
+            raise ProtocolError(f"{what} count {value} exceeds the {self.remaining} bytes left")
+        return value
+
+    def skip(self, length: int) -> None:
+        if length > self.end - self.pos:
+            raise ProtocolError(f"length {length} exceeds the {self.remaining} bytes left")
+        self.pos += length
+
+    def buffer(self) -> bytes:
+        """lib0 ``readVarUint8Array`` / ``readVarString``: a length, then that many bytes."""
+        length = self.uint()
+        start = self.pos
+        self.skip(length)
+        return self.data[start : self.pos]
+
+    def skip_buffer(self) -> None:
+        self.skip(self.uint())
+
+    def client(self) -> int:
+        client = self.uint()
+        if client > MAX_CLIENT:
+            raise ProtocolError(f"client id {client} is longer than 53 bits")
+        return client
+
+    def item_id(self) -> tuple[int, int]:
+        """An item's id: ``varUint client, varUint clock``."""
+        client, pos = _uint(self.data, self.pos)
+        clock, self.pos = _uint(self.data, pos)
+        if client > MAX_CLIENT or clock > MAX_CLOCK:
+            raise ProtocolError(f"item id ({client}, {clock}) does not fit 53-bit clients and 32-bit clocks")
+        return client, clock
+
+    def clock(self) -> int:
+        clock = self.uint()
+        if clock > MAX_CLOCK:
+            raise ProtocolError(f"clock {clock} does not fit 32 bits")
+        return clock
+
+    def skip_any(self) -> None:
+        """lib0 ``readAny``, skipped, with nesting bounded by ``MAX_NESTING``."""
+        open_containers: list[list[int]] = []  # [values left, 1 for an object (keyed values)]
+        while True:
+            kind = self.byte()
+            if kind == 125:  # integer
+                self.int()
+            elif kind == 124:  # float32
+                self.skip(4)
+            elif kind == 123 or kind == 122:  # float64, bigint64
+                self.skip(8)
+            elif kind == 119 or kind == 116:  # string, Uint8Array
+                self.skip_buffer()
+            elif kind == 118 or kind == 117:  # object (key, value pairs), array
+                size = self.count("object" if kind == 118 else "array")
+                if size:
+                    if len(open_containers) >= MAX_NESTING:
+                        raise ProtocolError(f"values nest deeper than {MAX_NESTING} levels")
+                    open_containers.append([size, kind == 118])
+            elif kind not in (127, 126, 121, 120):  # undefined, null, false, true
+                raise ProtocolError(f"unknown value type {kind}")
+            while open_containers and open_containers[-1][0] == 0:
+                open_containers.pop()
+            if not open_containers:
+                return
+            container = open_containers[-1]
+            container[0] -= 1
+            if container[1]:
+                self.skip_buffer()  # the key of the next value
+
+
+# -- updates ---------------------------------------------------------------------------------------
+
+
+class RootKind(StrEnum):
+    """What a root shared type is, as far as its content tells."""
+
+    TEXT = "text"
+    ARRAY = "array"
+    MAP = "map"
+    XML_FRAGMENT = "xml_fragment"
+
+
+class _Items:
+    """What ``root_kinds`` needs of each item (GC and skipped ranges are not items), in columns."""
+
+    __slots__ = ("client", "clock", "length", "origin", "right_origin", "parent", "keyed", "kind")
+
+    def __init__(self) -> None:
+        self.client: list[int] = []
+        self.clock: list[int] = []
+        self.length: list[int] = []
+        self.origin: list[tuple[int, int] | None] = []
+        self.right_origin: list[tuple[int, int] | None] = []
+        self.parent: list[str | tuple[int, int] | None] = []  # a root's name, a type item's id, or inherited
+        self.keyed: list[bool] = []  # a map entry (has a parent key)
+        self.kind: list[RootKind | None] = []  # what the content makes its parent, None: deleted content
+
+
+def _utf16_length(encoded: bytes) -> int:
+    """Yjs counts text in UTF-16 code units."""
+    return len(encoded.decode("utf-8", "replace").encode("utf-16-le")) // 2
+
+
+def _read_content(r: _Reader, kind: int, items: _Items | None) -> int:
+    """Read an item's content; returns its length in clock units."""
+    length = 1
+    sequence_kind: RootKind | None = RootKind.ARRAY
+    if kind == STRING:
+        text = r.buffer()
+        # UTF-8 takes at least as many bytes as UTF-16 takes code units: exact only when needed.
+        length = _utf16_length(text) if items is not None else len(text)
+        sequence_kind = RootKind.TEXT
+    elif kind == DELETED:
+        length = r.uint()
+        sequence_kind = None
+    elif kind == ANY:
+        length = r.count("value")
+        for _ in range(length):
+            r.skip_any()
+    elif kind == FORMAT:
+        r.skip_buffer()  # the attribute
+        r.skip_buffer()  # its value, as JSON
+        sequence_kind = RootKind.TEXT
+    elif kind == EMBED:
+        r.skip_buffer()  # JSON
+        sequence_kind = RootKind.TEXT
+    elif kind == TYPE:
+        ref = r.uint()
+        if ref > TYPE_XML_TEXT:
+            raise ProtocolError(f"unknown shared type {ref}")
+        if ref in (TYPE_XML_ELEMENT, TYPE_XML_HOOK):
+            r.skip_buffer()  # the node or hook name
+        if ref in _XML_CHILDREN:
+            sequence_kind = RootKind.XML_FRAGMENT
+    elif kind == JSON:
+        length = r.count("JSON value")
+        for _ in range(length):
+            r.skip_buffer()
+    elif kind == BINARY:
+        r.skip_buffer()
+    elif kind == DOC:
+        r.skip_buffer()  # the subdocument's guid
+        r.skip_any()  # its options
+    else:
+        raise ProtocolError(f"unknown item content {kind}")
+    if items is not None:
+        items.kind.append(sequence_kind)
+    return length
+
+
+def _read_structs(r: _Reader, items: _Items | None) -> None:
+    for _ in range(r.count("client")):
+        structs = r.count("struct")
+        client = r.client()
+        clock = r.clock()
+        for _ in range(structs):
+            info = r.byte()
+            kind = info & 0x1F
+            if kind == GC or kind == SKIP:
+                clock += r.uint()
+            else:
+                origin = r.item_id() if info & _BIT_ORIGIN else None
+                right_origin = r.item_id() if info & _BIT_RIGHT_ORIGIN else None
+                parent: str | tuple[int, int] | None = None
+                keyed = False
+                if not info & (_BIT_ORIGIN | _BIT_RIGHT_ORIGIN):
+                    # The parent is written only when it cannot be taken from a neighbour.
+                    if r.uint() == 1:
+                        parent = r.buffer().decode("utf-8", "replace")
+                    else:
+                        parent = (r.client(), r.clock())
+                    if info & _BIT_PARENT_SUB:
+                        r.skip_buffer()
+                        keyed = True
+                if items is not None:
+                    items.client.append(client)
+                    items.clock.append(clock)
+                    items.origin.append(origin)
+                    items.right_origin.append(right_origin)
+                    items.parent.append(parent)
+                    items.keyed.append(keyed)
+                length = _read_content(r, kind, items)
+                if items is not None:
+                    items.length.append(length)
+                clock += length
+            if clock > MAX_CLOCK + 1:
+                raise ProtocolError(f"clocks of client {client} pass 32 bits")
+
+
+def _read_delete_set(r: _Reader) -> None:
+    for _ in range(r.count("delete set client")):
+        r.client()
+        for _ in range(r.count("deletion")):
+            if r.clock() + r.uint() > MAX_CLOCK + 1:
+                raise ProtocolError("a deletion passes 32-bit clocks")
+
+
+def _read_update(update: bytes, items: _Items | None = None) -> None:
+    r = _Reader(update)
+    _read_structs(r, items)
+    _read_delete_set(r)
+    if r.remaining:
+        raise ProtocolError(
+            f"{r.remaining} bytes after the end of the update: not a Yjs v1 update "
+            "(v2-encoded updates are not supported; y-websocket sends v1)"
+        )
+
+
+def check_update(update: bytes) -> None:
+    """Refuse (``ProtocolError``) a v1 update that is malformed, or whose counts, nesting,
+    client ids or clocks exceed what its bytes and pycrdt can hold (see the module's rules)."""
+    _read_update(update)
+
+
+def check_state_vector(state_vector: bytes) -> None:
+    """Refuse (``ProtocolError``) a malformed state vector: ``varUint count`` then ``count``
+    pairs of ``varUint client, varUint clock`` (Yjs ``writeStateVector``), nothing after."""
+    r = _Reader(state_vector)
+    for _ in range(r.count("state vector entry")):
+        r.client()
+        r.clock()
+    if r.remaining:
+        raise ProtocolError(f"{r.remaining} bytes after the end of the state vector")
+
+
+# Larger payloads are read in a worker thread: the event loop gets the interpreter back every few
+# milliseconds and keeps serving everyone else meanwhile.
+OFF_LOOP_BYTES = 64 * 1024
+
+
+async def check_message(message: Message) -> None:
+    """Check the Yjs payload of a y-websocket message: the state vector of sync step 1, the
+    update of sync step 2 and of an update message. Raises ``ProtocolError``."""
+    if message.type is MessageType.SYNC:
+        step1 = message.sync_type is SyncType.STEP1
+        await _check(check_state_vector if step1 else check_update, message.payload)
+
+
+async def check_update_soon(update: bytes) -> None:
+    """``check_update``, in a worker thread when the update is large."""
+    await _check(check_update, update)
+
+
+async def _check(check: Callable[[bytes], None], payload: bytes) -> None:
+    if len(payload) > OFF_LOOP_BYTES:
+        await asyncio.to_thread(check, payload)
+    else:
+        check(payload)
+
+
+def root_kinds(update: bytes) -> dict[str, RootKind]:
+    """What each root shared type of a document is, read from the document's own encoding
+    (``doc.get_update()``): a root holding keyed entries is a map, one holding text (strings,
+    formatting, embeds) a text, one holding XML nodes an XML fragment, one holding other values
+    an array. A root whose content was all deleted (and garbage-collected) no longer shows what
+    it was; it counts as an empty text. Raises ``ProtocolError`` for a malformed update."""
+    items = _Items()
+    _read_update(update, items)
+    parents = _resolve_parents(items)
+    found: dict[str, set[RootKind | None]] = {}
+    keyed: set[str] = set()
+    for index, parent in enumerate(parents):
+        if not isinstance(parent, str):
+            continue
+        if items.keyed[index]:
+            keyed.add(parent)
+        else:
+            found.setdefault(parent, set()).add(items.kind[index])
+    kinds: dict[str, RootKind] = {}
+    for name in found.keys() | keyed:
+        seen = found.get(name, set())
+        for kind in (RootKind.TEXT, RootKind.XML_FRAGMENT, RootKind.ARRAY):
+            if kind in seen:
+                kinds[name] = kind
+                break
+        else:
+            kinds[name] = RootKind.MAP if name in keyed else RootKind.TEXT
+    return kinds
+
+
+def _resolve_parents(items: _Items) -> list[str | tuple[int, int] | None]:
+    """Each item's parent (a root's name or a type item's id). An item written without one has
+    its left neighbour's (origin) or else its right neighbour's (Yjs ``Item.integrate``), and
+    inherits its parent key with it."""
+    by_client: dict[int, tuple[list[int], list[int]]] = {}
+    for index, (client, clock) in enumerate(zip(items.client, items.clock, strict=True)):
+        starts, indices = by_client.setdefault(client, ([], []))
+        starts.append(clock)
+        indices.append(index)
+    for starts, indices in by_client.values():
+        if any(a > b for a, b in zip(starts, starts[1:])):
+            order = sorted(range(len(starts)), key=starts.__getitem__)
+            starts[:] = [starts[i] for i in order]
+            indices[:] = [indices[i] for i in order]
+
+    def containing(item_id: tuple[int, int] | None) -> int | None:
+        if item_id is None or item_id[0] not in by_client:
+            return None
+        starts, indices = by_client[item_id[0]]
+        at = bisect_right(starts, item_id[1]) - 1
+        if at < 0:
+            return None
+        index = indices[at]
+        return index if item_id[1] < items.clock[index] + items.length[index] else None
+
+    parents = list(items.parent)
+    unresolved = object()
+    state: list[object] = [p if p is not None else unresolved for p in parents]
+    for start in range(len(parents)):
+        chain: list[int] = []
+        current: int | None = start
+        while current is not None and state[current] is unresolved:
+            state[current] = None  # visiting: a cycle resolves to unknown
+            chain.append(current)
+            neighbour = containing(items.origin[current])
+            if neighbour is None:
+                neighbour = containing(items.right_origin[current])
+            current = neighbour
+        found = state[current] if current is not None else None
+        keyed = items.keyed[current] if current is not None else False
+        for index in chain:
+            state[index] = found
+            items.keyed[index] = keyed
+    return [p if isinstance(p, str | tuple) else None for p in state]

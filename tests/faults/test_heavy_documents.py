@@ -1,0 +1,170 @@
+"""Heavy document work never stops the server from answering: five clients reading a 20 MB
+document (as JSON, as a Yjs update, over the sync protocol) while ``/health`` keeps answering fast,
+and a document whose JSON view cannot be built costs its reader an error, not the server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from pycrdt import Array, Doc, Text
+
+from server.config import Settings
+from tests.support.rawclient import raw_client, step1_frame
+from tests.support.server import run_server, start_process
+
+MiB = 1024 * 1024
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+def chunk_update(index: int, size: int) -> bytes:
+    """One writer's update: ``size`` characters of text at the start of the document."""
+    doc = Doc()
+    doc.get("text", type=Text).insert(0, chr(ord("a") + index % 26) * size)
+    return doc.get_update()
+
+
+# Runs in its own process: the readers' work in this one must not delay the probe.
+PROBE = """
+import sys, time, httpx
+latencies = []
+with httpx.Client(timeout=10) as http:
+    while sys.stdin.readline():
+        started = time.perf_counter()
+        status = http.get(sys.argv[1]).status_code
+        print(status, time.perf_counter() - started, flush=True)
+"""
+
+
+class HealthProbe:
+    """Times ``GET /health`` from a separate process, every 5 ms, until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.latencies: list[float] = []
+        self.statuses: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> HealthProbe:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            PROBE,
+            self.url,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        process = self._process
+        assert process.stdin is not None and process.stdout is not None
+        while True:
+            process.stdin.write(b"probe\n")
+            status, seconds = (await process.stdout.readline()).split()
+            self.statuses.add(int(status))
+            self.latencies.append(float(seconds))
+            await asyncio.sleep(0.005)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        await self._process.wait()
+
+
+async def test_health_answers_while_five_clients_read_a_20_mib_document(
+    tmp_path: Path, workspace: str
+) -> None:
+    server = await start_process(
+        {"DATABASE_URL": f"sqlite:///{tmp_path / 'big.db'}", "LOG_LEVEL": "WARNING"}, tmp_path / "server.log"
+    )
+    base = f"/workspaces/{workspace}/document"
+    try:
+        async with httpx.AsyncClient(base_url=server.http_url, timeout=120) as http:
+            for index in range(20):
+                response = await http.post(f"{base}/update", content=chunk_update(index, MiB), headers=OCTET)
+                assert response.status_code == 200, response.text
+
+            async def read_json() -> int:
+                async with http.stream("GET", base) as response:
+                    assert response.status_code == 200
+                    return sum([len(chunk) async for chunk in response.aiter_bytes()])
+
+            async def read_update() -> int:
+                async with http.stream("GET", f"{base}/update") as response:
+                    assert response.status_code == 200
+                    return sum([len(chunk) async for chunk in response.aiter_bytes()])
+
+            async def sync() -> int:
+                async with raw_client(server.doc_url(workspace)) as client:
+                    await client.send(step1_frame(Doc()))
+                    while True:
+                        frame = await client.next_frame(kind=0, timeout=60)
+                        if frame[1] == 1:  # sync step 2: the whole document
+                            return len(frame)
+
+            async with HealthProbe(f"{server.http_url}/health") as probe:
+                for _ in range(3):
+                    sizes = await asyncio.gather(read_json(), read_update(), sync(), read_json(), sync())
+                    assert min(sizes) > 20 * MiB
+        assert probe.statuses == {200}
+        assert len(probe.latencies) >= 20
+        p99 = statistics.quantiles(probe.latencies, n=100)[98]
+        milliseconds = [round(x * 1000) for x in probe.latencies]
+        assert p99 < 0.100, f"/health p99 {p99 * 1000:.0f} ms over {len(milliseconds)} probes: {milliseconds}"
+    finally:
+        await server.stop()
+
+
+def deeply_nested(depth: int) -> bytes:
+    doc = Doc()
+    inner: Array[object] = Array()
+    doc.get("tree", type=Array).append(inner)
+    for _ in range(depth):
+        child: Array[object] = Array()
+        inner.append(child)
+        inner = child
+    return doc.get_update()
+
+
+async def test_a_document_whose_view_fails_gets_a_clear_error(
+    make_settings: Callable[..., Settings], workspace: str
+) -> None:
+    async with run_server(make_settings()) as server, httpx.AsyncClient(base_url=server.http_url) as http:
+        base = f"/workspaces/{workspace}/document"
+        assert (
+            await http.post(f"{base}/update", content=deeply_nested(3000), headers=OCTET)
+        ).status_code == 200
+        response = await http.get(base)
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "document_unreadable"
+        # The document itself is intact: a Yjs client syncs it, and the server goes on serving.
+        binary = await http.get(f"{base}/update")
+        copy = Doc()
+        copy.apply_update(binary.content)
+        assert len(copy.get("tree", type=Array)) == 1
+        assert (await http.get("/health")).status_code == 200
+
+
+async def test_a_view_that_overruns_its_time_is_stopped(
+    make_settings: Callable[..., Settings], workspace: str
+) -> None:
+    async with run_server(make_settings(document_view_timeout=0.001)) as server:
+        async with httpx.AsyncClient(base_url=server.http_url) as http:
+            base = f"/workspaces/{workspace}/document"
+            await http.post(f"{base}/update", content=chunk_update(0, MiB), headers=OCTET)
+            response = await http.get(base)
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "document_view_timeout"
+            assert (await http.get("/health")).status_code == 200
+            assert len((await http.get(f"{base}/update")).content) > MiB
