@@ -8,6 +8,7 @@ import fcntl
 import functools
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -174,14 +175,20 @@ async def open_engine(url: str, *, timeout: float = 10.0, wait: float = 0.0) -> 
             await engine.dispose()
 
 
+# The SQLite file locks this process holds: lock file -> [descriptor, users]. The lock belongs to
+# the process (several stores in one process, as in tests, share it); other processes are refused.
+_held_locks: dict[Path, list[int]] = {}
+_held_locks_guard = threading.Lock()
+
+
 @contextlib.contextmanager
 def single_process_lock(url: str) -> Iterator[None]:
     """Hold an exclusive lock on ``<database>.lock`` beside a SQLite file while the block runs.
 
     Two processes on one SQLite file would each keep documents, rooms and connections of their
-    own and never hear of the other's changes, so the second is refused with ``StoreLocked``.
-    The lock is an ``flock`` (Linux, macOS): the kernel drops it when the process ends, however it
-    ends. PostgreSQL needs no lock: instances share it through Redis.
+    own and never hear of the other's changes, so a second process is refused with
+    ``StoreLocked``. The lock is an ``flock`` (Linux, macOS): the kernel drops it when the process
+    ends, however it ends. PostgreSQL needs no lock: instances share it through Redis.
     """
     parsed = make_url(normalise_database_url(url))
     database = parsed.database or ""
@@ -190,20 +197,36 @@ def single_process_lock(url: str) -> Iterator[None]:
         return
     path = Path(database)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock_path = path.with_name(path.name + ".lock").resolve()
+    with _held_locks_guard:
+        held = _held_locks.get(lock_path)
+        if held is not None:
+            held[1] += 1
+        else:
+            _held_locks[lock_path] = [_take_lock(lock_path, database), 1]
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise StoreLocked(
-                f"SQLite database {database} is in use by another process (pid {holder} holds the lock "
-                f"{lock_path}): the embedded store serves one process; run several instances on "
-                "PostgreSQL (and Redis) instead"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        with _held_locks_guard:
+            held = _held_locks[lock_path]
+            held[1] -= 1
+            if not held[1]:
+                del _held_locks[lock_path]
+                os.close(held[0])  # releases the lock
+
+
+def _take_lock(lock_path: Path, database: str) -> int:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreLocked(
+            f"SQLite database {database} is in use by another process (pid {holder} holds the lock "
+            f"{lock_path}): the embedded store serves one process; run several instances on "
+            "PostgreSQL (and Redis) instead"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

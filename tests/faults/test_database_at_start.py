@@ -4,6 +4,7 @@ then exit status 3 (uvicorn's status for a failed start). ``python -m server`` p
 
 from __future__ import annotations
 
+import fcntl
 import uuid
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
-from crdt_store import StoreLocked, open_store
+from crdt_store import open_store
 from tests.conftest import PG_ADMIN_DSN
 from tests.support.server import free_port, run_to_exit, spawn_process, start_process
 from tests.support.wait import wait_until
@@ -104,11 +105,18 @@ async def test_second_process_on_one_sqlite_file_refuses_to_start(tmp_path: Path
     await third.stop()
 
 
-async def test_one_store_per_sqlite_file(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'one.db'}"
-    async with open_store(url):
-        with pytest.raises(StoreLocked, match="in use by another process"):
-            async with open_store(url):
-                pass
-    async with open_store(url) as store:  # released on close
-        await store.ping()
+async def test_sqlite_lock_belongs_to_the_process(tmp_path: Path) -> None:
+    """Stores in one process share the lock; it is released with the last of them, and held
+    until then (another process is refused meanwhile)."""
+    path = tmp_path / "one.db"
+    url = f"sqlite:///{path}"
+    async with open_store(url) as first:
+        async with open_store(url) as second:
+            await second.ping()
+        returncode, output = await run_to_exit(
+            {"DATABASE_URL": url, "LOG_LEVEL": "WARNING"}, tmp_path / "other.log"
+        )
+        assert returncode == 3 and "in use by another process" in output  # still held by `first`
+        await first.ping()
+    with open(f"{path}.lock", "rb+") as lock_file:  # released with the last store
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
