@@ -11,11 +11,11 @@ So snapshot + remaining rows always hold every accepted update, whatever runs co
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from array import array
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .engine import insert_ignore, translate_errors
 from .errors import NotFound
+from .state_worker import StateWorker
 from .tables import document_snapshots, document_updates, documents
 from .yjs_state import StateBuilder
 
@@ -146,9 +147,44 @@ class _Superseded(Exception):
     """Another compaction of the same document committed first; this one rolls back."""
 
 
+class Builder(Protocol):
+    """Builds a document's encoded state from its updates: ``StateBuilder``, here or in a
+    worker process (``state_worker.RemoteBuilder``)."""
+
+    async def apply(self, updates: list[bytes]) -> None: ...
+
+    async def encode(self) -> bytes: ...
+
+
+class _LocalBuilder:
+    """``StateBuilder`` in this process, for callers without a worker (tests, tools)."""
+
+    def __init__(self) -> None:
+        self._builder = StateBuilder()
+
+    async def apply(self, updates: list[bytes]) -> None:
+        self._builder.apply(updates)
+
+    async def encode(self) -> bytes:
+        return self._builder.encode()
+
+
+@contextlib.asynccontextmanager
+async def _builder(worker: StateWorker | None) -> AsyncIterator[Builder]:
+    if worker is None:
+        yield _LocalBuilder()
+    else:
+        async with worker.build() as remote:
+            yield remote
+
+
 @translate_errors
 async def compact_document(
-    engine: AsyncEngine, *, document_id: int, chunk_bytes: int = COMPACT_CHUNK_BYTES
+    engine: AsyncEngine,
+    *,
+    document_id: int,
+    chunk_bytes: int = COMPACT_CHUNK_BYTES,
+    worker: StateWorker | None = None,
 ) -> Compaction:
     """Replace the document's snapshot and update rows by its own encoded state, in one
     transaction: the snapshot and the rows are applied to a fresh Yjs document (which drops the
@@ -160,14 +196,17 @@ async def compact_document(
     may continue meanwhile: rows stored after compaction started stay in the log. On PostgreSQL
     compactions of one document are serialised across instances by a row lock that does not
     block appends; a compaction that finds its snapshot changed underneath rolls back and merges
-    nothing. Raises ``StoreUnavailable`` when the database fails.
+    nothing. With a ``worker``, the Yjs work runs in its process (see ``state_worker``), so that
+    no pycrdt call holds this process's event loop for long. Raises ``StoreUnavailable`` when the
+    database fails, ``ValueError`` when a stored row is not a Yjs update.
     """
-    try:
-        async with engine.begin() as conn:
-            await _lock_for_compaction(conn, document_id)
-            return await _compact(conn, document_id, chunk_bytes)
-    except (_Superseded, IntegrityError):  # IntegrityError: the document was deleted meanwhile
-        return Compaction(document_id=document_id, merged=0, snapshot_bytes=0)
+    async with _builder(worker) as builder:
+        try:
+            async with engine.begin() as conn:
+                await _lock_for_compaction(conn, document_id)
+                return await _compact(conn, document_id, chunk_bytes, builder)
+        except (_Superseded, IntegrityError):  # IntegrityError: the document was deleted meanwhile
+            return Compaction(document_id=document_id, merged=0, snapshot_bytes=0)
 
 
 async def _lock_for_compaction(conn: AsyncConnection, document_id: int) -> None:
@@ -179,7 +218,9 @@ async def _lock_for_compaction(conn: AsyncConnection, document_id: int) -> None:
         await conn.execute(query.with_for_update(key_share=True))
 
 
-async def _compact(conn: AsyncConnection, document_id: int, chunk_bytes: int) -> Compaction:
+async def _compact(
+    conn: AsyncConnection, document_id: int, chunk_bytes: int, builder: Builder
+) -> Compaction:
     snapshot_row = (
         await conn.execute(
             select(document_snapshots.c.state, document_snapshots.c.merged_updates).where(
@@ -195,20 +236,18 @@ async def _compact(conn: AsyncConnection, document_id: int, chunk_bytes: int) ->
     ).scalar_one_or_none()
     if upper is None:
         return Compaction(document_id=document_id, merged=0, snapshot_bytes=snapshot_bytes)
-    builder = StateBuilder()
     seen_merged: int | None = None
     if snapshot_row is not None:
-        builder.apply([snapshot_row.state])
+        await builder.apply([snapshot_row.state])
         seen_merged = snapshot_row.merged_updates
         del snapshot_row  # an old snapshot can be large: hold only the document from here on
     merged_ids = array("q")
     async for batch in _update_batches(conn, document_id, upper, chunk_bytes):
-        builder.apply(row.data for row in batch)
+        await builder.apply([row.data for row in batch])
         merged_ids.extend(row.id for row in batch)
-        await asyncio.sleep(0)  # let the event loop serve clients between batches
     if not merged_ids:
         return Compaction(document_id=document_id, merged=0, snapshot_bytes=snapshot_bytes)
-    state = builder.encode()
+    state = await builder.encode()
     await _write_snapshot(conn, document_id, state, seen_merged, len(merged_ids))
     for start in range(0, len(merged_ids), DELETE_CHUNK):
         chunk = merged_ids[start : start + DELETE_CHUNK].tolist()

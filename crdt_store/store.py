@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import documents
 from .documents import Compaction, StoredDocument
 from .engine import open_engine, translate_errors
+from .state_worker import StateWorker
 
 
 class Store:
@@ -18,6 +19,7 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.state_worker = StateWorker()  # compaction's Yjs work, off the event loop
 
     @property
     def dialect(self) -> str:
@@ -35,7 +37,9 @@ class Store:
         await documents.append_updates(self.engine, rows=rows)
 
     async def compact_document(self, document_id: int) -> Compaction:
-        return await documents.compact_document(self.engine, document_id=document_id)
+        return await documents.compact_document(
+            self.engine, document_id=document_id, worker=self.state_worker
+        )
 
 
 @contextlib.asynccontextmanager
@@ -48,4 +52,8 @@ async def open_store(url: str, *, timeout: float = 10.0, wait: float = 0.0) -> A
     another process holds the SQLite file.
     """
     async with open_engine(url, timeout=timeout, wait=wait) as engine:
-        yield Store(engine)
+        store = Store(engine)
+        try:
+            yield store
+        finally:
+            await store.state_worker.close()

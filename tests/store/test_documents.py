@@ -171,19 +171,27 @@ async def snapshot_of(store: Store, document_id: int) -> bytes:
         return (await conn.execute(query)).scalar_one()
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, documents.COMPACT_CHUNK_BYTES])
-async def test_compacted_snapshot_is_the_documents_own_encoding(database_url: str, chunk_bytes: int) -> None:
+@pytest.mark.parametrize(("chunk_bytes", "in_worker"), [(1, False), (documents.COMPACT_CHUNK_BYTES, True)])
+async def test_compacted_snapshot_is_the_documents_own_encoding(
+    database_url: str, chunk_bytes: int, in_worker: bool
+) -> None:
     """2 MB of inserted-then-deleted text compacts to the size of what the document holds, read
-    one row at a time or in large batches, and the writer's own copy merges it without change."""
+    one row at a time here or in large batches in the worker process, and the writer's own copy
+    merges it without change."""
     client, updates = churn(20)
     live = client.get_update()
     async with open_store(database_url) as store:
+        worker = store.state_worker if in_worker else None
         workspace = await new_workspace(store)
         doc = await store.load_document(workspace, "churn")
         await store.append_updates([(doc.id, u) for u in updates[:30]])
-        first = await documents.compact_document(store.engine, document_id=doc.id, chunk_bytes=chunk_bytes)
+        first = await documents.compact_document(
+            store.engine, document_id=doc.id, chunk_bytes=chunk_bytes, worker=worker
+        )
         await store.append_updates([(doc.id, u) for u in updates[30:]])
-        second = await documents.compact_document(store.engine, document_id=doc.id, chunk_bytes=chunk_bytes)
+        second = await documents.compact_document(
+            store.engine, document_id=doc.id, chunk_bytes=chunk_bytes, worker=worker
+        )
         snapshot = await snapshot_of(store, doc.id)
         loaded = await store.load_document(workspace, "churn")
     assert sum(len(u) for u in updates) > 2_000_000
@@ -238,3 +246,18 @@ async def test_compaction_lock_lets_appends_through(pg_url: str) -> None:
             await wait_until(waiting_for_the_lock, timeout=10)
             assert not second.done()  # serialised behind the lock held here
         assert (await asyncio.wait_for(second, timeout=10)).merged == 4
+
+
+async def test_a_row_that_is_not_an_update_stops_compaction_not_the_worker(database_url: str) -> None:
+    updates, expected = edits(5)
+    async with open_store(database_url) as store:
+        workspace = await new_workspace(store)
+        doc = await store.load_document(workspace, "")
+        other = await store.load_document(workspace, "other")
+        await store.append_updates([(doc.id, u) for u in updates] + [(doc.id, b"\x01\x02not an update")])
+        with pytest.raises(ValueError, match="building the document's state failed"):
+            await store.compact_document(doc.id)
+        assert await log_rows(store, doc.id) == 6  # nothing merged, nothing deleted
+        await store.append_updates([(other.id, u) for u in updates])
+        assert (await store.compact_document(other.id)).merged == 5  # the worker goes on
+        assert replay((await store.load_document(workspace, "other")).updates) == expected
