@@ -5,11 +5,13 @@ costs in latency and throughput, measured in one run on this machine.
     python -m benchmarks.storage --quick
 
 Churn: one real y-websocket client (pycrdt) keeps a 100 KB document and, for ``--churn-seconds``,
-inserts 100 KB more and deletes it again, as fast as the server takes it. Reported per database
-(SQLite file; PostgreSQL when reachable at BENCH_PG_ADMIN_DSN): bytes the client sent, the live
-document's own encoding (``Doc.get_update()``, the baseline), stored bytes (snapshot + log) at
-their peak during the run and once the idle room has unloaded, and the server's RSS before and at
-its peak. Medians over ``--repeats`` runs, each on a fresh server and database.
+inserts 100 KB more and deletes it again, ``--churn-rates`` times a second (0: as fast as the
+server takes it). Reported per database (SQLite file; PostgreSQL when reachable at
+BENCH_PG_ADMIN_DSN): bytes the client sent, the live document's own encoding
+(``Doc.get_update()``, the baseline), stored bytes (snapshot + log) at their peak during the run
+and once the idle room has unloaded, and the server's RSS before and at its peak, alone and with
+its fork server and compaction worker. Medians over ``--repeats`` runs, each on a
+fresh server and database.
 
 Durability modes: the fan-out harness of ``benchmarks.fanout`` (Node load generator, real Yjs
 clients) against the default group commit (PERSIST_INTERVAL_MS=100) and synchronous mode
@@ -71,18 +73,33 @@ def start_server(name: str, database_url: str, **env: str) -> Server:
     return Server(name, process, port)
 
 
+def tree_rss(process: psutil.Process) -> int:
+    """Resident memory of a process and its descendants (the server, its fork server and its
+    compaction worker), in bytes."""
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 class PeakRss:
-    """Samples a process's resident memory every 50 ms in a thread; ``peak`` in bytes."""
+    """Samples resident memory every 50 ms in a thread, in bytes: ``peak`` of the server process,
+    ``tree_peak`` of the server with its descendants (their shared pages counted in each)."""
 
     def __init__(self, pid: int) -> None:
         self._process = psutil.Process(pid)
         self.peak = self._process.memory_info().rss
+        self.tree_peak = tree_rss(self._process)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
             self.peak = max(self.peak, self._process.memory_info().rss)
+            self.tree_peak = max(self.tree_peak, tree_rss(self._process))
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -195,6 +212,7 @@ async def churn_once(database_url: str, seconds: float, rate: float) -> dict[str
             "stored_idle_bytes": snapshot + log,
             "rss_before_mb": round(rss_before / 2**20, 1),
             "rss_peak_mb": round(rss.peak / 2**20, 1),
+            "rss_tree_peak_mb": round(rss.tree_peak / 2**20, 1),
         }
     finally:
         server.stop()
@@ -342,6 +360,9 @@ def main() -> int:
     parser.add_argument("--skip-churn", action="store_true")
     parser.add_argument("--skip-durability", action="store_true")
     parser.add_argument("--skip-kill", action="store_true")
+    parser.add_argument(
+        "--update", action="store_true", help="keep the parts of results/storage.json this run skips"
+    )
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.churn_seconds, args.duration = 1, 10.0, 2.0
@@ -349,7 +370,9 @@ def main() -> int:
     if not args.skip_durability and not node_ready:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS, check=True)
     data_dir = Path(tempfile.mkdtemp(prefix="rtc-bench-storage-"))
-    report: dict[str, Any] = {
+    previous = RESULTS / "storage.json"
+    report: dict[str, Any] = json.loads(previous.read_text()) if args.update and previous.exists() else {}
+    report |= {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "settings": {
@@ -394,15 +417,15 @@ def render(report: dict[str, Any]) -> str:
             "idle room unloads).",
             "",
             "| database, rounds/s | rounds | sent | live document (baseline) | stored at peak "
-            "| stored when idle | idle / live | RSS before / peak |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| stored when idle | idle / live | server RSS before / peak | with its worker processes |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, row in report["churn"].items():
             lines.append(
                 f"| {name} | {row['rounds']:,.0f} | {_mb(row['sent_bytes'])} | {_mb(row['live_bytes'])} "
                 f"| {_mb(row['stored_peak_bytes'])} ({row['stored_peak_ratio']:.1f}x) "
                 f"| {_mb(row['stored_idle_bytes'])} | {row['stored_idle_ratio']:.2f}x "
-                f"| {row['rss_before_mb']} / {row['rss_peak_mb']} MB |"
+                f"| {row['rss_before_mb']} / {row['rss_peak_mb']} MB | {row['rss_tree_peak_mb']} MB |"
             )
         lines.append("")
     if "durability" in report:

@@ -79,7 +79,9 @@ class RemoteBuilder:
 
 
 class StateWorker:
-    """One worker process, started when first needed, building one document at a time.
+    """One worker process building one document at a time, started by ``start`` (or by the
+    first build). Starting waits for the fork server, which loads this package first (about a
+    second, once per server process), so it happens in a thread, never on the event loop.
 
     A build that fails on the way (the process died, the caller was cancelled) stops the process;
     the next build starts a new one.
@@ -93,11 +95,17 @@ class StateWorker:
         self._process: tuple[BaseProcess, Pipe] | None = None
         self._lock = asyncio.Lock()
 
+    async def start(self) -> None:
+        """Start the worker process now rather than at the first build."""
+        async with self._lock:
+            if self._process is None:
+                await asyncio.to_thread(self._start)
+
     @contextlib.asynccontextmanager
     async def build(self) -> AsyncIterator[RemoteBuilder]:
         """Exclusive use of the worker for one document."""
         async with self._lock:
-            process, pipe = self._process or self._start()
+            process, pipe = self._process or await asyncio.to_thread(self._start)
             builder = RemoteBuilder(pipe)
             try:
                 await builder._call(("start",))

@@ -54,6 +54,7 @@ async def open_store(url: str, *, timeout: float = 10.0, wait: float = 0.0) -> A
     async with open_engine(url, timeout=timeout, wait=wait) as engine:
         store = Store(engine)
         try:
+            await store.state_worker.start()
             yield store
         finally:
             await store.state_worker.close()
