@@ -83,15 +83,17 @@ class StateWorker:
     first build). Starting waits for the fork server, which loads this package first (about a
     second, once per server process), so it happens in a thread, never on the event loop.
 
-    A build that fails on the way (the process died, the caller was cancelled) stops the process;
-    the next build starts a new one.
+    A build cancelled on the way, or whose process died, stops the process; the next build starts
+    a new one. Other failures (pycrdt refusing the data, the database failing) leave it running.
     """
 
     def __init__(self) -> None:
-        # A fork server (Unix): started once per process with this module loaded, it forks each
-        # worker cheaply and without the state of the server's threads and event loop.
+        # A fork server (Unix): started once per process with the main module and this one
+        # loaded, it forks each worker cheaply and without the state of the server's threads and
+        # event loop. As with any multiprocessing start method but fork, the main module must
+        # not start a server when imported (``if __name__ == "__main__"``).
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload([__name__])
+        self._context.set_forkserver_preload(["__main__", __name__])
         self._process: tuple[BaseProcess, Pipe] | None = None
         self._lock = asyncio.Lock()
 
@@ -110,9 +112,8 @@ class StateWorker:
             try:
                 await builder._call(("start",))
                 yield builder
-            except ValueError:
-                raise  # pycrdt refused the data; the worker is fine
-            except BaseException:
+            except (asyncio.CancelledError, EOFError, OSError):
+                # Cancelled mid-exchange, or the process died: its pipe can no longer be trusted.
                 self._stop(process, pipe)
                 raise
 
