@@ -21,21 +21,13 @@ import logging
 import time
 
 from .broker import Broker, RoomMessage
-from .protocol import ProtocolError, decode_awareness, read_var_uint
+from .protocol import ProtocolError, decode_awareness
 from .room import Room
+from .yjs_format import decode_state_vector
 
 log = logging.getLogger(__name__)
 
 AWARENESS_TIMEOUT = 30.0  # as y-protocols' outdatedTimeout
-
-
-def decode_state_vector(state_vector: bytes) -> dict[int, int]:
-    count, pos = read_var_uint(state_vector, 0)
-    clocks: dict[int, int] = {}
-    for _ in range(count):
-        client, pos = read_var_uint(state_vector, pos)
-        clocks[client], pos = read_var_uint(state_vector, pos)
-    return clocks
 
 
 def _lacks(have: dict[int, int], other: dict[int, int]) -> bool:
