@@ -33,6 +33,9 @@ class Store:
     async def load_document(self, workspace_id: str, path: str) -> StoredDocument:
         return await documents.load_document(self.engine, workspace_id=workspace_id, path=path)
 
+    async def document_exists(self, workspace_id: str, path: str) -> bool:
+        return await documents.document_exists(self.engine, workspace_id=workspace_id, path=path)
+
     async def append_updates(self, rows: Sequence[tuple[int, bytes]]) -> None:
         await documents.append_updates(self.engine, rows=rows)
 

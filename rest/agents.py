@@ -6,10 +6,11 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, status
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crdt_store import agents as agent_store
 from crdt_store import event_log
+from server.access import resolve_access
 from server.agents import agent_public
 from server.errors import BadRequest, Forbidden, NotFoundError
 from server.events.hub import agent_topic
@@ -24,6 +25,8 @@ AgentId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID
 
 
 class AgentEventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     type: str = Field(description="agent_execution_start | agent_execution_update | agent_execution_complete")
     data: dict[str, Any] = Field(
         default_factory=dict, description="the event's data; agent_id defaults to the path"
@@ -34,9 +37,11 @@ class AgentEventIn(BaseModel):
 async def agents_status(
     services: ServicesDep,
     user: CurrentUser,
-    workspace_id: Annotated[str | None, Query(max_length=255)] = None,
+    workspace_id: Annotated[str | None, Query(max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)] = None,
     status_: Annotated[AgentStatus | None, Query(alias="status")] = None,
 ) -> dict[str, Any]:
+    if workspace_id is not None:
+        await resolve_access(services.store, user, workspace_id)  # an unknown workspace is 404
     found = await agent_store.list_agents(
         services.store.engine, workspace_id=workspace_id, status=status_.value if status_ else None
     )

@@ -16,14 +16,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from crdt_store import documents
 from crdt_store import workspaces as workspace_store
 from server.access import Access, Role, require, resolve_access
 from server.auth import Principal
 from server.document_view import ViewError, ViewTimeout
-from server.errors import BadRequest, NotFoundError, ServiceError, UnknownWorkspace
+from server.errors import BadRequest, NotFoundError, PayloadTooLarge, ServiceError, UnknownWorkspace
 from server.protocol import ProtocolError
-from server.room import Room, RoomKey
+from server.room import DocumentBroken, Room, RoomKey
 from server.sync_endpoint import valid_doc_path
 from server.yjs_format import check_state_vector, check_update_soon
 
@@ -33,10 +32,6 @@ from .schemas import DocumentContent, UpdateApplied
 router = APIRouter(prefix="/workspaces/{workspace_id}", tags=["documents"])
 
 OCTET_STREAM = "application/octet-stream"
-
-
-class PayloadTooLarge(ServiceError):
-    status_code, code = 413, "payload_too_large"
 
 
 class DocumentUnreadable(ServiceError):
@@ -60,13 +55,8 @@ DocPath = Annotated[str, Depends(document_path)]
 async def _room(services: ServicesDep, access: Access, path: str, *, create: bool = False) -> Room:
     """The document's room; reading a document that was never written is 404, not a creation."""
     key = RoomKey(access.workspace.id, path)
-    if not create and key not in services.rooms.rooms:
-        if not await documents.document_exists(
-            services.store.engine, workspace_id=key.workspace_id, path=path
-        ):
-            raise NotFoundError(
-                f"document {path or '(main)'!r} does not exist in workspace {key.workspace_id!r}"
-            )
+    if not create and not await services.rooms.exists(key):
+        raise NotFoundError(f"document {path or '(main)'!r} does not exist in workspace {key.workspace_id!r}")
     return await services.rooms.open(key)
 
 
@@ -106,6 +96,8 @@ async def _read_json(services: ServicesDep, access: Access, path: str) -> Respon
     room = await _room(services, access, path)
     try:
         body = await services.views.body(room)
+    except DocumentBroken as exc:
+        raise DocumentUnreadable(f"{exc}; it is being reloaded from storage") from None
     except ViewTimeout as exc:
         raise DocumentUnavailable(f"{exc}; read the document as a Yjs update at .../update") from None
     except ViewError as exc:
@@ -120,12 +112,10 @@ async def _read_update(
 ) -> Response:
     vector = _decode_state_vector(state_vector)
     room = await _room(services, access, path)
-    if vector is None or vector == b"\x00":
-        return large_response(room.full_state(), OCTET_STREAM)
     try:
-        update = room.doc.get_update(vector)
-    except ValueError:
-        raise BadRequest("state_vector is not a valid Yjs state vector") from None
+        update = room.full_state() if vector is None or vector == b"\x00" else room.diff(vector)
+    except DocumentBroken as exc:
+        raise DocumentUnreadable(f"{exc}; it is being reloaded from storage") from None
     return large_response(update, OCTET_STREAM)
 
 
@@ -141,14 +131,14 @@ async def _apply(
             raise
     body = await _read_body(request, services.settings.max_message_size)
     try:
-        await check_update_soon(body)
+        facts = await check_update_soon(body)
     except ProtocolError as exc:
         raise BadRequest(f"not a valid Yjs update: {exc}") from None
     access = await services.workspaces.open(user, workspace_id)
     require(access, Role.EDITOR)
     room = await _room(services, access, path, create=True)
     try:
-        room.apply_update(body)
+        await room.apply_update(body, facts)
     except ProtocolError as exc:
         raise BadRequest(f"not a valid Yjs update: {exc}") from None
     state = base64.b64encode(room.doc.get_state()).decode()
@@ -175,6 +165,7 @@ StateVector = Annotated[
     Query(
         description="base64 Yjs state vector: return only what it lacks (at most 8,000 characters)",
         max_length=8_000,
+        pattern=r"^[A-Za-z0-9+/_=-]*$",
     ),
 ]
 _binary = {200: {"content": {OCTET_STREAM: {}}, "description": "A Yjs update (v1 encoding)"}}

@@ -9,7 +9,9 @@ from fastapi import FastAPI
 from .config import Settings, load_settings
 from .errors import install_error_handlers
 from .events.endpoint import event_endpoint, is_event_request
+from .handshake import refuse_unknown_endpoint
 from .lifespan import lifespan
+from .limits import BodyLimit
 from .sync_endpoint import is_sync_request, sync_endpoint
 
 
@@ -30,6 +32,9 @@ class CollaborationApp(FastAPI):
             scope["app"] = self
             await event_endpoint(scope, receive, send)
             return
+        if scope["type"] == "websocket":
+            await refuse_unknown_endpoint(scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
 
 
@@ -48,6 +53,15 @@ class StartupFailure:
         await self._send(message)
 
 
+def is_update_upload(scope: dict[str, Any]) -> bool:
+    """``POST .../update``: a binary Yjs update, bounded by ``MAX_MESSAGE_SIZE`` as it is read."""
+    return (
+        scope["method"] == "POST"
+        and scope["path"].startswith("/workspaces/")
+        and scope["path"].endswith("/update")
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. ``settings`` defaults to the environment (the only place it is read)."""
     settings = settings or load_settings()
@@ -61,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=settings.max_json_body_size, exempt=is_update_upload)
 
     from rest import api_router  # the one place the core mounts the REST layer
 

@@ -98,14 +98,24 @@ def decode_token(token: str, settings: Settings) -> Principal:
         raise TokenError("malformed token") from None
     except jwt.InvalidTokenError as exc:
         raise TokenError(f"invalid token: {exc.__class__.__name__}") from None
+    except (OverflowError, ValueError, TypeError):  # claims pyjwt cannot compare (nbf: 10**400)
+        raise TokenError("invalid token: a time claim is out of range") from None
     return _principal(claims)
 
 
-def _check_expiry(claims: dict[str, Any]) -> None:
+def _expiry(claims: dict[str, Any]) -> float:
+    """The ``exp`` claim as epoch seconds. Raises ``TokenError`` unless it is a finite number."""
     exp = claims.get("exp")
-    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
-        raise TokenError("token 'exp' must be a number of seconds since the epoch")
-    if time.time() >= exp:
+    try:
+        if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp := float(exp)):
+            raise OverflowError
+    except OverflowError:
+        raise TokenError("token 'exp' must be a number of seconds since the epoch") from None
+    return exp
+
+
+def _check_expiry(claims: dict[str, Any]) -> None:
+    if time.time() >= _expiry(claims):
         raise TokenError("token expired")
 
 
@@ -120,8 +130,7 @@ def _principal(claims: dict[str, Any]) -> Principal:
         role = GlobalRole(claims.get("role", GlobalRole.USER))
     except ValueError:
         raise TokenError("token 'role' must be one of: user, service, admin") from None
-    exp = claims.get("exp")
-    expires_at = float(exp) if isinstance(exp, int | float) and math.isfinite(exp) else None
+    expires_at = _expiry(claims) if "exp" in claims else None
     return Principal(user_id=sub, name=name or sub, role=role, expires_at=expires_at)
 
 
@@ -160,6 +169,9 @@ def authenticate(scope: dict[str, Any], settings: Settings) -> tuple[Principal, 
     token, subprotocol = token_from_scope(scope)
     if token is None:
         if settings.auth_enabled:
-            raise TokenError("missing token: pass ?token=, an Authorization: Bearer header or a subprotocol")
+            raise TokenError(
+                "missing token: send it as the token query parameter, a Bearer authorization header or "
+                "the bearer subprotocol"
+            )
         return guest(), None
     return decode_token(token, settings), subprotocol

@@ -27,8 +27,8 @@ class FrameRejected(Exception):
     """The peer sent a frame the protocol does not allow; the channel must close with ``close``."""
 
     def __init__(self, close: CloseCode, detail: str = "") -> None:
-        super().__init__(close.reason if not detail else f"{close.reason}: {detail}")
-        self.close = close
+        self.close = close.because(detail) if detail else close
+        super().__init__(self.close.reason)
 
 
 class Channel(Protocol):

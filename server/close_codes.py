@@ -10,11 +10,22 @@ class CloseCode:
     code: int
     reason: str
 
+    def because(self, detail: str) -> CloseCode:
+        """The same code with a reason saying more: ``"<reason>: <detail>"``, cut to what a close
+        frame carries (RFC 6455 5.5: 125 bytes with the 2-byte code)."""
+        return CloseCode(self.code, reason_of(f"{self.reason}: {detail}"))
+
+
+def reason_of(text: str) -> str:
+    """``text`` cut to the 123 bytes of UTF-8 a close frame's reason may hold."""
+    return text.encode()[:123].decode("utf-8", "ignore")
+
 
 CLOSE_1000_NORMAL = CloseCode(1000, "normal closure")
 CLOSE_1003_UNSUPPORTED_DATA = CloseCode(1003, "text frames are not part of the Yjs sync protocol")
 CLOSE_1009_MESSAGE_TOO_BIG = CloseCode(1009, "message too big")
 CLOSE_1011_INTERNAL_ERROR = CloseCode(1011, "internal error")
+CLOSE_1011_RELOADED = CloseCode(1011, "document reloaded from storage after a refused update; reconnect")
 CLOSE_1012_SERVICE_RESTART = CloseCode(1012, "service restarting")
 CLOSE_1013_SEND_QUEUE_FULL = CloseCode(1013, "client is not reading fast enough; reconnect to resync")
 CLOSE_1013_SERVER_FULL = CloseCode(1013, "too many connections; try again later")

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     # Ours.
     host: str = "0.0.0.0"
     max_message_size: int = Field(default=32 * MiB, ge=1024)
+    max_event_message_size: int = Field(default=1 * MiB, ge=1024)
+    max_json_body_size: int = Field(default=1 * MiB, ge=1024)
     persist_interval_ms: int = Field(default=100, ge=0, le=60_000)
     compact_after_updates: int = Field(default=500, ge=2)
     compact_after_bytes: int = Field(default=4 * MiB, ge=1024)

@@ -11,7 +11,7 @@ types: reading a root as a type it is not makes pycrdt loop. Then every value fo
 - values as ``JSON.stringify`` writes them: a ``Uint8Array`` as an object of its bytes, a
   non-finite number as ``null``, a subdocument as ``{}``.
 
-The view is built in a separate process (``ViewWorker``): building it for a large document takes
+The view is built in a separate process (``DocumentViews``): building it for a large document takes
 long enough to hold the event loop, and a document that pycrdt cannot read must cost one process,
 not the server.
 """
@@ -95,11 +95,16 @@ def _json(value: Any) -> Any:
     return None
 
 
+def _js_sorted(pairs: Any) -> list[tuple[str, Any]]:
+    """Sorted by key as JavaScript's ``Array.prototype.sort`` sorts strings: by UTF-16 code units."""
+    return sorted(pairs, key=lambda pair: str(pair[0]).encode("utf-16-be", "surrogatepass"))
+
+
 def _xml(node: XmlElement | XmlFragment) -> str:
     children = "".join(_xml_child(child) for child in node.children)
     if not isinstance(node, XmlElement):
         return children
-    attributes = "".join(f' {key}="{_js_string(value)}"' for key, value in sorted(node.attributes))
+    attributes = "".join(f' {key}="{_js_string(value)}"' for key, value in _js_sorted(node.attributes))
     tag = (node.tag or "undefined").lower()
     return f"<{tag}{attributes}>{children}</{tag}>"
 
@@ -123,9 +128,9 @@ def _xml_text(text: XmlText) -> str:
             runs.append((insert, attributes))
     out = []
     for insert, attributes in runs:
-        tags = sorted(attributes.items())
+        tags = _js_sorted(attributes.items())
         for name, value in tags:
-            pairs = sorted(_for_in(value))
+            pairs = _js_sorted(_for_in(value))
             out.append(f"<{name}" + "".join(f' {key}="{_js_string(v)}"' for key, v in pairs) + ">")
         out.append(insert if isinstance(insert, str) else _js_string(_json(insert)))
         out.extend(f"</{name}>" for name, _ in reversed(tags))
@@ -149,17 +154,40 @@ def _js_string(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return repr(value)
+    if isinstance(value, int | float):
+        return _js_number(float(value))
     if isinstance(value, list):
         return ",".join("" if item is None else _js_string(item) for item in value)
     return "[object Object]"
+
+
+def _js_number(value: float) -> str:
+    """``Number.prototype.toString()`` (ECMAScript, Number::toString): the shortest digits that
+    round trip (as ``repr``), written plainly from 1e-6 to below 1e21 and with an exponent outside."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0:
+        return "0"
+    if value < 0:
+        return "-" + _js_number(-value)
+    # repr's shortest digits as d1 d2 ... dk times 10^(n - k): n is where the point goes.
+    text, _, exponent = repr(value).partition("e")
+    whole, _, fraction = text.partition(".")
+    fraction = fraction.rstrip("0")
+    digits = (whole + fraction).lstrip("0")
+    n = len(whole) - (len(whole + fraction) - len((whole + fraction).lstrip("0"))) + int(exponent or 0)
+    digits = digits.rstrip("0")
+    k = len(digits)
+    if k <= n <= 21:
+        return digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return digits[:n] + "." + digits[n:]
+    if -6 < n <= 0:
+        return "0." + "0" * -n + digits
+    head = digits[0] + ("." + digits[1:] if k > 1 else "")
+    return f"{head}e{'+' if n > 0 else '-'}{abs(n - 1)}"
 
 
 # -- the worker process ---------------------------------------------------------------------------
@@ -193,31 +221,39 @@ def _exchange(pipe: Pipe, key: bytes, update: bytes) -> bytes:
     return pipe.recv_bytes()
 
 
-class ViewWorker:
-    """Builds JSON views in one worker process, one at a time, each within ``timeout`` seconds.
+_Worker = tuple[multiprocessing.process.BaseProcess, Pipe]
 
-    A view that overruns kills the process (a new one starts for the next view). Views are cached
-    per room and document version, and concurrent readers of one version share one build.
+
+class DocumentViews:
+    """Builds JSON views in ``processes`` worker processes, each view within ``timeout`` seconds.
+
+    A view that overruns kills its process (a new one starts for the next view), so a document
+    pycrdt cannot read costs its readers a 503, and other documents' views go on in the other
+    processes. Views are cached per room and document version, and concurrent readers of one
+    version share one build.
     """
 
-    def __init__(self, *, timeout: float = 10.0) -> None:
+    def __init__(self, *, timeout: float = 10.0, processes: int = 2) -> None:
         self.timeout = timeout
         self._context = multiprocessing.get_context("spawn")
-        self._worker: tuple[multiprocessing.process.BaseProcess, Pipe] | None = None
-        self._lock = asyncio.Lock()
+        self._idle: asyncio.Queue[_Worker | None] = asyncio.Queue()
+        for _ in range(processes):
+            self._idle.put_nowait(None)  # a slot whose process starts when first needed
+        self._running: set[_Worker] = set()
         self._views: weakref.WeakKeyDictionary[Room, tuple[int, asyncio.Future[bytes]]] = (
             weakref.WeakKeyDictionary()
         )
 
-    async def __aenter__(self) -> ViewWorker:
+    async def __aenter__(self) -> DocumentViews:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._worker is not None:
-            self._discard(self._worker)
+        for worker in list(self._running):
+            self._discard(worker)
 
     async def body(self, room: Room) -> bytes:
-        """The room's ``document_body`` (UTF-8 JSON). Raises ``ViewError`` or ``ViewTimeout``."""
+        """The room's ``document_body`` (UTF-8 JSON). Raises ``ViewError`` or ``ViewTimeout``,
+        or ``DocumentBroken`` if the document cannot be encoded."""
         cached = self._views.get(room)
         if cached is None or cached[0] != room.version or _failed(cached[1]):
             key = json.dumps(list(room.key)).encode()
@@ -226,36 +262,36 @@ class ViewWorker:
         return await asyncio.shield(cached[1])
 
     async def _build(self, key: bytes, update: bytes) -> bytes:
-        async with self._lock:
-            worker = self._worker or self._start()
-            try:
-                exchange = asyncio.to_thread(_exchange, worker[1], key, update)
-                reply = await asyncio.wait_for(exchange, self.timeout)
-            except TimeoutError:
-                log.warning(
-                    "building a JSON view took over %g s: its worker process is stopped", self.timeout
-                )
-                self._discard(worker)
-                raise ViewTimeout(f"building the view took longer than {self.timeout:g} s") from None
-            except (EOFError, OSError) as exc:
-                self._discard(worker)
-                raise ViewError(f"the view worker stopped ({exc.__class__.__name__})") from None
+        worker = await self._idle.get()
+        try:
+            worker = worker or self._start()
+            exchange = asyncio.to_thread(_exchange, worker[1], key, update)
+            reply = await asyncio.wait_for(exchange, self.timeout)
+        except TimeoutError:
+            log.warning("building a JSON view took over %g s: its worker process is stopped", self.timeout)
+            self._discard(worker)
+            raise ViewTimeout(f"building the view took longer than {self.timeout:g} s") from None
+        except (EOFError, OSError) as exc:
+            self._discard(worker)
+            raise ViewError(f"the view worker stopped ({exc.__class__.__name__})") from None
+        finally:
+            self._idle.put_nowait(worker if worker in self._running else None)  # type: ignore[arg-type]
         if reply[:1] != b"\x00":
             raise ViewError(reply[1:].decode(errors="replace"))
         return reply[1:]
 
-    def _start(self) -> tuple[multiprocessing.process.BaseProcess, Pipe]:
+    def _start(self) -> _Worker:
         ours, theirs = self._context.Pipe()
         process = self._context.Process(target=_serve, args=(theirs,), name="document-views", daemon=True)
         process.start()
         theirs.close()
-        self._worker = (process, ours)
-        return self._worker
+        worker = (process, ours)
+        self._running.add(worker)
+        return worker
 
-    def _discard(self, worker: tuple[multiprocessing.process.BaseProcess, Pipe]) -> None:
+    def _discard(self, worker: _Worker) -> None:
         """Kill the process; a thread still waiting on its pipe then sees it close."""
-        if self._worker is worker:
-            self._worker = None
+        self._running.discard(worker)
         process = worker[0]
         process.kill()
         asyncio.get_running_loop().run_in_executor(None, process.join, 5)

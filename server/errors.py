@@ -49,6 +49,10 @@ class UnknownWorkspace(NotFoundError):
         super().__init__(f"workspace {workspace_id!r} does not exist")
 
 
+class PayloadTooLarge(ServiceError):
+    status_code, code = 413, "payload_too_large"
+
+
 class ConflictError(ServiceError):
     status_code, code = 409, "conflict"
 

@@ -9,7 +9,13 @@ from typing import Any
 
 from .auth import Principal, TokenError, authenticate
 from .channel import Receive, Send
-from .close_codes import CLOSE_1013_SERVER_FULL, CLOSE_4401_UNAUTHORIZED, CloseCode
+from .close_codes import (
+    CLOSE_1013_SERVER_FULL,
+    CLOSE_4401_UNAUTHORIZED,
+    CLOSE_4404_NOT_FOUND,
+    CloseCode,
+    reason_of,
+)
 from .errors import error_body
 from .services import Services
 
@@ -37,7 +43,21 @@ async def refuse(
         )
         await send({"type": "websocket.http.response.body", "body": body})
     else:
-        await send({"type": "websocket.close", "code": close.code, "reason": message[:120]})
+        await send({"type": "websocket.close", "code": close.code, "reason": reason_of(message)})
+
+
+async def refuse_unknown_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """A WebSocket upgrade to a path that serves none: 404 with the JSON body, logged once."""
+    if (await receive())["type"] == "websocket.connect":
+        await refuse(
+            scope,
+            send,
+            status=404,
+            code="not_found",
+            close=CLOSE_4404_NOT_FOUND,
+            message="no WebSocket endpoint here: documents are at /ws/workspaces/{workspace_id}[/{path}], "
+            "events at /ws, /ws/agents and /ws/workspaces",
+        )
 
 
 async def admit(

@@ -14,7 +14,7 @@ from .agent_presence import AgentPresence
 from .agents import AgentService
 from .broker import open_broker
 from .config import Settings
-from .document_view import ViewWorker
+from .document_view import DocumentViews
 from .events.hub import EventHub
 from .persistence import UpdateWriter
 from .presence import Presence
@@ -107,7 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 rooms, linger=settings.agent_presence_linger, renew_interval=settings.heartbeat_interval
             )
         )
-        views = await stack.enter_async_context(ViewWorker(timeout=settings.document_view_timeout))
+        views = await stack.enter_async_context(DocumentViews(timeout=settings.document_view_timeout))
         rooms.on_room_loaded = agent_presence.on_room_loaded
         services = Services(
             settings=settings,

@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 REDACTED = "[redacted]"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -38,7 +39,18 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with tokens, credentials and the given secrets replaced by ``[redacted]``."""
+    """``text`` with tokens, credentials and the given secrets replaced by ``[redacted]``. Text
+    with percent-encoding (a URL as received) is looked at decoded too, and written decoded when
+    that hides something."""
+    cleaned = _redact(text, secrets)
+    if "%" in text:
+        decoded = unquote(text)
+        if decoded != text and _redact(decoded, secrets) != decoded:
+            cleaned = _redact(decoded, secrets)
+    return cleaned
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, REDACTED)
@@ -47,9 +59,20 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
+# Line breaks and other control characters a client put in a path or header would forge log lines.
+_CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F]}
+_CONTROL.update({0x0A: "\\n", 0x0D: "\\r"})
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: control characters (but tab) written as escapes."""
+    return text.translate(_CONTROL)
+
+
 class RedactSecrets(logging.Filter):
-    """Rewrites each record's message (and traceback) without secrets. A handler filter: it sees
-    the records of every logger that propagates to the handler."""
+    """Rewrites each record's message (and traceback) without secrets, and its message on one
+    line (control characters escaped). A handler filter: it sees the records of every logger
+    that propagates to the handler."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
@@ -58,7 +81,7 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message, self.secrets)
+        cleaned = escape_controls(redact(message, self.secrets))
         if cleaned != message:
             record.msg, record.args = cleaned, ()
         if record.exc_info and not record.exc_text:

@@ -17,7 +17,11 @@ from pycrdt import (
     write_var_uint,
 )
 
+from .vocabulary import parse_json
+
 MAX_VAR_UINT_BYTES = 8  # 56 bits: more than any length or Yjs client id (53 bits) needs
+MAX_SAFE_INTEGER = 2**53 - 1  # awareness client ids and clocks are JavaScript numbers
+MAX_AWARENESS_BYTES = 1024 * 1024  # one awareness update: presence, cursors and names, not documents
 
 
 class ProtocolError(ValueError):
@@ -97,17 +101,25 @@ def decode(frame: bytes) -> Message:
 
 
 def decode_awareness(update: bytes) -> list[AwarenessEntry]:
-    """Decode an awareness update: ``varUint count`` then ``(client id, clock, JSON state)``."""
+    """Decode an awareness update (y-protocols awareness): ``varUint count`` then ``(client id,
+    clock, JSON state)`` entries. Client ids and clocks are JavaScript numbers (at most 2^53-1),
+    states strict UTF-8 JSON objects or ``null``, the whole at most ``MAX_AWARENESS_BYTES``."""
+    if len(update) > MAX_AWARENESS_BYTES:
+        raise ProtocolError(f"awareness update of {len(update)} bytes (at most {MAX_AWARENESS_BYTES})")
     count, pos = read_var_uint(update, 0)
     entries = []
     for _ in range(count):
         client_id, pos = read_var_uint(update, pos)
         clock, pos = read_var_uint(update, pos)
+        if client_id > MAX_SAFE_INTEGER or clock > MAX_SAFE_INTEGER:
+            raise ProtocolError(f"awareness client id {client_id} or clock {clock} passes 2^53")
         raw_state, pos = read_var_bytes(update, pos)
         try:
-            state = json.loads(raw_state) if raw_state else None
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise ProtocolError(f"awareness state of client {client_id} is not JSON: {exc}") from None
+            state = parse_json(raw_state) if raw_state else None
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError(
+                f"awareness state of client {client_id} is not JSON: {str(exc)[:100]}"
+            ) from None
         if state is not None and not isinstance(state, dict):
             raise ProtocolError(f"awareness state of client {client_id} is not a JSON object or null")
         entries.append(AwarenessEntry(client_id, clock, state))
@@ -120,7 +132,7 @@ def awareness_update(entries: list[tuple[int, int, object]]) -> bytes:
     """Encode ``(client id, clock, state)`` entries as an awareness update (None: removed)."""
     parts = [write_var_uint(len(entries))]
     for client_id, clock, state in entries:
-        encoded = json.dumps(state, separators=(",", ":")).encode()
+        encoded = json.dumps(state, separators=(",", ":"), allow_nan=False).encode()
         parts += [write_var_uint(client_id), write_var_uint(clock), write_var_uint(len(encoded)), encoded]
     return b"".join(parts)
 

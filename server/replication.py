@@ -25,6 +25,7 @@ from crdt_store.yjs_state import decode_state_vector
 from .broker import Broker, RoomMessage
 from .protocol import ProtocolError, decode_awareness
 from .room import Room
+from .yjs_format import decode_state_vector
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,42 @@ from . import protocol
 from .close_codes import CloseCode
 from .connection import Connection
 from .protocol import MessageType, ProtocolError, SyncType
+from .yjs_format import UpdateFacts, decode_state_vector, split_update
 
 log = logging.getLogger(__name__)
 
 
 READ_ONLY = protocol.auth_permission_denied("read-only: your role in this workspace cannot edit")
+# A larger update is applied in parts of this many structs (a few tens of milliseconds each).
+APPLY_STRUCTS = 20_000
+
+
+class DocumentBroken(Exception):
+    """pycrdt cannot encode the room's document; the room is being reloaded from storage."""
+
+
+# A stored update larger than this is applied in parts when a room loads.
+LOAD_PARTS_BYTES = 256 * 1024
+
+
+async def apply_in_parts(update: bytes, apply: Callable[[bytes], None]) -> None:
+    """``apply`` a large update in parts of ``APPLY_STRUCTS`` structs, one event-loop turn each
+    (the update is split in a worker thread). An update that cannot be split (which the
+    service's own checks would refuse today) is applied whole."""
+    try:
+        parts = await asyncio.to_thread(split_update, update, APPLY_STRUCTS)
+    except ProtocolError:
+        parts = [update]
+    for part in parts:
+        apply(part)
+        # A timer, not sleep(0): the loop then serves the I/O and timers that are waiting before
+        # this task goes on (sleep(0) would run the next part first).
+        await asyncio.sleep(1e-4)
+
+
+def is_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Rust panic raised through pycrdt (a ``BaseException``)."""
+    return type(exc).__name__ == "PanicException"
 
 
 class RoomKey(NamedTuple):
@@ -43,6 +74,7 @@ class Room:
         doc: Doc,
         *,
         on_update: Callable[[int, bytes, Callable[[], None]], None],
+        on_broken: Callable[[Room], None],
     ) -> None:
         self.key = key
         self.document_id = document_id
@@ -50,10 +82,14 @@ class Room:
         self.awareness = Awareness(doc)
         self.awareness.set_local_state(None)  # the server itself has no presence
         self.connections: set[Connection] = set()
-        self._on_update = on_update
+        self._on_update = on_update  # (document id, update, relay): an update was accepted
+        self._on_broken = on_broken  # pycrdt failed on the document: reload it from storage
+        self.broken = False
         # Set when other instances serve this room too: awareness changes of our clients.
         self.on_awareness: Callable[[Room, bytes], None] | None = None
         self._remote_awareness: dict[int, float] = {}  # client id -> when last renewed
+        self._server_ids: set[int] = set()  # awareness client ids the server owns (agents)
+        self._owners: dict[int, Connection] = {}  # awareness client id -> the connection that set it
         self._pending: list[tuple[Connection | None, bytes]] = []
         self._full_state: bytes | None = None
         self._full_state_step2: bytes | None = None
@@ -76,6 +112,8 @@ class Room:
         """Remove a connection and, for everyone else, the presence it announced."""
         self.connections.discard(conn)
         if conn.awareness_ids:
+            for cid in conn.awareness_ids:
+                self._owners.pop(cid, None)
             ids = [cid for cid in conn.awareness_ids if cid in self.awareness.states]
             conn.awareness_ids = None
             if ids:
@@ -92,15 +130,19 @@ class Room:
 
     # -- messages ---------------------------------------------------------------------------------
 
-    def receive(self, conn: Connection, message: protocol.Message, frame: bytes) -> None:
+    async def receive(
+        self, conn: Connection, message: protocol.Message, frame: bytes, facts: UpdateFacts | None
+    ) -> None:
         """Handle one message from ``conn`` (``frame``: the message as received), whose payload
-        passed ``yjs_format.check_message``. Raises ``ProtocolError`` for a malformed message, in
-        which case neither the document nor anyone's presence has changed."""
+        passed ``yjs_format.check_message`` (``facts``: what it found in an update). Raises
+        ``ProtocolError`` for a message the document cannot take; the document and everyone's
+        presence are then as they were."""
         if message.type is MessageType.SYNC:
             if message.sync_type is SyncType.STEP1:
                 conn.send(self._sync_step2(message.payload))
             elif conn.can_write:
-                self.apply_update(message.payload, origin=conn)
+                assert facts is not None
+                await self.apply_update(message.payload, facts, origin=conn)
             elif message.payload != protocol.EMPTY_UPDATE:
                 # Read-only: not applied, stored or relayed, and the client is told (y-protocols auth).
                 conn.send(READ_ONLY)
@@ -112,13 +154,27 @@ class Room:
                 conn.send(protocol.awareness(update))
         # AUTH messages are server-to-client only; a client sending one is ignored.
 
-    def apply_update(self, update: bytes, *, origin: Connection | None = None) -> None:
-        """Apply an update (checked with ``yjs_format.check_update``), log it for storage, and
-        relay it to every other connection: the ``on_update`` listener gets the relay as a
+    async def apply_update(
+        self, update: bytes, facts: UpdateFacts, *, origin: Connection | None = None
+    ) -> None:
+        """Apply a client's update (checked with ``yjs_format.check_update``, which gave
+        ``facts``), log it for storage, and relay it to every other connection. An update that
+        names a parent type the document does not hold is refused (``ProtocolError``): Yrs would
+        keep it waiting and fail the update that later fills the gap. A large update is applied
+        in parts, each in its own event-loop turn. The ``on_update`` listener gets the relay as a
         function, and calls it at once or, in synchronous mode, once the update is stored."""
         if update == protocol.EMPTY_UPDATE:
             return
-        self._apply(update)
+        if facts.parents:
+            missing = facts.missing_parent(decode_state_vector(self.doc.get_state()))
+            if missing is not None:
+                raise ProtocolError(
+                    f"the update names {missing} as a parent type, which the document does not hold"
+                )
+        if facts.structs > APPLY_STRUCTS:
+            await apply_in_parts(update, self._apply)
+        else:
+            self._apply(update)
         self._on_update(self.document_id, update, lambda: self._relay(update, origin))
 
     def apply_remote(self, update: bytes) -> None:
@@ -132,7 +188,15 @@ class Room:
     def _apply(self, update: bytes) -> None:
         try:
             self.doc.apply_update(update)
-        except ValueError as exc:
+        except BaseException as exc:
+            if not isinstance(exc, Exception) and not is_panic(exc):
+                raise
+            if not (isinstance(exc, ValueError) and str(exc).startswith("Cannot decode")):
+                # Yrs failed part-way: the document may hold part of the update, which is neither
+                # stored nor relayed. The room is reloaded from storage without it.
+                log.error("document %s: an update failed while applied (%r); reloading", self.key, exc)
+                self.broken = True
+                self._on_broken(self)
             raise ProtocolError(f"invalid Yjs update: {exc}") from None
         self._full_state = self._full_state_step2 = None
         self.version += 1
@@ -144,10 +208,28 @@ class Room:
 
     def full_state(self) -> bytes:
         """The whole document as one update, encoded once per version: many joiners at once (a
-        reconnect storm) and readers of a large document share one encoding."""
+        reconnect storm) and readers of a large document share one encoding. Raises
+        ``DocumentBroken`` (and has the room reloaded) if pycrdt cannot encode the document."""
         if self._full_state is None:
-            self._full_state = self.doc.get_update()
+            self._full_state = self._encode(None)
         return self._full_state
+
+    def diff(self, state_vector: bytes) -> bytes:
+        """What a document at ``state_vector`` (checked) lacks, as one update."""
+        return self._encode(state_vector)
+
+    def _encode(self, state_vector: bytes | None) -> bytes:
+        try:
+            return self.doc.get_update() if state_vector is None else self.doc.get_update(state_vector)
+        except ValueError as exc:
+            raise ProtocolError(f"invalid state vector: {exc}") from None
+        except BaseException as exc:
+            if not is_panic(exc):
+                raise
+            log.error("document %s cannot be encoded (%r); reloading", self.key, exc)
+            self.broken = True
+            self._on_broken(self)
+            raise DocumentBroken(f"the document cannot be encoded: {exc}") from None
 
     def _sync_step2(self, state_vector: bytes) -> bytes:
         """Sync step 2: what a client with ``state_vector`` lacks. Clients with an empty document
@@ -156,25 +238,45 @@ class Room:
             if self._full_state_step2 is None:
                 self._full_state_step2 = protocol.sync_step2(self.full_state())
             return self._full_state_step2
-        try:
-            return protocol.sync_step2(self.doc.get_update(state_vector))
-        except ValueError as exc:
-            raise ProtocolError(f"invalid state vector: {exc}") from None
+        return protocol.sync_step2(self.diff(state_vector))
 
     def _apply_awareness(self, conn: Connection, update: bytes, frame: bytes) -> None:
+        """A client's awareness update. Only entries that change a presence are applied and
+        relayed (y-protocols: a newer clock, or the removal of a present state at the same
+        clock): stock y-websocket clients send back every change they see, and relaying those
+        echoes would cost every client a frame per client. The connection that changes a presence
+        owns it (it is withdrawn when that connection closes). The server's own presences
+        (running agents) are not the clients' to set: such entries are dropped."""
         entries = protocol.decode_awareness(update)
-        for entry in entries:
-            if entry.state is None:
-                if conn.awareness_ids is not None:
-                    conn.awareness_ids.discard(entry.client_id)
-            else:
+        changes = [entry for entry in entries if self._changes(entry)]
+        if not changes:
+            return
+        if len(changes) != len(entries):
+            update = protocol.awareness_update([(e.client_id, e.clock, e.state) for e in changes])
+            frame = protocol.awareness(update)
+        for entry in changes:
+            previous = self._owners.pop(entry.client_id, None)
+            if previous is not None and previous.awareness_ids is not None:
+                previous.awareness_ids.discard(entry.client_id)
+            if entry.state is not None:
+                self._owners[entry.client_id] = conn
                 if conn.awareness_ids is None:
                     conn.awareness_ids = set()
                 conn.awareness_ids.add(entry.client_id)
-        self.awareness.apply_awareness_update(update, origin=conn)
+        try:
+            self.awareness.apply_awareness_update(update, origin=conn)
+        except Exception as exc:  # pycrdt refused what decode_awareness let through
+            raise ProtocolError(f"invalid awareness update: {exc}") from None
         self._broadcast(frame, conn)
         if self.on_awareness is not None:
             self.on_awareness(self, update)
+
+    def _changes(self, entry: protocol.AwarenessEntry) -> bool:
+        if entry.client_id in self._server_ids:
+            return False
+        clock = self.awareness.meta.get(entry.client_id, {}).get("clock", -1)
+        present = entry.client_id in self.awareness.states
+        return entry.clock > clock or (entry.clock == clock and entry.state is None and present)
 
     def apply_remote_awareness(self, update: bytes, entries: list[protocol.AwarenessEntry]) -> None:
         """Presence changes of clients connected to another instance."""
@@ -211,6 +313,7 @@ class Room:
     def set_server_awareness(self, client_id: int, clock: int, state: dict[str, Any] | None) -> None:
         """Publish (``state``) or withdraw (``None``) a presence owned by the server, such as a
         running agent's, to everyone in the room."""
+        self._server_ids.add(client_id)
         update = protocol.awareness_update([(client_id, clock, state)])
         self.awareness.apply_awareness_update(update, origin=None)
         self._broadcast(protocol.awareness(update), None)

@@ -15,6 +15,7 @@ from .channel import Channel, ChannelClosed, FrameRejected
 from .close_codes import (
     CLOSE_1000_NORMAL,
     CLOSE_1011_INTERNAL_ERROR,
+    CLOSE_1011_RELOADED,
     CLOSE_1012_SERVICE_RESTART,
     CLOSE_1013_STORE_UNAVAILABLE,
     CLOSE_4400_BAD_MESSAGE,
@@ -27,7 +28,7 @@ from .connection import Connection
 from .persistence import UpdateWriter
 from .protocol import KEEPALIVE, ProtocolError, decode
 from .replication import Replication
-from .room import Room, RoomKey
+from .room import LOAD_PARTS_BYTES, DocumentBroken, Room, RoomKey, apply_in_parts
 from .yjs_format import check_message
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,11 @@ class RoomManager:
         stored = await self.store.load_document(key.workspace_id, key.path)
         doc = Doc()
         for update in stored.updates:
-            doc.apply_update(update)
-        room = Room(key, stored.id, doc, on_update=self._accept)
+            if len(update) > LOAD_PARTS_BYTES:
+                await apply_in_parts(update, doc.apply_update)
+            else:
+                doc.apply_update(update)
+        room = Room(key, stored.id, doc, on_update=self._accept, on_broken=self._reload)
         if self.replication is not None:
             await self.replication.attach(room)
         self.writer.track(stored.id, tail_count=stored.tail_count, tail_bytes=stored.tail_bytes)
@@ -146,6 +150,24 @@ class RoomManager:
         if self.replication is not None:
             replication = self.replication
             self.writer.when_relayable(seq, lambda: replication.local_update(document_id, update, seq))
+
+    def _reload(self, room: Room) -> None:
+        """pycrdt failed on the room's document: store what it accepted, then drop it and close
+        its connections (1011); clients reconnect to a document loaded from storage."""
+        task = asyncio.create_task(self._drop_broken(room), name=f"reload-{room.key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drop_broken(self, room: Room) -> None:
+        try:
+            await asyncio.wait_for(self.writer.flush(), timeout=max(5.0, self.writer.retry_max))
+        except TimeoutError:
+            log.error("room %s: its accepted updates are not stored yet; reloading anyway", room.key)
+        if self.rooms.get(room.key) is room:
+            self._forget(room)
+            self.writer.forget(room.document_id)
+        for conn in list(room.connections):
+            room.eject(conn, CLOSE_1011_RELOADED)
 
     def _forget(self, room: Room) -> None:
         del self.rooms[room.key]
@@ -184,6 +206,10 @@ class RoomManager:
             await writer
             if not room.connections:
                 self._schedule_unload(room)
+
+    async def exists(self, key: RoomKey) -> bool:
+        """Whether the document exists (loaded here, or stored)."""
+        return key in self.rooms or await self.store.document_exists(key.workspace_id, key.path)
 
     async def open(self, key: RoomKey) -> Room:
         """A room for a server-side reader or writer (REST): loaded like any other, and unloaded
@@ -245,13 +271,16 @@ class RoomManager:
                 return
             try:
                 message = decode(frame)
-                await check_message(message)
+                facts = await check_message(message)
                 if conn.is_closing:  # closed while a large message was being checked
                     return
-                room.receive(conn, message, frame)
+                await room.receive(conn, message, frame, facts)
+            except DocumentBroken:
+                conn.close(CLOSE_1011_RELOADED)
+                return
             except ProtocolError as exc:
                 log.info("connection %s to %s: malformed message: %s", conn.id, room.key, exc)
-                conn.close(CloseCode(CLOSE_4400_BAD_MESSAGE.code, f"malformed message: {exc}"[:120]))
+                conn.close(CLOSE_4400_BAD_MESSAGE.because(str(exc)))
                 return
             except Exception:
                 log.exception("connection %s to %s: failed to handle a message", conn.id, room.key)

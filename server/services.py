@@ -14,7 +14,7 @@ from .agent_presence import AgentPresence
 from .agents import AgentService
 from .broker import Broker
 from .config import Settings
-from .document_view import ViewWorker
+from .document_view import DocumentViews
 from .events.hub import EventHub
 from .persistence import UpdateWriter
 from .presence import Presence
@@ -38,7 +38,7 @@ class Services:
     agent_presence: AgentPresence
     broker: Broker
     replication: Replication
-    views: ViewWorker
+    views: DocumentViews
     workspaces: WorkspaceService
     started_at: float = field(default_factory=time.time)
     connections: int = 0  # open WebSocket connections of every kind

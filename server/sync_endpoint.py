@@ -20,7 +20,7 @@ from .close_codes import (
     CLOSE_4404_NOT_FOUND,
     CloseCode,
 )
-from .errors import DATABASE_UNAVAILABLE_CODE, ServiceError
+from .errors import DATABASE_UNAVAILABLE_CODE, NotFoundError, ServiceError
 from .handshake import admit, refuse
 from .room import RoomKey
 from .services import Services
@@ -35,8 +35,10 @@ REFUSALS: dict[int, CloseCode] = {
 }
 
 # Room names are what Yjs apps choose: anything printable, but bounded and without control bytes.
+# A path is bounded in UTF-8 bytes too: with its workspace id it is one database index entry.
 _WORKSPACE_ID = re.compile(r"^[^\x00-\x1f\x7f/]{1,255}$")
 _DOC_PATH = re.compile(r"^[^\x00-\x1f\x7f]{1,1024}$")
+MAX_PATH_BYTES = 1024
 
 
 def is_sync_request(scope: dict[str, Any]) -> bool:
@@ -48,14 +50,14 @@ def is_sync_request(scope: dict[str, Any]) -> bool:
 
 
 def valid_doc_path(path: str) -> bool:
-    return bool(_DOC_PATH.match(path))
+    return bool(_DOC_PATH.match(path)) and len(path.encode("utf-8", "surrogatepass")) <= MAX_PATH_BYTES
 
 
 def room_key(path: str) -> RoomKey | None:
     """``/ws/workspaces/ws-1/notes/a.md`` -> ``RoomKey("ws-1", "notes/a.md")``; None if invalid."""
     workspace_id, _, doc_path = path[len(SYNC_PREFIX) :].partition("/")
     doc_path = doc_path.strip("/")
-    if not _WORKSPACE_ID.match(workspace_id) or (doc_path and not _DOC_PATH.match(doc_path)):
+    if not _WORKSPACE_ID.match(workspace_id) or (doc_path and not valid_doc_path(doc_path)):
         return None
     return RoomKey(workspace_id, doc_path)
 
@@ -80,6 +82,9 @@ async def sync_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> 
         return
     try:
         access = await services.workspaces.open(principal, key.workspace_id)
+        if not access.role.can_write and not await services.rooms.exists(key):
+            # Opening a document creates it: a viewer's read-only connection may not.
+            raise NotFoundError(f"document {key.path or '(main)'!r} does not exist; viewers cannot create it")
     except ServiceError as exc:
         await refuse(
             scope,

@@ -8,8 +8,11 @@ constraints (they are not Unicode text).
 
 from __future__ import annotations
 
+import json
+import math
 import re
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
@@ -34,3 +37,36 @@ Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PAT
 Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)]
 ShortText = Annotated[str, Field(max_length=500), AfterValidator(_no_nul)]
 LongText = Annotated[str, Field(max_length=20_000), AfterValidator(_no_nul)]
+
+
+# -- JSON ------------------------------------------------------------------------------------------
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _double_range(text: str) -> int:
+    # An integer beyond a double's range is a number no JSON reader elsewhere can hold.
+    if len(text.lstrip("-")) > 308:
+        raise ValueError(f"the number {text[:40]}... is out of range")
+    value = int(text)
+    if abs(value) > sys.float_info.max:
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Strict JSON (RFC 8259; bytes must be UTF-8): no ``NaN`` or ``Infinity``, no number beyond
+    a double's range. Raises ``ValueError`` (``UnicodeDecodeError`` and ``JSONDecodeError`` are
+    ones), or ``RecursionError`` for absurd nesting."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite, parse_int=_double_range)

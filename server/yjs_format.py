@@ -27,9 +27,15 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_right
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
+
+from pycrdt import write_var_uint
 
 from .protocol import Message, MessageType, ProtocolError, SyncType
+
+T = TypeVar("T")
 
 MAX_NESTING = 1_000  # nesting of values (arrays, objects) inside one item
 MAX_CLIENT = (1 << 53) - 1  # lib0 reads at most 53 bits; Yjs client ids are 32 bits
@@ -192,7 +198,7 @@ class RootKind(StrEnum):
 class _Items:
     """What ``root_kinds`` needs of each item (GC and skipped ranges are not items), in columns."""
 
-    __slots__ = ("client", "clock", "length", "origin", "right_origin", "parent", "keyed", "kind")
+    __slots__ = ("client", "clock", "keyed", "kind", "length", "origin", "parent", "right_origin", "type_ref")
 
     def __init__(self) -> None:
         self.client: list[int] = []
@@ -202,7 +208,35 @@ class _Items:
         self.right_origin: list[tuple[int, int] | None] = []
         self.parent: list[str | tuple[int, int] | None] = []  # a root's name, a type item's id, or inherited
         self.keyed: list[bool] = []  # a map entry (has a parent key)
-        self.kind: list[RootKind | None] = []  # what the content makes its parent, None: deleted content
+        self.kind: list[int] = []  # the content (STRING, ANY, TYPE ...)
+        self.type_ref: list[int | None] = []  # for a shared type: which (TYPE_ARRAY ...)
+
+
+@dataclass(slots=True)
+class UpdateFacts:
+    """What checking an update found that only the document it is applied to can confirm."""
+
+    structs: int = 0  # items, garbage-collected and skipped ranges
+    # Shared types the update names as parents by id (the first item inserted into a nested
+    # type), outside the update itself: the document must already hold them.
+    parents: list[tuple[int, int]] = field(default_factory=list)
+
+    def missing_parent(self, state_vector: dict[int, int]) -> tuple[int, int] | None:
+        """The first parent the document (its state vector: client -> clock) does not hold."""
+        for client, clock in self.parents:
+            if clock >= state_vector.get(client, 0):
+                return client, clock
+        return None
+
+
+@dataclass(slots=True)
+class _Sections:
+    """Where each client's structs lie in the update (for ``split_update``)."""
+
+    # (client, [(start offset, end offset, clock)] of each struct)
+    sections: list[tuple[int, list[tuple[int, int, int]]]] = field(default_factory=list)
+    structs_end: int = 0
+    empty_items: bool = False  # items of length 0 (Yrs writes some), whose successor shares their clock
 
 
 def _utf16_length(encoded: bytes) -> int:
@@ -213,15 +247,12 @@ def _utf16_length(encoded: bytes) -> int:
 def _read_content(r: _Reader, kind: int, items: _Items | None) -> int:
     """Read an item's content; returns its length in clock units."""
     length = 1
-    sequence_kind: RootKind | None = RootKind.ARRAY
+    ref = None
     if kind == STRING:
         text = r.buffer()
-        # UTF-8 takes at least as many bytes as UTF-16 takes code units: exact only when needed.
-        length = _utf16_length(text) if items is not None else len(text)
-        sequence_kind = RootKind.TEXT
+        length = len(text) if text.isascii() else _utf16_length(text)
     elif kind == DELETED:
         length = r.uint()
-        sequence_kind = None
     elif kind == ANY:
         length = r.count("value")
         for _ in range(length):
@@ -229,18 +260,14 @@ def _read_content(r: _Reader, kind: int, items: _Items | None) -> int:
     elif kind == FORMAT:
         r.skip_buffer()  # the attribute
         r.skip_buffer()  # its value, as JSON
-        sequence_kind = RootKind.TEXT
     elif kind == EMBED:
         r.skip_buffer()  # JSON
-        sequence_kind = RootKind.TEXT
     elif kind == TYPE:
         ref = r.uint()
         if ref > TYPE_XML_TEXT:
             raise ProtocolError(f"unknown shared type {ref}")
         if ref in (TYPE_XML_ELEMENT, TYPE_XML_HOOK):
             r.skip_buffer()  # the node or hook name
-        if ref in _XML_CHILDREN:
-            sequence_kind = RootKind.XML_FRAGMENT
     elif kind == JSON:
         length = r.count("JSON value")
         for _ in range(length):
@@ -253,20 +280,29 @@ def _read_content(r: _Reader, kind: int, items: _Items | None) -> int:
     else:
         raise ProtocolError(f"unknown item content {kind}")
     if items is not None:
-        items.kind.append(sequence_kind)
+        items.kind.append(kind)
+        items.type_ref.append(ref)
     return length
 
 
-def _read_structs(r: _Reader, items: _Items | None) -> None:
+def _read_structs(r: _Reader, facts: UpdateFacts, items: _Items | None, layout: _Sections | None) -> None:
+    ranges: dict[int, list[tuple[int, int]]] = {}  # client -> clock ranges this update holds
+    types: set[tuple[int, int]] = set()  # ids of the shared types it creates
+    named_parents: list[tuple[tuple[int, int], tuple[int, int]]] = []  # (parent id, item id)
     for _ in range(r.count("client")):
         structs = r.count("struct")
         client = r.client()
-        clock = r.clock()
+        clock = first = r.clock()
+        offsets: list[tuple[int, int, int]] | None = [] if layout is not None else None
         for _ in range(structs):
+            start, start_clock = r.pos, clock
             info = r.byte()
             kind = info & 0x1F
             if kind == GC or kind == SKIP:
-                clock += r.uint()
+                length = r.uint()
+                if not length:  # Yjs never writes one, and Yrs cannot encode a document holding one
+                    raise ProtocolError("an empty garbage-collected or skipped range")
+                clock += length
             else:
                 origin = r.item_id() if info & _BIT_ORIGIN else None
                 right_origin = r.item_id() if info & _BIT_RIGHT_ORIGIN else None
@@ -277,7 +313,8 @@ def _read_structs(r: _Reader, items: _Items | None) -> None:
                     if r.uint() == 1:
                         parent = r.buffer().decode("utf-8", "replace")
                     else:
-                        parent = (r.client(), r.clock())
+                        parent = r.item_id()
+                        named_parents.append((parent, (client, clock)))
                     if info & _BIT_PARENT_SUB:
                         r.skip_buffer()
                         keyed = True
@@ -288,12 +325,30 @@ def _read_structs(r: _Reader, items: _Items | None) -> None:
                     items.right_origin.append(right_origin)
                     items.parent.append(parent)
                     items.keyed.append(keyed)
+                if kind == TYPE:
+                    types.add((client, clock))
                 length = _read_content(r, kind, items)
                 if items is not None:
                     items.length.append(length)
                 clock += length
-            if clock > MAX_CLOCK + 1:
-                raise ProtocolError(f"clocks of client {client} pass 32 bits")
+            if offsets is not None:
+                offsets.append((start, r.pos, start_clock))
+                if clock == start_clock and layout is not None:
+                    layout.empty_items = True
+        if clock > MAX_CLOCK + 1:
+            raise ProtocolError(f"clocks of client {client} pass 32 bits")
+        ranges.setdefault(client, []).append((first, clock))
+        facts.structs += structs
+        if layout is not None and offsets is not None:
+            layout.sections.append((client, offsets))
+    for parent, item in named_parents:
+        held = any(start <= parent[1] < end for start, end in ranges.get(parent[0], ()))
+        if not held:
+            facts.parents.append(parent)
+        elif parent not in types or parent == item:
+            raise ProtocolError(f"item {item} names {parent} as its parent, which is not a shared type")
+    if layout is not None:
+        layout.structs_end = r.pos
 
 
 def _read_delete_set(r: _Reader) -> None:
@@ -304,32 +359,70 @@ def _read_delete_set(r: _Reader) -> None:
                 raise ProtocolError("a deletion passes 32-bit clocks")
 
 
-def _read_update(update: bytes, items: _Items | None = None) -> None:
+def _read_update(update: bytes, items: _Items | None = None, layout: _Sections | None = None) -> UpdateFacts:
     r = _Reader(update)
-    _read_structs(r, items)
+    facts = UpdateFacts()
+    _read_structs(r, facts, items, layout)
     _read_delete_set(r)
     if r.remaining:
         raise ProtocolError(
             f"{r.remaining} bytes after the end of the update: not a Yjs v1 update "
             "(v2-encoded updates are not supported; y-websocket sends v1)"
         )
+    return facts
 
 
-def check_update(update: bytes) -> None:
+def check_update(update: bytes) -> UpdateFacts:
     """Refuse (``ProtocolError``) a v1 update that is malformed, or whose counts, nesting,
-    client ids or clocks exceed what its bytes and pycrdt can hold (see the module's rules)."""
-    _read_update(update)
+    client ids or clocks exceed what its bytes and pycrdt can hold (see the module's rules).
+    Returns what the document it is applied to must confirm (``UpdateFacts``)."""
+    return _read_update(update)
+
+
+def decode_state_vector(state_vector: bytes) -> dict[int, int]:
+    """A state vector (Yjs ``writeStateVector``: ``varUint count`` then ``count`` pairs of
+    ``varUint client, varUint clock``, nothing after) as client -> clock. Raises
+    ``ProtocolError`` for a malformed one."""
+    r = _Reader(state_vector)
+    clocks = {}
+    for _ in range(r.count("state vector entry")):
+        client = r.client()
+        clocks[client] = r.clock()
+    if r.remaining:
+        raise ProtocolError(f"{r.remaining} bytes after the end of the state vector")
+    return clocks
 
 
 def check_state_vector(state_vector: bytes) -> None:
-    """Refuse (``ProtocolError``) a malformed state vector: ``varUint count`` then ``count``
-    pairs of ``varUint client, varUint clock`` (Yjs ``writeStateVector``), nothing after."""
-    r = _Reader(state_vector)
-    for _ in range(r.count("state vector entry")):
-        r.client()
-        r.clock()
-    if r.remaining:
-        raise ProtocolError(f"{r.remaining} bytes after the end of the state vector")
+    """Refuse (``ProtocolError``) a malformed state vector (see ``decode_state_vector``)."""
+    decode_state_vector(state_vector)
+
+
+def split_update(update: bytes, max_structs: int) -> list[bytes]:
+    """A checked update as updates of at most ``max_structs`` structs each, which together apply as
+    the whole (Yjs updates commute); the delete set travels with the last one. An update holding
+    empty items (Yrs writes some, when part of a multi-byte character is deleted) is not split:
+    their successors share their clocks, and Yrs resolves such ids by the order it saw them."""
+    layout = _Sections()
+    _read_update(update, layout=layout)
+    if layout.empty_items:
+        return [update]
+    chunks: list[bytes] = []
+    current: list[bytes] = []
+    room = max_structs
+    for client, offsets in layout.sections:
+        at = 0
+        while at < len(offsets):
+            run = offsets[at : at + room]
+            current.append(write_var_uint(len(run)) + write_var_uint(client) + write_var_uint(run[0][2]))
+            current.append(update[run[0][0] : run[-1][1]])
+            at += len(run)
+            room -= len(run)
+            if room == 0:
+                chunks.append(write_var_uint(len(current) // 2) + b"".join(current) + b"\x00")
+                current, room = [], max_structs
+    chunks.append(write_var_uint(len(current) // 2) + b"".join(current) + update[layout.structs_end :])
+    return chunks
 
 
 # Larger payloads are read in a worker thread: the event loop gets the interpreter back every few
@@ -337,24 +430,45 @@ def check_state_vector(state_vector: bytes) -> None:
 OFF_LOOP_BYTES = 64 * 1024
 
 
-async def check_message(message: Message) -> None:
+async def check_message(message: Message) -> UpdateFacts | None:
     """Check the Yjs payload of a y-websocket message: the state vector of sync step 1, the
-    update of sync step 2 and of an update message. Raises ``ProtocolError``."""
-    if message.type is MessageType.SYNC:
-        step1 = message.sync_type is SyncType.STEP1
-        await _check(check_state_vector if step1 else check_update, message.payload)
+    update of sync step 2 and of an update message (whose ``UpdateFacts`` are returned).
+    Raises ``ProtocolError``."""
+    if message.type is not MessageType.SYNC:
+        return None
+    if message.sync_type is SyncType.STEP1:
+        await _off_loop(check_state_vector, message.payload)
+        return None
+    return await _off_loop(check_update, message.payload)
 
 
-async def check_update_soon(update: bytes) -> None:
+async def check_update_soon(update: bytes) -> UpdateFacts:
     """``check_update``, in a worker thread when the update is large."""
-    await _check(check_update, update)
+    return await _off_loop(check_update, update)
 
 
-async def _check(check: Callable[[bytes], None], payload: bytes) -> None:
+async def _off_loop(check: Callable[[bytes], T], payload: bytes) -> T:
     if len(payload) > OFF_LOOP_BYTES:
-        await asyncio.to_thread(check, payload)
-    else:
-        check(payload)
+        return await asyncio.to_thread(check, payload)
+    return check(payload)
+
+
+# What each content makes of the sequence it is in (deleted content says nothing).
+_TEXT_CONTENT = {STRING, FORMAT, EMBED}
+_VALUE_CONTENT = {ANY, JSON, BINARY, DOC}
+
+
+def _holds(ref: int, kind: int, child_ref: int | None) -> bool:
+    """May a nested shared type of type ``ref`` hold this content in its sequence? (Yjs's own
+    types never mix: an array holds values and types, a text holds text and embedded types, an
+    XML node holds XML nodes.)"""
+    if kind == DELETED:
+        return True
+    if ref in (TYPE_TEXT, TYPE_XML_TEXT):
+        return kind in _TEXT_CONTENT or kind == TYPE
+    if ref in (TYPE_XML_ELEMENT, TYPE_XML_FRAGMENT):
+        return kind == TYPE and child_ref in _XML_CHILDREN
+    return kind in _VALUE_CONTENT or kind == TYPE  # array, map, XML hook (a map)
 
 
 def root_kinds(update: bytes) -> dict[str, RootKind]:
@@ -362,19 +476,38 @@ def root_kinds(update: bytes) -> dict[str, RootKind]:
     (``doc.get_update()``): a root holding keyed entries is a map, one holding text (strings,
     formatting, embeds) a text, one holding XML nodes an XML fragment, one holding other values
     an array. A root whose content was all deleted (and garbage-collected) no longer shows what
-    it was; it counts as an empty text. Raises ``ProtocolError`` for a malformed update."""
+    it was; it counts as an empty text. Raises ``ProtocolError`` for a malformed update, and for
+    a nested shared type holding content its type cannot hold (which Yjs never writes, and
+    which pycrdt cannot read)."""
     items = _Items()
     _read_update(update, items)
     parents = _resolve_parents(items)
-    found: dict[str, set[RootKind | None]] = {}
+    type_refs = {
+        (client, clock): ref
+        for client, clock, ref in zip(items.client, items.clock, items.type_ref, strict=True)
+        if ref is not None
+    }
+    found: dict[str, set[RootKind]] = {}
     keyed: set[str] = set()
     for index, parent in enumerate(parents):
-        if not isinstance(parent, str):
-            continue
-        if items.keyed[index]:
-            keyed.add(parent)
-        else:
-            found.setdefault(parent, set()).add(items.kind[index])
+        kind, child_ref = items.kind[index], items.type_ref[index]
+        if isinstance(parent, tuple):
+            ref = type_refs.get(parent)
+            if ref is None:
+                raise ProtocolError(f"item {parent} holds content but is not a shared type")
+            if not items.keyed[index] and not _holds(ref, kind, child_ref):
+                raise ProtocolError(f"a nested shared type ({parent}) holds content its type cannot hold")
+        elif isinstance(parent, str):
+            if items.keyed[index]:
+                keyed.add(parent)
+            elif kind in _TEXT_CONTENT:
+                found.setdefault(parent, set()).add(RootKind.TEXT)
+            elif kind == TYPE and child_ref in _XML_CHILDREN:
+                found.setdefault(parent, set()).add(RootKind.XML_FRAGMENT)
+            elif kind != DELETED:
+                found.setdefault(parent, set()).add(RootKind.ARRAY)
+            else:
+                found.setdefault(parent, set())
     kinds: dict[str, RootKind] = {}
     for name in found.keys() | keyed:
         seen = found.get(name, set())

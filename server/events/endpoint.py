@@ -26,6 +26,7 @@ from ..connection import Connection
 from ..errors import ServiceError
 from ..handshake import admit
 from ..services import Services
+from ..vocabulary import parse_json
 from .hub import Subscriber, agent_topic, frame, workspace_topic
 from .models import (
     AGENT_EVENT_TYPES,
@@ -41,7 +42,6 @@ from .models import (
     UnsubscribeAgent,
     event_id_param,
     iso_z,
-    parse_json,
     utcnow,
 )
 
@@ -80,7 +80,7 @@ async def event_endpoint(scope: dict[str, Any], receive: Receive, send: Send) ->
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     await send({"type": "websocket.accept", "subprotocol": subprotocol})
     services.connections += 1
-    channel = AsgiChannel(receive, send, path=scope["path"], max_message_size=settings.max_message_size)
+    channel = AsgiChannel(receive, send, path=scope["path"], max_message_size=settings.max_event_message_size)
     conn = Connection(channel, max_queue=settings.message_queue_size, user=principal)
     session = EventSession(services, Subscriber(conn, principal, kinds))
     writer = asyncio.create_task(conn.run_writer(), name=f"events-writer-{conn.id}")
@@ -216,7 +216,7 @@ class EventSession:
     async def dispatch(self, message: Any) -> dict[str, Any] | None:
         hub = self.services.events
         if isinstance(message, Ping):
-            self.send("pong", {"server_time": utc_now(), **message.data}, message.request_id)
+            self.send("pong", {**message.data, "server_time": utc_now()}, message.request_id)
             return None
         if isinstance(message, Resume):
             replayed = await self.resume(message.data.last_event_id)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from pycrdt import Array, Doc, Text
+from pycrdt import Array, Doc, Map, Text, write_var_uint
 
 from server.config import Settings
 from tests.support.rawclient import raw_client, step1_frame
@@ -168,3 +168,29 @@ async def test_a_view_that_overruns_its_time_is_stopped(
             assert response.json()["error"]["code"] == "document_view_timeout"
             assert (await http.get("/health")).status_code == 200
             assert len((await http.get(f"{base}/update")).content) > MiB
+
+
+def test_a_large_update_is_applied_without_holding_the_loop(
+    make_settings: Callable[..., Settings], workspace: str
+) -> None:
+    from websockets.sync.client import connect
+
+    from tests.support.threaded import server_thread
+
+    doc = Doc()
+    entries = doc.get("entries", type=Map)
+    with doc.transaction():
+        for index in range(150_000):  # 150,000 separate map entries: one struct each
+            entries[f"k{index}"] = index
+    update = doc.get_update()
+    with server_thread(make_settings()) as server, connect(server.doc_url(workspace), max_size=None) as ws:
+        ws.send(b"\x00\x00\x01\x00")  # sync step 1: the room is loaded
+        while ws.recv(timeout=10)[:2] != b"\x00\x01":
+            pass
+        server.watch.reset()
+        ws.send(b"\x00\x02" + write_var_uint(len(update)) + update)
+        ws.send(b"\x00\x00\x01\x00")  # answered once the update is in
+        while (frame := ws.recv(timeout=60))[:2] != b"\x00\x01":
+            pass
+        assert len(frame) > len(update) // 2
+        assert server.watch.longest < 0.100, f"the loop was held {server.watch.longest:.3f} s"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import AsyncIterator, Callable
 
+from server.config import Settings
 from tests.support.auth import client
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, run_server
 
 
 async def test_state_and_history_follow_the_reports(auth_server: RunningServer, workspace: str) -> None:
@@ -82,3 +85,26 @@ async def test_reports_are_validated_and_authorised(auth_server: RunningServer, 
         assert (await bob.post(f"/agents/{agent}/subscribe")).status_code == 403
         assert (await alice.get(f"/agents/{agent}")).status_code == 200
         assert (await alice.get("/agents/never-reported")).status_code == 404
+
+
+async def test_json_bodies_over_the_limit_are_refused_as_they_arrive(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with run_server(make_settings(max_json_body_size=4096)) as server, client(server.http_url) as http:
+        padded = {"type": "agent_execution_start", "data": {"task": "x" * 10_000}}
+        declared = await http.post("/agents/big/events", json=padded)
+        assert declared.status_code == 413 and declared.json()["error"]["code"] == "payload_too_large"
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: refused while it arrives
+            body = json.dumps(padded).encode()
+            for start in range(0, len(body), 1000):
+                yield body[start : start + 1000]
+
+        streamed = await http.post(
+            "/agents/big/events", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "payload_too_large"
+        junk = await http.post(
+            "/agents/big/events", json={"type": "agent_execution_start", "data": {}, "pad": 1}
+        )
+        assert junk.status_code == 422

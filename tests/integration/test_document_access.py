@@ -139,7 +139,7 @@ async def test_reads_never_create_and_creation_is_announced(
         async with client(server.http_url, "alice") as alice:
             assert (await alice.get(f"/workspaces/{workspace}")).status_code == 404
             assert (await alice.get(f"/workspaces/{workspace}/users")).status_code == 404
-            assert (await alice.get(f"/agents/status?workspace_id={workspace}")).json()["count"] == 0
+            assert (await alice.get(f"/agents/status?workspace_id={workspace}")).status_code == 404
             assert (await alice.get(f"/workspaces/{workspace}")).status_code == 404  # still unknown
         async with event_client(
             f"{server.ws_url}/ws/agents?token={token('indexer', role='service')}"
@@ -173,3 +173,51 @@ async def test_a_visitor_joining_an_open_workspace_is_announced(
                 lambda m: m.get("type") == "workspace_update" and m["data"]["update_type"] == "member_added"
             )
     assert (added["data"]["user_id"], added["data"]["role"]) == ("bob", "editor")
+
+
+async def test_a_viewer_cannot_create_a_document_by_opening_it(
+    auth_server: RunningServer, workspace: str
+) -> None:
+    from tests.support.events import event_client
+
+    async with client(auth_server.http_url, "alice") as alice:
+        await alice.post("/workspaces", json={"id": workspace, "name": "w"})
+        await alice.put(f"/workspaces/{workspace}/members/vic", json={"role": "viewer"})
+        async with event_client(f"{auth_server.ws_url}/ws/workspaces?token={token('alice')}") as watcher:
+            await watcher.command("join_workspace", {"workspace_id": workspace})
+            status, body = await refused_status(
+                auth_server.doc_url(workspace, "new.md") + f"?token={token('vic')}"
+            )
+            assert status == 404 and b"viewers cannot create it" in body
+            assert (await alice.get(f"/workspaces/{workspace}/documents")).json()["count"] == 0
+            # An existing document opens read-only for the viewer.
+            async with yclient(
+                auth_server.doc_url(workspace, "new.md") + f"?token={token('alice')}"
+            ) as editor:
+                editor.text().insert(0, "made by an editor")
+            async with yclient(auth_server.doc_url(workspace, "new.md") + f"?token={token('vic')}") as viewer:
+                assert str(viewer.text()) == "made by an editor"
+            created = [
+                m
+                for m in watcher.events("workspace_update")
+                if m["data"]["update_type"] == "document_created"
+            ]
+            assert len(created) == 1
+
+
+async def test_no_websocket_endpoint_is_a_json_404(server: RunningServer) -> None:
+    for path in ("/ws/other", "/ws/agents/extra", "/health"):
+        status, body = await refused_status(f"{server.ws_url}{path}")
+        assert status == 404 and b'"not_found"' in body and b"/ws/workspaces/" in body
+
+
+async def test_a_document_path_is_bounded_in_bytes(auth_server: RunningServer, workspace: str) -> None:
+    async with client(auth_server.http_url, "alice") as alice:
+        await alice.post("/workspaces", json={"id": workspace, "name": "w"})
+        long_path = "😀" * 300  # 300 characters, 1,200 UTF-8 bytes
+        status, _ = await refused_status(
+            auth_server.doc_url(workspace, long_path) + f"?token={token('alice')}"
+        )
+        assert status == 400
+        rest = await alice.get(f"/workspaces/{workspace}/documents/{long_path}")
+        assert rest.status_code == 400

@@ -103,7 +103,10 @@ async def test_binary_update_and_diff_against_a_state_vector(
             await wait_until(diff_arrives)
             diff = await viewer.get(url, params={"state_vector": vector})
             assert len(diff.content) < len((await viewer.get(url)).content)
-            assert (await viewer.get(url, params={"state_vector": "!!notbase64"})).status_code == 400
+            not_base64 = await viewer.get(url, params={"state_vector": "!!notbase64"})
+            assert not_base64.status_code == 422 and not_base64.json()["error"]["code"] == "invalid_request"
+            bad_length = await viewer.get(url, params={"state_vector": "abcde"})  # base64 letters, 5 of them
+            assert bad_length.status_code == 400 and "base64" in bad_length.json()["error"]["message"]
 
 
 async def test_refusals(auth_server: RunningServer, workspace: str) -> None:

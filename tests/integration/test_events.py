@@ -242,6 +242,13 @@ INVALID = [
         "validation_failed",
     ),
     ("[" * 100_000 + "]" * 100_000, "invalid_json"),
+    ('{"type": "ping", "data": {"n": ' + "9" * 400 + "}}", "invalid_json"),  # beyond a double's range
+    (
+        '{"type": "agent_execution_start", "data": {"agent_id": "a", "timestamp": 253402300800}}',
+        "validation_failed",
+    ),
+    ('{"type": "resume", "data": {"last_event_id": true}}', "validation_failed"),
+    ('{"type": "resume", "data": {"last_event_id": 1e3}}', "validation_failed"),
 ]
 
 
@@ -255,6 +262,27 @@ async def test_invalid_messages_get_an_error_and_the_stream_stays_open(
         assert error["data"]["code"] == code and error["data"]["message"]
         pong = await sub.command("ping", {"n": 1})
         assert pong["type"] == "pong" and pong["data"]["n"] == 1
+
+
+async def test_pong_keeps_the_servers_time(server: RunningServer) -> None:
+    async with event_client(f"{server.ws_url}/ws") as sub:
+        pong = await sub.command("ping", {"server_time": "spoofed", "n": 1})
+    assert pong["data"]["n"] == 1 and pong["data"]["server_time"] != "spoofed"
+
+
+async def test_an_event_frame_over_its_limit_is_closed_with_1009(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with run_server(make_settings(max_event_message_size=64 * 1024)) as server:
+        async with event_client(f"{server.ws_url}/ws") as sub:
+            message = json.dumps({"type": "ping", "data": {"pad": "x" * 100_000}})
+            await sub.ws.send(message)
+            with pytest.raises(ConnectionError):
+                await sub.wait_for(lambda m: False)
+            assert (sub.ws.close_code, sub.ws.close_reason) == (
+                1009,
+                f"message too big: {len(message)} > {64 * 1024} bytes",
+            )
 
 
 async def test_a_bad_last_event_id_parameter_is_an_error(server: RunningServer) -> None:

@@ -26,6 +26,9 @@ BAD_TOKENS = {
     "not yet valid": lambda: raw_token({"alg": "HS256"}, claims(nbf=int(time.time()) + 3600)),
     "no expiry": lambda: jwt.encode({"sub": "mallory"}, SECRET, algorithm="HS256"),
     "bad role": lambda: raw_token({"alg": "HS256"}, claims(role="superuser")),
+    "expiry out of range": lambda: raw_token({"alg": "HS256"}, claims(exp=10**400)),
+    "not-before out of range": lambda: raw_token({"alg": "HS256"}, claims(nbf=10**400)),
+    "control character in the user id": lambda: raw_token({"alg": "HS256"}, claims("mal\nlory")),
 }
 
 

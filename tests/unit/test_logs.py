@@ -63,3 +63,17 @@ def test_uvicorns_lines_about_a_refused_upgrade_are_dropped_and_others_kept() ->
     assert not quiet.filter(record("ASGI callable returned without completing handshake."))
     assert quiet.filter(record('%s - "WebSocket %s" [accepted]', "127.0.0.1:1", "/ws"))
     assert quiet.filter(record("Exception in ASGI application\n"))
+
+
+def test_percent_encoded_tokens_are_found_and_control_characters_escaped() -> None:
+    secretive = record(
+        '%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET", f"/w?%74oken={TOKEN.replace('.', '%2E')}", "1.1", 200
+    )
+    forged = record("refused WebSocket %s", "/ws/x\n2026-11-29 21:00:00,000 ERROR server.auth: forged\x00")
+    for entry in (secretive, forged):
+        assert RedactSecrets().filter(entry)
+    assert TOKEN.split(".")[2] not in secretive.getMessage() and "token=[redacted]" in secretive.getMessage()
+    assert (
+        forged.getMessage()
+        == "refused WebSocket /ws/x\\n2026-11-29 21:00:00,000 ERROR server.auth: forged\\x00"
+    )
