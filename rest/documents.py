@@ -16,14 +16,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from crdt_store import workspaces as workspace_store
 from server.access import Access, Role, require, resolve_access
 from server.auth import Principal
 from server.document_view import ViewError, ViewTimeout
 from server.errors import BadRequest, NotFoundError, PayloadTooLarge, ServiceError, UnknownWorkspace
 from server.protocol import ProtocolError
 from server.room import DocumentBroken, Room, RoomKey
-from server.sync_endpoint import valid_doc_path
 from server.yjs_format import check_state_vector, check_update_soon
 
 from .deps import CurrentUser, ServicesDep, WorkspaceAccess, WorkspaceId
@@ -44,7 +42,7 @@ class DocumentUnavailable(ServiceError):
 
 def document_path(doc_path: str = "") -> str:
     path = doc_path.strip("/")
-    if path and not valid_doc_path(path):
+    if path and not RoomKey.valid_path(path):
         raise BadRequest("invalid document path")
     return path
 
@@ -217,14 +215,7 @@ async def document_apply(
 
 @router.delete("/documents/{doc_path:path}", status_code=204, summary="Delete a document (editor)")
 async def delete_document(path: DocPath, access: WorkspaceAccess, services: ServicesDep) -> Response:
-    require(access, Role.EDITOR)
-    if not path:
-        raise BadRequest("the main document cannot be deleted; delete the workspace instead")
-    document_id = await workspace_store.delete_document(
-        services.store.engine, workspace_id=access.workspace.id, path=path
-    )
-    services.close_document(access.workspace.id, path, document_id)
-    services.workspace_update(access.workspace.id, "document_deleted", path=path)
+    await services.workspaces.delete_document(access, path)
     return Response(status_code=204)
 
 

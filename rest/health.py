@@ -3,15 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
-
-from crdt_store import StoreError, StoreUnavailable
 
 from .deps import ServicesDep
 
@@ -19,47 +15,11 @@ router = APIRouter(tags=["health"])
 
 
 async def _database(services: ServicesDep) -> dict[str, Any]:
-    """Reachability, and how many accepted updates wait to be stored (kept in memory and
-    retried while the database is down)."""
-    waiting = {"pending_updates": services.writer.pending, "last_error": services.writer.last_error}
-    started = time.perf_counter()
-    try:
-        await services.store.ping()
-    except StoreUnavailable as exc:
-        return {"status": "down", "dialect": services.store.dialect, "error": exc.reason[:300], **waiting}
-    except StoreError as exc:
-        return {"status": "down", "dialect": services.store.dialect, "error": str(exc)[:300], **waiting}
-    latency = round((time.perf_counter() - started) * 1000, 2)
-    if services.writer.last_error is not None:
-        # Reachable, but storing updates fails (a SQLite file locked by someone else, a full disk).
-        return {
-            "status": "write_failing",
-            "dialect": services.store.dialect,
-            "latency_ms": latency,
-            "error": services.writer.last_error[:300],
-            **waiting,
-        }
-    return {"status": "ok", "dialect": services.store.dialect, "latency_ms": latency, **waiting}
+    return await services.writer.health()
 
 
 async def _redis(services: ServicesDep) -> dict[str, Any]:
-    broker = services.broker
-    if services.settings.redis_url is None:
-        return {"status": "disabled", "detail": "REDIS_URL is not set; using the in-process broker"}
-    started = time.perf_counter()
-    try:
-        await asyncio.wait_for(broker.ping(), timeout=2)
-    except (RedisError, OSError, TimeoutError) as exc:
-        return {
-            "status": "down",
-            "instance": broker.instance_id,
-            "error": f"{exc.__class__.__name__}: {exc}"[:200],
-        }
-    return {
-        "status": "ok",
-        "instance": broker.instance_id,
-        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-    }
+    return await services.broker.health()
 
 
 def _answer(body: dict[str, Any]) -> JSONResponse:

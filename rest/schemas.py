@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.vocabulary import Name
+from server.workspaces import DocumentInfo, Member, Workspace
 
 Visibility = Literal["open", "private"]
 RoleName = Literal["owner", "editor", "viewer"]
@@ -42,6 +43,18 @@ class WorkspacePublic(BaseModel):
     updated_at: datetime
     role: RoleName | None = Field(description="The caller's role, if it has one")
 
+    @classmethod
+    def of(cls, workspace: Workspace, role: str | None) -> WorkspacePublic:
+        return cls(
+            id=workspace.id,
+            name=workspace.name,
+            visibility=workspace.visibility,  # type: ignore[arg-type]
+            owner_id=workspace.owner_id,
+            created_at=workspace.created_at,
+            updated_at=workspace.updated_at,
+            role=role,  # type: ignore[arg-type]
+        )
+
 
 class WorkspacesPublic(BaseModel):
     data: list[WorkspacePublic]
@@ -62,6 +75,16 @@ class MemberPublic(BaseModel):
     joined_at: datetime
     online: bool
 
+    @classmethod
+    def of(cls, member: Member, online: set[str]) -> MemberPublic:
+        return cls(
+            user_id=member.user_id,
+            display_name=member.display_name,
+            role=member.role,  # type: ignore[arg-type]
+            joined_at=member.joined_at,
+            online=member.user_id in online,
+        )
+
 
 class MembersPublic(BaseModel):
     data: list[MemberPublic]
@@ -75,6 +98,18 @@ class DocumentPublic(BaseModel):
     snapshot_bytes: int
     loaded: bool
     connections: int
+
+    @classmethod
+    def of(cls, document: DocumentInfo, connections: int | None) -> DocumentPublic:
+        """``connections``: on this instance, None when the document is not loaded here."""
+        return cls(
+            path=document.path,
+            created_at=document.created_at,
+            stored_updates=document.stored_updates,
+            snapshot_bytes=document.snapshot_bytes,
+            loaded=connections is not None,
+            connections=connections or 0,
+        )
 
 
 class DocumentsPublic(BaseModel):
@@ -91,3 +126,45 @@ class DocumentContent(BaseModel):
 class UpdateApplied(BaseModel):
     applied_bytes: int
     state_vector: str = Field(description="The document's state vector after the update, base64")
+
+
+class AgentPublic(BaseModel):
+    agent_id: str
+    workspace_id: str | None
+    user_id: str | None = Field(description="Who started the agent")
+    task: str | None
+    status: str
+    progress: float = Field(description="0 to 100")
+    current_step: str | None
+    result: str | None
+    execution_time: float | None = Field(description="Seconds")
+    started_at: str | None = Field(description="ISO 8601, UTC")
+    updated_at: str | None = Field(description="ISO 8601, UTC")
+    completed_at: str | None = Field(description="ISO 8601, UTC")
+
+
+class AgentsPublic(BaseModel):
+    data: list[AgentPublic]
+    count: int
+
+
+class AgentEventPublic(BaseModel):
+    id: int
+    type: str
+    data: dict[str, Any]
+
+
+class AgentDetail(BaseModel):
+    agent: AgentPublic
+    events: list[AgentEventPublic] = Field(description="The most recent events, oldest first")
+
+
+class AgentEventAccepted(BaseModel):
+    id: int = Field(description="The event's id in the event log")
+    agent_id: str
+    type: str
+
+
+class Subscription(BaseModel):
+    agent_id: str
+    subscribed: bool

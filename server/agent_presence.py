@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from .room import Room, RoomKey
-from .rooms import RoomManager
+from .events.models import AGENT_EVENT_TYPES, AgentStatus
+from .room import Room
 
 COLORS = ("#30bced", "#6eeb83", "#ffbc42", "#ecd444", "#ee6352", "#9ac2c9", "#8acb88", "#1be7ff")
-FINAL = ("completed", "failed", "cancelled")
 
 
 def agent_client_id(agent_id: str) -> int:
@@ -34,11 +34,22 @@ class _Shown:
 
 
 class AgentPresence:
-    def __init__(self, rooms: RoomManager, *, linger: float = 5.0, renew_interval: float = 15.0) -> None:
-        self.rooms = rooms
+    """Shows running agents in their workspace's main document. A listener of the event hub: it
+    follows the agent events delivered on this instance, local or relayed from another, so every
+    instance shows every agent. It knows the loaded main documents from the room manager's
+    ``room_loaded`` / ``room_unloaded``.
+
+    Arguments:
+        linger: seconds a finished agent stays shown.
+        renew_interval: seconds between renewals of the shown states (Yjs clients drop a peer
+            not renewed for 30 s).
+    """
+
+    def __init__(self, *, linger: float = 5.0, renew_interval: float = 15.0) -> None:
         self.linger = linger
         self.renew_interval = renew_interval
         self._shown: dict[str, _Shown] = {}
+        self._rooms: dict[str, Room] = {}  # workspace id -> its loaded main document
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AgentPresence:
@@ -52,6 +63,40 @@ class AgentPresence:
         for shown in self._shown.values():
             if shown.removal is not None:
                 shown.removal.cancel()
+
+    # -- listening --------------------------------------------------------------------------------
+
+    def event(self, topic: str, message_type: str, text: str) -> None:
+        """An event delivered on this instance (the event hub's listener)."""
+        if message_type not in AGENT_EVENT_TYPES:
+            return
+        data = json.loads(text)["data"]
+        shown = self._shown.get(data["agent_id"])
+        if message_type == "agent_execution_start":
+            progress, step = 0.0, ""
+        elif message_type == "agent_execution_update":
+            progress, step = data["progress"], data["current_step"]
+        else:
+            previous = shown.state["agent"] if shown is not None else {}
+            completed = data["status"] == AgentStatus.COMPLETED
+            progress = 100.0 if completed else previous.get("progress", 0.0)
+            step = previous.get("current_step", "")
+        self.show(data["agent_id"], data.get("workspace_id"), data["status"], progress, step)
+
+    def room_loaded(self, room: Room) -> None:
+        """A document was loaded: a workspace's main document shows the workspace's agents."""
+        if room.key.path:
+            return
+        self._rooms[room.key.workspace_id] = room
+        for agent_id, shown in self._shown.items():
+            if shown.workspace_id == room.key.workspace_id:
+                room.set_server_awareness(agent_client_id(agent_id), shown.clock, shown.state)
+
+    def room_unloaded(self, room: Room) -> None:
+        if self._rooms.get(room.key.workspace_id) is room:
+            del self._rooms[room.key.workspace_id]
+
+    # -- showing ----------------------------------------------------------------------------------
 
     def show(
         self,
@@ -84,23 +129,12 @@ class AgentPresence:
             shown.removal.cancel()
             shown.removal = None
         self._send(agent_id, shown)
-        if status in FINAL:
+        if AgentStatus(status).is_final:
             shown.removal = asyncio.get_running_loop().call_later(self.linger, self._remove, agent_id)
-
-    def on_room_loaded(self, room: Room) -> None:
-        """A workspace's main document was loaded: show its agents there."""
-        if room.key.path:
-            return
-        for agent_id, shown in self._shown.items():
-            if shown.workspace_id == room.key.workspace_id:
-                room.set_server_awareness(agent_client_id(agent_id), shown.clock, shown.state)
-
-    def _room(self, workspace_id: str) -> Room | None:
-        return self.rooms.rooms.get(RoomKey(workspace_id, ""))
 
     def _send(self, agent_id: str, shown: _Shown) -> None:
         shown.clock += 1
-        room = self._room(shown.workspace_id)
+        room = self._rooms.get(shown.workspace_id)
         if room is not None:
             room.set_server_awareness(agent_client_id(agent_id), shown.clock, shown.state)
 
@@ -108,7 +142,7 @@ class AgentPresence:
         shown = self._shown.pop(agent_id, None)
         if shown is None:
             return
-        room = self._room(shown.workspace_id)
+        room = self._rooms.get(shown.workspace_id)
         if room is not None:
             room.set_server_awareness(agent_client_id(agent_id), shown.clock + 1, None)
 

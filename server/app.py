@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import FastAPI
 
 from .config import Settings, load_settings
+from .endpoints.events import event_endpoint, is_event_request
+from .endpoints.handshake import refuse_unknown_endpoint
+from .endpoints.sync import is_sync_request, sync_endpoint
 from .errors import install_error_handlers
-from .events.endpoint import event_endpoint, is_event_request
-from .handshake import refuse_unknown_endpoint
 from .lifespan import lifespan
 from .limits import BodyLimit
-from .sync_endpoint import is_sync_request, sync_endpoint
 
 
 class CollaborationApp(FastAPI):

@@ -28,7 +28,7 @@ CLOSE_1011_INTERNAL_ERROR = CloseCode(1011, "internal error")
 CLOSE_1011_RELOADED = CloseCode(1011, "document reloaded from storage after a refused update; reconnect")
 CLOSE_1012_SERVICE_RESTART = CloseCode(1012, "service restarting")
 CLOSE_1013_SEND_QUEUE_FULL = CloseCode(1013, "client is not reading fast enough; reconnect to resync")
-CLOSE_1013_SERVER_FULL = CloseCode(1013, "too many connections; try again later")
+CLOSE_1013_TRY_AGAIN_LATER = CloseCode(1013, "try again later")
 CLOSE_1013_STORE_UNAVAILABLE = CloseCode(1013, "document storage unavailable; try again later")
 CLOSE_4400_BAD_MESSAGE = CloseCode(4400, "malformed message")
 CLOSE_4401_UNAUTHORIZED = CloseCode(4401, "unauthorized")
@@ -37,3 +37,20 @@ CLOSE_4403_FORBIDDEN = CloseCode(4403, "forbidden")
 CLOSE_4403_ACCESS_REVOKED = CloseCode(4403, "your access to this workspace was revoked")
 CLOSE_4404_NOT_FOUND = CloseCode(4404, "not found")
 CLOSE_4404_DELETED = CloseCode(4404, "document or workspace deleted")
+
+
+# An upgrade refused with an HTTP status, for a client that sees only close frames: HTTP status
+# + 4000 (Hocuspocus's convention), 1013 (try again later) for 503.
+REFUSALS = {
+    400: CLOSE_4400_BAD_MESSAGE,
+    401: CLOSE_4401_UNAUTHORIZED,
+    403: CLOSE_4403_FORBIDDEN,
+    404: CLOSE_4404_NOT_FOUND,
+    413: CLOSE_1009_MESSAGE_TOO_BIG,
+    503: CLOSE_1013_TRY_AGAIN_LATER,
+}
+
+
+def refusal(status: int) -> CloseCode:
+    """The close code of an upgrade refused with HTTP ``status``."""
+    return REFUSALS.get(status, CLOSE_4400_BAD_MESSAGE)

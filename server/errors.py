@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from crdt_store import Conflict, NotFound, StoreError, StoreUnavailable
+from crdt_store import Conflict, NotFound, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,23 @@ class PayloadTooLarge(ServiceError):
     status_code, code = 413, "payload_too_large"
 
 
+class ServerFull(ServiceError):
+    status_code, code = 503, "server_full"
+
+
+# What clients are told when the database cannot be used; the reason goes to the log and to
+# /health/database, not to every client.
+DATABASE_UNAVAILABLE_MESSAGE = "the database is unavailable; try again later"
+DATABASE_RETRY_AFTER = "5"  # seconds, for the Retry-After header of a 503 (RFC 9110 10.2.3)
+
+
+class StorageUnavailable(ServiceError):
+    status_code, code = 503, "database_unavailable"
+
+    def __init__(self, message: str = DATABASE_UNAVAILABLE_MESSAGE) -> None:
+        super().__init__(message, headers={"Retry-After": DATABASE_RETRY_AFTER})
+
+
 class ConflictError(ServiceError):
     status_code, code = 409, "conflict"
 
@@ -71,11 +90,25 @@ _HTTP_CODES = {
 }
 
 
-# What clients are told when the database cannot be used; the reason goes to the log and to
-# /health/database, not to every client.
-DATABASE_UNAVAILABLE_CODE = "database_unavailable"
-DATABASE_UNAVAILABLE_MESSAGE = "the database is unavailable; try again later"
-DATABASE_RETRY_AFTER = "5"  # seconds, for the Retry-After header of a 503
+def service_error_of(exc: StoreError) -> ServiceError:
+    """What a client is told about a store error: 404 for a row that is gone, 409 for a
+    uniqueness conflict, otherwise 503 ``database_unavailable`` (the cause is logged here)."""
+    if isinstance(exc, NotFound):
+        return NotFoundError(str(exc))
+    if isinstance(exc, Conflict):
+        return ConflictError(str(exc))
+    log.warning("database call failed: %s", exc)
+    return StorageUnavailable()
+
+
+@contextmanager
+def store_errors_as_service_errors() -> Iterator[None]:
+    """Inside the block, a ``StoreError`` surfaces as the ``ServiceError`` of ``service_error_of``,
+    so transports handle one kind of error."""
+    try:
+        yield
+    except StoreError as exc:
+        raise service_error_of(exc) from exc
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -83,23 +116,13 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(StoreError)
-    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
-        if isinstance(exc, StoreUnavailable):
-            log.warning("%s %s: %s", request.method, request.url.path, exc)
-            return JSONResponse(
-                error_body(DATABASE_UNAVAILABLE_CODE, DATABASE_UNAVAILABLE_MESSAGE),
-                503,
-                headers={"Retry-After": DATABASE_RETRY_AFTER},
-            )
-        status, code = {NotFound: (404, "not_found"), Conflict: (409, "conflict")}.get(
-            type(exc), (503, "unavailable")
-        )
-        return JSONResponse(error_body(code, str(exc) if status != 503 else "storage unavailable"), status)
-
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+        return await _service_error(request, service_error_of(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

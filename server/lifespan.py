@@ -1,4 +1,6 @@
-"""Start-up and shutdown: components are entered in order and exited in reverse."""
+"""Start-up and shutdown: the app is assembled here, components entered in order and exited in
+reverse. Every listener is given to its component's constructor here (or, for the broker, to
+``running``), so this file says who hears about what."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from crdt_store import Store, StoreLocked, StoreUnavailable, describe_database, 
 from .agent_presence import AgentPresence
 from .agents import AgentService
 from .broker import open_broker
+from .cluster import Cluster, Inbound
 from .config import Settings
 from .document_view import DocumentViews
 from .events.hub import EventHub
@@ -21,7 +24,7 @@ from .presence import Presence
 from .replication import Replication
 from .rooms import RoomManager
 from .services import Services
-from .workspaces import WorkspaceService
+from .workspaces import WorkspaceEvents, WorkspaceService
 
 log = logging.getLogger(__name__)
 
@@ -57,77 +60,77 @@ async def open_store_or_explain(app: FastAPI, settings: Settings) -> AsyncIterat
         raise StartupFailed(app.state.startup_error) from None
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
+def _warn_about(settings: Settings) -> None:
     if not settings.auth_enabled:
         log.warning("JWT_SECRET is not set: the server accepts every connection without a token")
     elif len(settings.jwt_secret or "") < 32:
         log.warning("JWT_SECRET is shorter than 32 bytes: tokens signed with it are easier to forge")
     if settings.redis_url is not None and settings.database_url.startswith("sqlite"):
         log.warning("REDIS_URL is set with SQLite: instances can share Redis only on one PostgreSQL")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    _warn_about(settings)
     async with AsyncExitStack() as stack:
-        # Exit order: agent presence stops, rooms close their sockets, presence changes reach
-        # Redis, queued events go out, the writer flushes every accepted update, the broker
-        # publishes how far this instance has stored and leaves, the store closes its pool.
         store = await stack.enter_async_context(open_store_or_explain(app, settings))
-        broker = await stack.enter_async_context(open_broker(settings, store))
-        writer = await stack.enter_async_context(
-            UpdateWriter(
-                store,
-                interval=settings.persist_interval_ms / 1000,
-                compact_after_updates=settings.compact_after_updates,
-                compact_after_bytes=settings.compact_after_bytes,
-                retry_max=settings.store_retry_max,
-                on_stored=broker.stored,
-            )
+        broker = open_broker(settings)
+        writer = UpdateWriter(
+            store,
+            interval=settings.persist_interval_ms / 1000,
+            compact_after_updates=settings.compact_after_updates,
+            compact_after_bytes=settings.compact_after_bytes,
+            retry_max=settings.store_retry_max,
+            on_stored=broker.note_stored,
         )
-        hub = await stack.enter_async_context(
-            EventHub(store, retention=settings.event_retention, broker=broker)
+        agent_presence = AgentPresence(
+            linger=settings.agent_presence_linger, renew_interval=settings.heartbeat_interval
         )
-        stack.push_async_callback(broker.drain_presence)
+        hub = EventHub(store, broker, retention=settings.event_retention, listeners=[agent_presence.event])
+        workspace_events = WorkspaceEvents(hub)
         presence = Presence(hub, broker)
-        replication = await stack.enter_async_context(
-            Replication(broker, check_interval=settings.sync_check_interval)
+        replication = Replication(broker, check_interval=settings.sync_check_interval)
+        rooms = RoomManager(
+            store,
+            writer,
+            replication=replication,
+            unload_grace=settings.room_unload_grace,
+            heartbeat_interval=settings.heartbeat_interval,
+            message_queue_size=settings.message_queue_size,
+            on_room_loaded=agent_presence.room_loaded,
+            on_room_unloaded=agent_presence.room_unloaded,
+            on_document_created=workspace_events.document_created,
+            on_enter=presence.enter,
+            on_leave=presence.leave,
         )
-        rooms = await stack.enter_async_context(
-            RoomManager(
-                store,
-                writer,
-                replication=replication,
-                unload_grace=settings.room_unload_grace,
-                heartbeat_interval=settings.heartbeat_interval,
-                message_queue_size=settings.message_queue_size,
-                on_enter=presence.enter,
-                on_leave=presence.leave,
-            )
-        )
-        agent_presence = await stack.enter_async_context(
-            AgentPresence(
-                rooms, linger=settings.agent_presence_linger, renew_interval=settings.heartbeat_interval
-            )
-        )
-        views = await stack.enter_async_context(DocumentViews(timeout=settings.document_view_timeout))
-        rooms.on_room_loaded = agent_presence.on_room_loaded
+        cluster = Cluster(broker, rooms, hub)
         services = Services(
             settings=settings,
             store=store,
+            broker=broker,
             writer=writer,
-            rooms=rooms,
             events=hub,
             presence=presence,
-            agents=AgentService(store, settings, hub),
-            agent_presence=agent_presence,
-            broker=broker,
             replication=replication,
-            views=views,
-            workspaces=WorkspaceService(store, settings, hub),
+            rooms=rooms,
+            cluster=cluster,
+            workspaces=WorkspaceService(store, settings, workspace_events, cluster),
+            agents=AgentService(store, settings, hub, workspace_events, cluster),
+            views=DocumentViews(timeout=settings.document_view_timeout),
         )
-        services.agents.on_state = services.show_agent
-        broker.on_control = services.apply
-        rooms.on_document_created = lambda key: services.workspace_update(
-            key.workspace_id, "document_created", path=key.path
-        )
+        # Exit order (reverse): views stop, agent presence stops, rooms close their sockets,
+        # presence changes reach Redis, queued events go out, the writer flushes every accepted
+        # update, the broker publishes how far this instance has stored and leaves, the store
+        # closes its pool.
+        await stack.enter_async_context(broker.running(Inbound(replication, hub, cluster, presence, writer)))
+        await stack.enter_async_context(writer)
+        await stack.enter_async_context(hub)
+        stack.push_async_callback(broker.drain_presence)
+        await stack.enter_async_context(replication)
+        await stack.enter_async_context(rooms)
+        await stack.enter_async_context(agent_presence)
+        await stack.enter_async_context(services.views)
         app.state.services = services
         log.info(
             "ready on port %s (%s, instance %s, %s broker)",

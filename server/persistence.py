@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from crdt_store import Store, StoreError
+from typing import Any
+
+from crdt_store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,30 @@ class UpdateWriter:
     def pending(self) -> int:
         return self._appended - self._stored
 
+    async def health(self) -> dict[str, Any]:
+        """The ``/health/database`` body: ``status`` is ``ok``, ``down`` (the database cannot be
+        reached; ``error`` says why) or ``write_failing`` (reachable, but storing updates fails:
+        a SQLite file locked by someone else, a full disk); ``latency_ms`` of a round trip;
+        ``pending_updates`` accepted but not yet stored (kept in memory and retried)."""
+        waiting = {"pending_updates": self.pending, "last_error": self.last_error}
+        dialect = self.store.dialect
+        started = time.perf_counter()
+        try:
+            await self.store.ping()
+        except StoreError as exc:
+            reason = exc.reason if isinstance(exc, StoreUnavailable) else str(exc)
+            return {"status": "down", "dialect": dialect, "error": reason[:300], **waiting}
+        latency = round((time.perf_counter() - started) * 1000, 2)
+        if self.last_error is not None:
+            return {
+                "status": "write_failing",
+                "dialect": dialect,
+                "latency_ms": latency,
+                "error": self.last_error[:300],
+                **waiting,
+            }
+        return {"status": "ok", "dialect": dialect, "latency_ms": latency, **waiting}
+
     @property
     def synchronous(self) -> bool:
         """Synchronous mode (``PERSIST_INTERVAL_MS=0``): updates are relayed only once stored."""
@@ -130,6 +157,14 @@ class UpdateWriter:
         self._appended += 1
         self._has_items.set()
         return self._appended
+
+    async def write(self, rows: list[tuple[int, bytes]], *, timeout: float = 10.0) -> None:
+        """Store ``(document id, update)`` rows this instance did not accept (a stopped
+        instance's): buffered like any update, returns once they are stored. Raises
+        ``TimeoutError`` after ``timeout`` seconds (they are still stored later)."""
+        for document_id, update in rows:
+            self.append(document_id, update)
+        await asyncio.wait_for(self.flush(), timeout)
 
     async def flush(self) -> None:
         """Return once every update appended before this call is stored."""

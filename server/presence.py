@@ -17,10 +17,12 @@ from .events.models import UserPresenceData
 
 
 class Presence:
-    def __init__(self, hub: EventHub, broker: Broker | None = None) -> None:
+    """Counts this instance's connections per (workspace, user); the broker's listener calls
+    ``announce`` when the cluster's view changes."""
+
+    def __init__(self, hub: EventHub, broker: Broker) -> None:
         self.hub = hub
-        self.broker = broker or Broker()
-        self.broker.on_presence = self._announce
+        self.broker = broker
         self._counts: Counter[tuple[str, str]] = Counter()
 
     def local(self, workspace_id: str) -> set[str]:
@@ -49,7 +51,9 @@ class Presence:
             del self._counts[key]
             self.broker.set_present(workspace_id, user.user_id, user.name[:500], False)
 
-    def _announce(self, workspace_id: str, user_id: str, name: str, joined: bool) -> None:
+    def announce(self, workspace_id: str, user_id: str, name: str, joined: bool) -> None:
+        """The user's first connection to the workspace in the cluster opened (``joined``), or
+        its last one closed: ``user_joined`` / ``user_left``."""
         data = UserPresenceData(workspace_id=workspace_id, user_id=user_id, username=name)
         kind = "user_joined" if joined else "user_left"
         self.hub.publish_soon(workspace_topic(workspace_id), kind, data.model_dump(mode="json"))

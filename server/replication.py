@@ -51,13 +51,10 @@ class Replication:
         self.rooms: dict[int, Room] = {}  # by document id
         self._task: asyncio.Task[None] | None = None
         self.repairs = 0  # updates sent because another instance lacked them
-        broker.on_update = self._remote_update
-        broker.on_room_message = self._room_message
-        broker.on_reconnect = self.check_all
 
     @property
     def active(self) -> bool:
-        return self.broker.kind != "memory"
+        return self.broker.relays
 
     async def __aenter__(self) -> Replication:
         if self.active:
@@ -95,7 +92,8 @@ class Replication:
 
     # -- from other instances ---------------------------------------------------------------------
 
-    def _remote_update(self, document_id: int, update: bytes) -> None:
+    def remote_update(self, document_id: int, update: bytes) -> None:
+        """An update another instance accepted, for a document loaded here."""
         room = self.rooms.get(document_id)
         if room is not None:
             self._apply(room, update)
@@ -106,7 +104,8 @@ class Replication:
         except ProtocolError as exc:
             log.error("document %s: dropped an invalid update from another instance: %s", room.key, exc)
 
-    def _room_message(self, document_id: int, kind: RoomMessage, payload: bytes) -> None:
+    def room_message(self, document_id: int, kind: RoomMessage, payload: bytes) -> None:
+        """Awareness or a state-vector exchange message from another instance."""
         room = self.rooms.get(document_id)
         if room is None:
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -52,12 +53,35 @@ def is_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException"
 
 
+# Room names are what Yjs apps choose: anything printable, but bounded and without control bytes.
+# A path is bounded in UTF-8 bytes too: with its workspace id it is one database index entry.
+_WORKSPACE_ID = re.compile(r"^[^\x00-\x1f\x7f/]{1,255}$")
+_DOC_PATH = re.compile(r"^[^\x00-\x1f\x7f]{1,1024}$")
+MAX_PATH_BYTES = 1024
+
+
 class RoomKey(NamedTuple):
     workspace_id: str
     path: str  # "" for the workspace's main document
 
     def __str__(self) -> str:
         return f"{self.workspace_id}/{self.path}" if self.path else self.workspace_id
+
+    @staticmethod
+    def valid_path(path: str) -> bool:
+        """A document path: 1 to 1,024 characters without control characters, at most 1,024
+        bytes of UTF-8."""
+        return bool(_DOC_PATH.match(path)) and len(path.encode("utf-8", "surrogatepass")) <= MAX_PATH_BYTES
+
+    @classmethod
+    def parse(cls, name: str) -> RoomKey | None:
+        """A room name as y-websocket clients write it: ``ws-1`` (the workspace's main
+        document) or ``ws-1/notes/a.md``; None if it is not a valid one."""
+        workspace_id, _, path = name.partition("/")
+        path = path.strip("/")
+        if not _WORKSPACE_ID.match(workspace_id) or (path and not cls.valid_path(path)):
+            return None
+        return cls(workspace_id, path)
 
 
 class Room:

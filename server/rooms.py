@@ -47,6 +47,7 @@ class RoomManager:
             of silence) stay connected.
         message_queue_size: outbound frames queued per connection before it is cut off.
         on_room_loaded: called with each room once it is loaded, before anyone is served.
+        on_room_unloaded: called with each room once it is gone.
         on_document_created: called with the key of a document that did not exist before.
         on_enter, on_leave: called with (workspace id, principal) as a connection opens and closes.
     """
@@ -61,11 +62,13 @@ class RoomManager:
         heartbeat_interval: float = 15.0,
         message_queue_size: int = 1000,
         on_room_loaded: Callable[[Room], None] | None = None,
+        on_room_unloaded: Callable[[Room], None] | None = None,
         on_document_created: Callable[[RoomKey], None] | None = None,
         on_enter: Callable[[str, Principal], None] | None = None,
         on_leave: Callable[[str, Principal], None] | None = None,
     ) -> None:
         self.on_room_loaded = on_room_loaded
+        self.on_room_unloaded = on_room_unloaded
         self.on_document_created = on_document_created
         self.on_enter = on_enter
         self.on_leave = on_leave
@@ -173,6 +176,8 @@ class RoomManager:
         del self.rooms[room.key]
         if self.replication is not None:
             self.replication.detach(room)
+        if self.on_room_unloaded is not None:
+            self.on_room_unloaded(room)
 
     # -- serving ----------------------------------------------------------------------------------
 
@@ -221,19 +226,30 @@ class RoomManager:
 
     # -- access changes ---------------------------------------------------------------------------
 
+    def connections_by_path(self, workspace_id: str) -> dict[str, int]:
+        """The workspace's documents loaded here: path -> open connections."""
+        return {room.key.path: len(room.connections) for room in self._workspace_rooms(workspace_id)}
+
     def _workspace_rooms(self, workspace_id: str) -> list[Room]:
         return [room for key, room in self.rooms.items() if key.workspace_id == workspace_id]
 
-    def update_access(self, workspace_id: str, user_id: str, can_write: bool | None) -> None:
-        """Apply a membership change to open connections at once: ``None`` closes them (4403)."""
-        for room in self._workspace_rooms(workspace_id):
-            for conn in list(room.connections):
-                if conn.user is None or conn.user.user_id != user_id:
-                    continue
-                if can_write is None:
-                    room.eject(conn, CLOSE_4403_ACCESS_REVOKED)
-                else:
-                    conn.can_write = can_write
+    def _user_connections(self, workspace_id: str, user_id: str) -> list[tuple[Room, Connection]]:
+        return [
+            (room, conn)
+            for room in self._workspace_rooms(workspace_id)
+            for conn in room.connections
+            if conn.user is not None and conn.user.user_id == user_id
+        ]
+
+    def revoke_access(self, workspace_id: str, user_id: str) -> None:
+        """The user is no longer a member: close their connections to the workspace (4403)."""
+        for room, conn in self._user_connections(workspace_id, user_id):
+            room.eject(conn, CLOSE_4403_ACCESS_REVOKED)
+
+    def set_write_access(self, workspace_id: str, user_id: str, can_write: bool) -> None:
+        """The user's role changed: their open connections may (not) write from now on."""
+        for _, conn in self._user_connections(workspace_id, user_id):
+            conn.can_write = can_write
 
     def close_workspace(self, workspace_id: str, document_ids: list[int]) -> None:
         """The workspace was deleted: close its connections (4404) and forget its rooms and
@@ -242,10 +258,10 @@ class RoomManager:
         for room in self._workspace_rooms(workspace_id):
             self._drop(room)
 
-    def close_document(self, key: RoomKey, document_id: int) -> None:
+    def close_document(self, workspace_id: str, path: str, document_id: int) -> None:
         """The document was deleted: close its connections (4404), forget its unstored updates."""
         self.writer.discard([document_id])
-        room = self.rooms.get(key)
+        room = self.rooms.get(RoomKey(workspace_id, path))
         if room is not None:
             self._drop(room)
 

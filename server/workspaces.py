@@ -1,5 +1,8 @@
-"""The workspace service: creating workspaces and joining them are explicit acts, each a store
-write followed by its event. Reading who may do what (``access.resolve_access``) never writes.
+"""The workspace service: the one writer of workspaces, membership and documents' existence.
+
+Every operation is: a store write, then the cluster command that applies it to live connections
+on every instance, then its ``workspace_update`` event. Deciding who may do what
+(``access.resolve_access``) never writes.
 """
 
 from __future__ import annotations
@@ -9,31 +12,51 @@ from typing import Any
 
 from crdt_store import Conflict, Store
 from crdt_store import workspaces as workspace_store
-from crdt_store.workspaces import Member, Workspace
+from crdt_store.workspaces import DocumentInfo, Member, Workspace
 
-from .access import Access, Role, resolve_access
+from .access import Access, Role, require, resolve_access
 from .auth import GlobalRole, Principal
+from .cluster import CloseDocument, CloseWorkspace, Cluster, RevokeAccess, SetWriteAccess
 from .config import Settings
-from .errors import ConflictError, Forbidden, UnknownWorkspace
+from .errors import BadRequest, ConflictError, Forbidden, NotFoundError, UnknownWorkspace
 from .events.hub import EventHub, workspace_topic
 from .events.models import WorkspaceUpdateData
+from .room import RoomKey
+
+__all__ = ["DocumentInfo", "Member", "Workspace", "WorkspaceEvents", "WorkspaceService"]
 
 log = logging.getLogger(__name__)
 
 
+class WorkspaceEvents:
+    """Announces changes of a workspace to its event subscribers (``workspace_update``)."""
+
+    def __init__(self, hub: EventHub) -> None:
+        self.hub = hub
+
+    def announce(self, workspace_id: str, update_type: str, **details: Any) -> None:
+        data = WorkspaceUpdateData(workspace_id=workspace_id, update_type=update_type, **details)  # type: ignore[arg-type]
+        self.hub.publish_soon(workspace_topic(workspace_id), "workspace_update", data.model_dump(mode="json"))
+
+    def document_created(self, key: RoomKey) -> None:
+        self.announce(key.workspace_id, "document_created", path=key.path)
+
+
 class WorkspaceService:
-    """Creates and joins workspaces, announcing each change with a ``workspace_update`` event.
+    """Creates, joins, changes and deletes workspaces, their members and documents.
 
     Arguments:
         store: where workspaces and members live.
         settings: ``AUTO_CREATE_WORKSPACES``, and whether tokens are required.
-        hub: where the events go.
+        events: announces each change.
+        cluster: applies access changes to live connections on every instance.
     """
 
-    def __init__(self, store: Store, settings: Settings, hub: EventHub) -> None:
+    def __init__(self, store: Store, settings: Settings, events: WorkspaceEvents, cluster: Cluster) -> None:
         self.store = store
         self.settings = settings
-        self.hub = hub
+        self.events = events
+        self.cluster = cluster
 
     @property
     def may_create(self) -> bool:
@@ -41,10 +64,33 @@ class WorkspaceService:
         with ``AUTO_CREATE_WORKSPACES=true``."""
         return not self.settings.auth_enabled or self.settings.auto_create_workspaces
 
-    def announce(self, workspace_id: str, update_type: str, **details: Any) -> None:
-        """Publish a ``workspace_update`` to the workspace's subscribers."""
-        data = WorkspaceUpdateData(workspace_id=workspace_id, update_type=update_type, **details)  # type: ignore[arg-type]
-        self.hub.publish_soon(workspace_topic(workspace_id), "workspace_update", data.model_dump(mode="json"))
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def access(self, principal: Principal, workspace_id: str) -> Access:
+        """The caller's role in the workspace. Raises ``UnknownWorkspace`` or ``Forbidden``."""
+        return await resolve_access(self.store, principal, workspace_id)
+
+    async def visible(
+        self, principal: Principal, *, limit: int, offset: int
+    ) -> tuple[list[tuple[Workspace, str | None]], int]:
+        """The workspaces ``principal`` can see (open ones and theirs; all for administrators),
+        newest first, each with the caller's role; and how many there are in all."""
+        engine = self.store.engine
+        found, total = await workspace_store.list_workspaces(
+            engine, user_id=None if principal.is_admin else principal.user_id, limit=limit, offset=offset
+        )
+        roles = await workspace_store.roles_of(
+            engine, user_id=principal.user_id, workspace_ids=[w.id for w in found]
+        )
+        return [(workspace, roles.get(workspace.id)) for workspace in found], total
+
+    async def members(self, access: Access) -> list[Member]:
+        return await workspace_store.list_members(self.store.engine, workspace_id=access.workspace.id)
+
+    async def documents(self, access: Access) -> list[DocumentInfo]:
+        return await workspace_store.list_documents(self.store.engine, workspace_id=access.workspace.id)
+
+    # -- workspaces -------------------------------------------------------------------------------
 
     async def create(
         self, principal: Principal, *, workspace_id: str, name: str, visibility: str = "open"
@@ -62,8 +108,31 @@ class WorkspaceService:
             )
         except Conflict as exc:
             raise ConflictError(str(exc)) from None
-        self.announce(workspace_id, "workspace_created", owner_id=principal.user_id, visibility=visibility)
+        self.events.announce(workspace_id, "workspace_created", owner_id=principal.user_id, visibility=visibility)
         return workspace
+
+    async def update(self, access: Access, *, name: str | None, visibility: str | None) -> Workspace:
+        """Rename or change the visibility (owner)."""
+        require(access, Role.OWNER)
+        before = access.workspace
+        workspace = await workspace_store.update_workspace(
+            self.store.engine, workspace_id=before.id, name=name, visibility=visibility
+        )
+        if name is not None and name != before.name:
+            self.events.announce(workspace.id, "workspace_renamed", name=workspace.name)
+        if visibility is not None and visibility != before.visibility:
+            self.events.announce(workspace.id, "workspace_visibility_changed", visibility=workspace.visibility)
+        return workspace
+
+    async def delete(self, access: Access) -> None:
+        """Delete the workspace with its documents (owner); its connections close (4404)."""
+        require(access, Role.OWNER)
+        workspace_id = access.workspace.id
+        document_ids = await workspace_store.delete_workspace(self.store.engine, workspace_id=workspace_id)
+        self.cluster.run(CloseWorkspace(workspace_id, tuple(document_ids)))
+        self.events.announce(workspace_id, "workspace_deleted")
+
+    # -- membership -------------------------------------------------------------------------------
 
     async def join(self, principal: Principal, workspace_id: str) -> Member:
         """Become an editor of an open workspace (an administrator may join any). A member keeps
@@ -72,9 +141,7 @@ class WorkspaceService:
         workspace = await workspace_store.find_workspace(engine, workspace_id=workspace_id)
         if workspace is None:
             raise UnknownWorkspace(workspace_id)
-        member = await workspace_store.get_member(
-            engine, workspace_id=workspace_id, user_id=principal.user_id
-        )
+        member = await workspace_store.get_member(engine, workspace_id=workspace_id, user_id=principal.user_id)
         if member is not None:
             return member
         if workspace.visibility != "open" and not principal.is_admin:
@@ -87,8 +154,62 @@ class WorkspaceService:
             display_name=principal.name,
             only_if_absent=True,
         )
-        self.announce(workspace_id, "member_added", user_id=principal.user_id, role=member.role)
+        self.events.announce(workspace_id, "member_added", user_id=principal.user_id, role=member.role)
         return member
+
+    async def leave(self, principal: Principal, workspace_id: str) -> None:
+        """Stop being a member (the last owner cannot: ``ConflictError``)."""
+        engine = self.store.engine
+        await workspace_store.get_workspace(engine, workspace_id=workspace_id)
+        member = await workspace_store.get_member(engine, workspace_id=workspace_id, user_id=principal.user_id)
+        if member is None:
+            raise NotFoundError("you are not a member of this workspace")
+        await self._remove(workspace_id, member)
+
+    async def set_member(
+        self, access: Access, user_id: str, *, role: str, display_name: str | None
+    ) -> Member:
+        """Add a member or change its role (owner). Their open connections follow at once."""
+        require(access, Role.OWNER)
+        engine = self.store.engine
+        workspace_id = access.workspace.id
+        current = await workspace_store.get_member(engine, workspace_id=workspace_id, user_id=user_id)
+        if current is not None and current.role == Role.OWNER and role != Role.OWNER:
+            await self._ensure_an_owner_remains(workspace_id, user_id)
+        member = await workspace_store.set_member(
+            engine, workspace_id=workspace_id, user_id=user_id, role=role, display_name=display_name
+        )
+        self.cluster.run(SetWriteAccess(workspace_id, user_id, Role(role).can_write))
+        if current is None:
+            self.events.announce(workspace_id, "member_added", user_id=user_id, role=member.role)
+        elif current.role != member.role:
+            self.events.announce(workspace_id, "member_role_changed", user_id=user_id, role=member.role)
+        return member
+
+    async def remove_member(self, access: Access, user_id: str) -> None:
+        """Remove a member (owner); their connections close at once (4403)."""
+        require(access, Role.OWNER)
+        member = await workspace_store.get_member(
+            self.store.engine, workspace_id=access.workspace.id, user_id=user_id
+        )
+        if member is None:
+            raise NotFoundError(f"{user_id!r} is not a member of this workspace")
+        await self._remove(access.workspace.id, member)
+
+    async def _remove(self, workspace_id: str, member: Member) -> None:
+        if member.role == Role.OWNER:
+            await self._ensure_an_owner_remains(workspace_id, member.user_id)
+        await workspace_store.remove_member(self.store.engine, workspace_id=workspace_id, user_id=member.user_id)
+        self.cluster.run(RevokeAccess(workspace_id, member.user_id))
+        self.events.announce(workspace_id, "member_removed", user_id=member.user_id)
+
+    async def _ensure_an_owner_remains(self, workspace_id: str, user_id: str) -> None:
+        members = await workspace_store.list_members(self.store.engine, workspace_id=workspace_id)
+        owners = [m.user_id for m in members if m.role == Role.OWNER]
+        if owners == [user_id]:
+            raise ConflictError("a workspace needs an owner: make someone else owner first, or delete it")
+
+    # -- documents --------------------------------------------------------------------------------
 
     async def open(self, principal: Principal, workspace_id: str) -> Access:
         """Access for a client opening one of the workspace's documents. Opening an unknown
@@ -109,3 +230,13 @@ class WorkspaceService:
             return access
         member = await self.join(principal, workspace_id)
         return Access(access.workspace, Role(member.role), True)
+
+    async def delete_document(self, access: Access, path: str) -> None:
+        """Delete a document with its history (editor); its connections close (4404)."""
+        require(access, Role.EDITOR)
+        if not path:
+            raise BadRequest("the main document cannot be deleted; delete the workspace instead")
+        workspace_id = access.workspace.id
+        document_id = await workspace_store.delete_document(self.store.engine, workspace_id=workspace_id, path=path)
+        self.cluster.run(CloseDocument(workspace_id, path, document_id))
+        self.events.announce(workspace_id, "document_deleted", path=path)

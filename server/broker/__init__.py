@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from crdt_store import Store
-
 from ..config import Settings
-from .base import Broker, RoomMessage
+from .base import Broker, BrokerListener, RoomMessage
 from .keys import Keys
 
-__all__ = ["Broker", "Keys", "RoomMessage", "open_broker"]
+__all__ = ["Broker", "BrokerListener", "Keys", "RoomMessage", "open_broker"]
 
 
-def open_broker(settings: Settings, store: Store) -> Broker:
+def open_broker(settings: Settings) -> Broker:
     """The broker the settings ask for: Redis when ``REDIS_URL`` is set, else in-process."""
     if settings.redis_url is None:
         return Broker()
@@ -19,7 +17,6 @@ def open_broker(settings: Settings, store: Store) -> Broker:
 
     return RedisBroker(
         settings.redis_url,
-        store=store,
         prefix=settings.redis_prefix,
         instance_timeout=settings.instance_timeout,
         stream_retention=settings.stream_retention,

@@ -1,16 +1,18 @@
 """The broker: what one instance tells the others, and hears from them.
 
-``Broker`` itself is the in-process default for a single instance: nothing to relay, presence
-is this instance's own. ``RedisBroker`` relays through Redis when ``REDIS_URL`` is set. The rest
-of the server only calls the methods below and sets the ``on_*`` callbacks.
+``Broker`` itself is the in-process default for a single instance: nothing to relay, presence is
+this instance's own. ``RedisBroker`` relays through Redis when ``REDIS_URL`` is set. The rest of
+the server calls the methods below to tell the others; what the others say arrives at the
+``BrokerListener`` given to ``running`` where the app is assembled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from enum import IntEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 class RoomMessage(IntEnum):
@@ -23,8 +25,31 @@ class RoomMessage(IntEnum):
     REPLY = 5  # as STATE, in answer to one: answered with an UPDATE, never with another REPLY
 
 
-def _ignore(*args: Any) -> None:
-    return None
+class BrokerListener(Protocol):
+    """What the other instances say, delivered on the event loop. Methods must not raise."""
+
+    def remote_update(self, document_id: int, update: bytes) -> None:
+        """An update another instance accepted (and stores) for a document followed here."""
+
+    def room_message(self, document_id: int, kind: RoomMessage, payload: bytes) -> None:
+        """Awareness or a state-vector exchange message for a document followed here."""
+
+    def remote_event(self, topic: str, event_id: int, text: str) -> None:
+        """An event another instance stored (``text``: the frame its subscribers got)."""
+
+    def command(self, payload: dict[str, Any]) -> None:
+        """A cluster command another instance ran (``cluster.Cluster`` decodes it)."""
+
+    def presence_changed(self, workspace_id: str, user_id: str, name: str, present: bool) -> None:
+        """The cluster's view of who is in a workspace changed (first connection anywhere, or
+        last one gone)."""
+
+    def reconnected(self) -> None:
+        """Messages may have been lost while the link was down: compare states now."""
+
+    async def orphaned_updates(self, rows: list[tuple[int, bytes]]) -> None:
+        """``(document id, update)`` rows a stopped instance accepted but never stored: store
+        them; raise if that fails (the takeover is then retried)."""
 
 
 class Broker:
@@ -34,28 +59,48 @@ class Broker:
 
     def __init__(self, instance_id: str | None = None) -> None:
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
-        # Set by the app before entering.
-        self.on_update: Callable[[int, bytes], None] = _ignore  # document id, update
-        self.on_room_message: Callable[[int, RoomMessage, bytes], None] = _ignore
-        self.on_event: Callable[[str, int, str], None] = _ignore  # topic, event id, frame
-        self.on_control: Callable[[str, dict[str, Any]], None] = _ignore  # operation, arguments
-        self.on_presence: Callable[[str, str, str, bool], None] = _ignore  # ws, user, name, joined
-        self.on_reconnect: Callable[[], None] = _ignore
+        self._listener: BrokerListener | None = None
 
-    async def __aenter__(self) -> Broker:
-        return self
+    @contextlib.asynccontextmanager
+    async def running(self, listener: BrokerListener) -> AsyncIterator[Broker]:
+        """Run the broker, delivering what other instances say to ``listener``; on exit, tell
+        them this instance has left (after what was queued for them is sent)."""
+        self._listener = listener
+        await self._start()
+        try:
+            yield self
+        finally:
+            await self._stop()
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def _start(self) -> None:
         return None
+
+    async def _stop(self) -> None:
+        return None
+
+    @property
+    def listener(self) -> BrokerListener:
+        if self._listener is None:
+            raise RuntimeError("the broker is not running")
+        return self._listener
 
     @property
     def connected(self) -> bool:
         return True
 
-    async def ping(self) -> None:
-        """Raise if the broker cannot be reached."""
+    async def health(self) -> dict[str, Any]:
+        """``{"status": "ok" | "down" | "disabled", ...}`` for the health checks."""
+        return {"status": "disabled", "detail": "REDIS_URL is not set; using the in-process broker"}
+
+    def status(self) -> dict[str, Any]:
+        return {"kind": self.kind, "instance": self.instance_id, "connected": self.connected}
 
     # -- documents --------------------------------------------------------------------------------
+
+    @property
+    def relays(self) -> bool:
+        """Whether other instances may serve the same documents (and rooms must be compared)."""
+        return False
 
     async def follow(self, document_id: int) -> list[bytes]:
         """Start relaying a freshly loaded document; return the updates other instances have
@@ -71,23 +116,23 @@ class Broker:
     def publish_room_message(self, document_id: int, kind: RoomMessage, payload: bytes) -> None:
         """Awareness and state-vector exchange for a loaded document."""
 
-    def stored(self, seq: int) -> None:
+    def note_stored(self, seq: int) -> None:
         """Every update up to write sequence number ``seq`` is in the database."""
 
-    # -- events and cluster-wide changes ----------------------------------------------------------
+    # -- events and cluster commands --------------------------------------------------------------
 
     def publish_event(self, topic: str, event_id: int, text: str) -> None:
         """An event was stored and sent to this instance's subscribers."""
 
-    def publish_control(self, operation: str, arguments: dict[str, Any]) -> None:
-        """A change every instance must apply (an access change, a deletion)."""
+    def publish_command(self, payload: dict[str, Any]) -> None:
+        """A cluster command every other instance must apply (JSON-able)."""
 
     # -- presence ---------------------------------------------------------------------------------
 
     def set_present(self, workspace_id: str, user_id: str, name: str, present: bool) -> None:
         """The user's first connection to the workspace on this instance opened (``present``) or
-        its last one closed. ``on_presence`` is called when that changes the cluster's view."""
-        self.on_presence(workspace_id, user_id, name, present)
+        its last one closed. The listener hears when that changes the cluster's view."""
+        self.listener.presence_changed(workspace_id, user_id, name, present)
 
     async def drain_presence(self, timeout: float = 2.0) -> None:
         """At shutdown: wait (bounded) until the cluster knows of every presence change."""
@@ -95,6 +140,3 @@ class Broker:
     async def online(self, workspace_id: str) -> set[str] | None:
         """Users connected to the workspace on any instance; None when only this instance knows."""
         return None
-
-    def status(self) -> dict[str, Any]:
-        return {"kind": self.kind, "instance": self.instance_id, "connected": self.connected}

@@ -23,12 +23,18 @@ class Keys:
         """Pub/sub channel of a document's awareness and state-vector exchange."""
         return f"{self.prefix}:doc:{document_id}:room"
 
-    # -- events and cluster-wide changes ----------------------------------------------------------
+    # -- events and cluster commands ----------------------------------------------------------
 
     @property
     def events(self) -> str:
-        """Pub/sub channel of event-channel events and access changes."""
+        """Pub/sub channel of event-channel events: ``{"i": instance, "t": topic, "n": id, "x":
+        frame}``."""
         return f"{self.prefix}:events"
+
+    @property
+    def commands(self) -> str:
+        """Pub/sub channel of cluster commands: ``{"i": instance, "c": command}``."""
+        return f"{self.prefix}:commands"
 
     # -- presence ---------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from crdt_store import Store, event_log
@@ -37,6 +37,12 @@ def agent_topic(agent_id: str) -> str:
 
 def workspace_topic(workspace_id: str) -> str:
     return f"workspace:{workspace_id}"
+
+
+def agent_id_of(topic: str) -> str | None:
+    """The agent of an agent topic, else None."""
+    prefix, _, agent_id = topic.partition(":")
+    return agent_id if prefix == "agent" else None
 
 
 def frame(message_type: str, data: Any, **extra: Any) -> str:
@@ -92,11 +98,18 @@ class Subscriber:
 
 
 class EventHub:
-    def __init__(self, store: Store, *, retention: int = 10_000, broker: Broker | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        *,
+        retention: int = 10_000,
+        listeners: Sequence[Callable[[str, str, str], None]] = (),
+    ) -> None:
         self.store = store
-        self.broker = broker or Broker()
-        self.broker.on_event = self._deliver
+        self.broker = broker
         self.retention = retention
+        self.listeners = tuple(listeners)  # (topic, type, event frame) of every event delivered here
         self._topics: dict[str, set[Subscriber]] = {}
         self._by_user: dict[str, set[Subscriber]] = {}
         self._lock = asyncio.Lock()
@@ -166,7 +179,7 @@ class EventHub:
                 self.store.engine, topic=topic, type=message_type, data=body
             )
             text = event_frame(event_id, message_type, body)
-            self._deliver(topic, event_id, text)
+            self.deliver(topic, event_id, text, message_type)
             self.broker.publish_event(topic, event_id, text)
             self._since_trim += 1
             if self._since_trim >= TRIM_EVERY:
@@ -174,7 +187,16 @@ class EventHub:
                 await event_log.trim_events(self.store.engine, keep=self.retention)
         return event_id
 
-    def _deliver(self, topic: str, event_id: int, text: str) -> None:
+    def deliver(self, topic: str, event_id: int, text: str, message_type: str | None = None) -> None:
+        """Send a stored event (here, or relayed by another instance) to the topic's subscribers,
+        and tell the listeners."""
+        if self.listeners:
+            kind = message_type or json.loads(text)["type"]
+            for listener in self.listeners:
+                try:
+                    listener(topic, kind, text)
+                except Exception:
+                    log.exception("an event listener failed on %s", kind)
         for sub in self._topics.get(topic, ()):
             sub.deliver(event_id, text)
 

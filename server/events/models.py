@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -79,6 +79,7 @@ class AgentStatus(StrEnum):
 
     @property
     def is_final(self) -> bool:
+        """The execution is over."""
         return self in (AgentStatus.COMPLETED, AgentStatus.FAILED, AgentStatus.CANCELLED)
 
 
@@ -213,21 +214,45 @@ class AgentExecutionComplete(Message):
 
 
 AgentEvent = AgentExecutionStart | AgentExecutionUpdate | AgentExecutionComplete
-ClientMessage = Annotated[
-    SubscribeAgent | UnsubscribeAgent | JoinWorkspace | LeaveWorkspace | Resume | Ping | AgentEvent,
-    Field(discriminator="type"),
-]
-CLIENT_MESSAGE = TypeAdapter(ClientMessage)
-CLIENT_TYPES = (
-    "subscribe_agent",
-    "unsubscribe_agent",
-    "join_workspace",
-    "leave_workspace",
-    "resume",
-    "ping",
-    "agent_execution_start",
-    "agent_execution_update",
-    "agent_execution_complete",
-)
-AGENT_EVENT_TYPES = ("agent_execution_start", "agent_execution_update", "agent_execution_complete")
-WORKSPACE_EVENT_TYPES = ("user_joined", "user_left", "workspace_update")
+ClientCommand = SubscribeAgent | UnsubscribeAgent | JoinWorkspace | LeaveWorkspace | Resume | Ping | AgentEvent
+CLIENT_MESSAGE: TypeAdapter[ClientCommand] = TypeAdapter(Annotated[ClientCommand, Field(discriminator="type")])
+
+
+def _type_names(union: Any) -> tuple[str, ...]:
+    """The ``type`` literal of each message model of a union."""
+    return tuple(get_args(cls.model_fields["type"].annotation)[0] for cls in get_args(union))
+
+
+CLIENT_TYPES = _type_names(ClientCommand)
+AGENT_EVENT_TYPES = _type_names(AgentEvent)
+
+
+# -- server messages ------------------------------------------------------------------------------
+
+
+class Welcome(BaseModel):
+    """The first message of every event connection."""
+
+    connection_id: str
+    user_id: str
+    username: str
+    endpoint: str
+    heartbeat_interval: float = Field(description="seconds between the server's pings")
+    server_time: str
+
+
+class ErrorData(BaseModel):
+    """An ``error`` reply: never closes the stream."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+
+
+class ResyncRequired(BaseModel):
+    """Sent instead of a replay when events after ``last_event_id`` are older than retention."""
+
+    reason: str
+    last_event_id: int
+    agents: list[dict[str, Any]] = Field(description="the current state of each subscribed agent")

@@ -1,0 +1,52 @@
+"""``/ws/workspaces/{workspace_id}[/{doc_path}]``: the Yjs sync endpoint (y-websocket protocol).
+
+Served as plain ASGI, ahead of the framework's routing: check the request, open the document
+(``WorkspaceService.open``), accept, and hand an ``AsgiChannel`` to the room manager.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..channel import AsgiChannel, Receive, Send
+from ..errors import BadRequest, NotFoundError, ServiceError, store_errors_as_service_errors
+from ..room import RoomKey
+from ..services import Services
+from .handshake import admit, refuse
+
+SYNC_PREFIX = "/ws/workspaces/"
+
+
+def is_sync_request(scope: dict[str, Any]) -> bool:
+    return (
+        scope["type"] == "websocket"
+        and len(scope["path"]) > len(SYNC_PREFIX)
+        and scope["path"].startswith(SYNC_PREFIX)
+    )
+
+
+async def sync_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    services: Services = scope["app"].state.services
+    admitted = await admit(scope, receive, send, services)
+    if admitted is None:
+        return
+    principal, subprotocol = admitted
+    try:
+        with store_errors_as_service_errors():
+            key = RoomKey.parse(scope["path"][len(SYNC_PREFIX) :])
+            if key is None:
+                raise BadRequest("invalid workspace id or document path")
+            access = await services.workspaces.open(principal, key.workspace_id)
+            if not access.role.can_write and not await services.rooms.exists(key):
+                # Opening a document creates it: a viewer's read-only connection may not.
+                raise NotFoundError(f"document {key.path or '(main)'!r} does not exist; viewers cannot create it")
+    except ServiceError as exc:
+        await refuse(scope, send, exc)
+        return
+    await send({"type": "websocket.accept", "subprotocol": subprotocol})
+    services.connections += 1
+    try:
+        channel = AsgiChannel(receive, send, path=scope["path"], max_message_size=services.settings.max_message_size)
+        await services.rooms.serve(key, channel, user=principal, can_write=access.role.can_write)
+    finally:
+        services.connections -= 1
