@@ -30,65 +30,66 @@ class AgentState:
     completed_at: datetime | None
 
 
-@translate_errors
-async def get_agent(engine: AsyncEngine, *, agent_id: str) -> AgentState | None:
-    async with engine.connect() as conn:
-        row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one_or_none()
-    return AgentState(**row._mapping) if row else None
+class AgentRepository:
+    """Agents' latest execution state and users' subscriptions to agents."""
 
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
 
-@translate_errors
-async def save_agent(engine: AsyncEngine, *, agent_id: str, values: dict[str, Any]) -> AgentState:
-    """Insert or update an agent's state with ``values`` (column -> value)."""
-    async with engine.begin() as conn:
-        result = await conn.execute(update(agents).where(agents.c.id == agent_id).values(**values))
-        if result.rowcount == 0:
-            try:
-                async with conn.begin_nested():
-                    await conn.execute(insert(agents).values(id=agent_id, **values))
-            except IntegrityError:  # inserted concurrently
-                await conn.execute(update(agents).where(agents.c.id == agent_id).values(**values))
-        row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one()
-    return AgentState(**row._mapping)
+    @translate_errors
+    async def get(self, *, agent_id: str) -> AgentState | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one_or_none()
+        return AgentState(**row._mapping) if row else None
 
+    @translate_errors
+    async def save(self, *, agent_id: str, values: dict[str, Any]) -> AgentState:
+        """Insert or update an agent's state with ``values`` (column -> value)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(agents).where(agents.c.id == agent_id).values(**values))
+            if result.rowcount == 0:
+                try:
+                    async with conn.begin_nested():
+                        await conn.execute(insert(agents).values(id=agent_id, **values))
+                except IntegrityError:  # inserted concurrently
+                    await conn.execute(update(agents).where(agents.c.id == agent_id).values(**values))
+            row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one()
+        return AgentState(**row._mapping)
 
-@translate_errors
-async def list_agents(
-    engine: AsyncEngine, *, workspace_id: str | None = None, status: str | None = None, limit: int = 500
-) -> list[AgentState]:
-    query = select(agents).order_by(agents.c.updated_at.desc(), agents.c.id).limit(limit)
-    if workspace_id is not None:
-        query = query.where(agents.c.workspace_id == workspace_id)
-    if status is not None:
-        query = query.where(agents.c.status == status)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    return [AgentState(**row._mapping) for row in rows]
+    @translate_errors
+    async def find(
+        self, *, workspace_id: str | None = None, status: str | None = None, limit: int = 500
+    ) -> list[AgentState]:
+        query = select(agents).order_by(agents.c.updated_at.desc(), agents.c.id).limit(limit)
+        if workspace_id is not None:
+            query = query.where(agents.c.workspace_id == workspace_id)
+        if status is not None:
+            query = query.where(agents.c.status == status)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [AgentState(**row._mapping) for row in rows]
 
-
-@translate_errors
-async def subscribe(engine: AsyncEngine, *, user_id: str, agent_id: str) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            insert_ignore(conn, agent_subscriptions, {"user_id": user_id, "agent_id": agent_id})
-        )
-
-
-@translate_errors
-async def unsubscribe(engine: AsyncEngine, *, user_id: str, agent_id: str) -> bool:
-    async with engine.begin() as conn:
-        result = await conn.execute(
-            delete(agent_subscriptions).where(
-                agent_subscriptions.c.user_id == user_id, agent_subscriptions.c.agent_id == agent_id
+    @translate_errors
+    async def subscribe(self, *, user_id: str, agent_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert_ignore(conn, agent_subscriptions, {"user_id": user_id, "agent_id": agent_id})
             )
-        )
-    return result.rowcount > 0
 
+    @translate_errors
+    async def unsubscribe(self, *, user_id: str, agent_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(agent_subscriptions).where(
+                    agent_subscriptions.c.user_id == user_id, agent_subscriptions.c.agent_id == agent_id
+                )
+            )
+        return result.rowcount > 0
 
-@translate_errors
-async def subscriptions(engine: AsyncEngine, *, user_id: str) -> set[str]:
-    async with engine.connect() as conn:
-        rows = await conn.execute(
-            select(agent_subscriptions.c.agent_id).where(agent_subscriptions.c.user_id == user_id)
-        )
-        return set(rows.scalars())
+    @translate_errors
+    async def subscriptions(self, *, user_id: str) -> set[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(agent_subscriptions.c.agent_id).where(agent_subscriptions.c.user_id == user_id)
+            )
+            return set(rows.scalars())

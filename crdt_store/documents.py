@@ -61,88 +61,6 @@ async def _document_id(conn: AsyncConnection, workspace_id: str, path: str) -> i
     return result.scalar_one_or_none()
 
 
-@translate_errors
-async def ensure_document(engine: AsyncEngine, *, workspace_id: str, path: str) -> tuple[int, bool]:
-    """Return the document's id, creating the row if it does not exist yet. The workspace must
-    exist (``NotFound`` otherwise). Returns the id and whether this call created the row."""
-    created = False
-    try:
-        async with engine.begin() as conn:
-            document_id = await _document_id(conn, workspace_id, path)
-            if document_id is None:
-                result = await conn.execute(
-                    insert_ignore(conn, documents, {"workspace_id": workspace_id, "path": path})
-                )
-                created = result.rowcount == 1
-                document_id = await _document_id(conn, workspace_id, path)
-    except IntegrityError:
-        raise NotFound(f"workspace {workspace_id!r} does not exist") from None
-    assert document_id is not None
-    return document_id, created
-
-
-@translate_errors
-async def document_exists(engine: AsyncEngine, *, workspace_id: str, path: str) -> bool:
-    async with engine.connect() as conn:
-        return await _document_id(conn, workspace_id, path) is not None
-
-
-@translate_errors
-async def load_document(engine: AsyncEngine, *, workspace_id: str, path: str) -> StoredDocument:
-    """Read a document: its snapshot and the updates not merged into it yet."""
-    document_id, created = await ensure_document(engine, workspace_id=workspace_id, path=path)
-    async with engine.connect() as conn:
-        # The tail is read before the snapshot: a compaction committing in between moves rows
-        # from the tail into the snapshot, so reading in this order can only see a row twice
-        # (harmless: Yjs updates are idempotent), never miss one.
-        tail = (
-            (
-                await conn.execute(
-                    select(document_updates.c.data)
-                    .where(document_updates.c.document_id == document_id)
-                    .order_by(document_updates.c.id)
-                )
-            )
-            .scalars()
-            .all()
-        )
-        snapshot = (
-            await conn.execute(
-                select(document_snapshots.c.state).where(document_snapshots.c.document_id == document_id)
-            )
-        ).scalar_one_or_none()
-    updates = ([snapshot] if snapshot else []) + list(tail)
-    return StoredDocument(
-        id=document_id,
-        updates=updates,
-        tail_count=len(tail),
-        tail_bytes=sum(len(u) for u in tail),
-        created=created,
-    )
-
-
-@translate_errors
-async def append_updates(engine: AsyncEngine, *, rows: Sequence[tuple[int, bytes]]) -> None:
-    """Append ``(document_id, update)`` rows in one transaction (group commit)."""
-    if not rows:
-        return
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(
-                insert(document_updates), [{"document_id": doc, "data": data} for doc, data in rows]
-            )
-    except IntegrityError:
-        # A document was deleted (perhaps by another instance) while its updates waited: store
-        # the rows of the documents that still exist, drop the others.
-        async with engine.begin() as conn:
-            wanted = {doc for doc, _ in rows}
-            found = await conn.execute(select(documents.c.id).where(documents.c.id.in_(wanted)))
-            existing = set(found.scalars())
-            kept = [{"document_id": doc, "data": data} for doc, data in rows if doc in existing]
-            if kept:
-                await conn.execute(insert(document_updates), kept)
-
-
 class _Superseded(Exception):
     """Another compaction of the same document committed first; this one rolls back."""
 
@@ -178,37 +96,6 @@ async def _builder(worker: StateWorker | None) -> AsyncIterator[Builder]:
             yield remote
 
 
-@translate_errors
-async def compact_document(
-    engine: AsyncEngine,
-    *,
-    document_id: int,
-    chunk_bytes: int = COMPACT_CHUNK_BYTES,
-    worker: StateWorker | None = None,
-) -> Compaction:
-    """Replace the document's snapshot and update rows by its own encoded state, in one
-    transaction: the snapshot and the rows are applied to a fresh Yjs document (which drops the
-    content of deleted items), the document's encoding becomes the new snapshot, and exactly the
-    rows that were applied are deleted. See ``yjs_state`` for why this duplicates nothing.
-
-    Memory stays bounded: rows are read in batches of about ``chunk_bytes`` and applied as they
-    come, so only the document, one batch and the ids of merged rows are held at once. Appends
-    may continue meanwhile: rows stored after compaction started stay in the log. On PostgreSQL
-    compactions of one document are serialised across instances by a row lock that does not
-    block appends; a compaction that finds its snapshot changed underneath rolls back and merges
-    nothing. With a ``worker``, the Yjs work runs in its process (see ``state_worker``), so that
-    no pycrdt call holds this process's event loop for long. Raises ``StoreUnavailable`` when the
-    database fails, ``ValueError`` when a stored row is not a Yjs update.
-    """
-    async with _builder(worker) as builder:
-        try:
-            async with engine.begin() as conn:
-                await _lock_for_compaction(conn, document_id)
-                return await _compact(conn, document_id, chunk_bytes, builder)
-        except (_Superseded, IntegrityError):  # IntegrityError: the document was deleted meanwhile
-            return Compaction(document_id=document_id, merged=0, snapshot_bytes=0)
-
-
 async def _lock_for_compaction(conn: AsyncConnection, document_id: int) -> None:
     """Serialise compactions of one document (PostgreSQL). ``FOR NO KEY UPDATE`` conflicts with
     itself but not with the ``FOR KEY SHARE`` lock that inserting a row referencing the document
@@ -218,9 +105,7 @@ async def _lock_for_compaction(conn: AsyncConnection, document_id: int) -> None:
         await conn.execute(query.with_for_update(key_share=True))
 
 
-async def _compact(
-    conn: AsyncConnection, document_id: int, chunk_bytes: int, builder: Builder
-) -> Compaction:
+async def _compact(conn: AsyncConnection, document_id: int, chunk_bytes: int, builder: Builder) -> Compaction:
     snapshot_row = (
         await conn.execute(
             select(document_snapshots.c.state, document_snapshots.c.merged_updates).where(
@@ -312,3 +197,113 @@ async def _write_snapshot(
         )
     if result.rowcount != 1:
         raise _Superseded
+
+
+class DocumentRepository:
+    """Documents' update logs and snapshots."""
+
+    def __init__(self, engine: AsyncEngine, worker: StateWorker | None = None) -> None:
+        self.engine = engine
+        self.worker = worker  # compaction's Yjs work runs in its process; None: in this one
+
+    @translate_errors
+    async def ensure(self, workspace_id: str, path: str) -> tuple[int, bool]:
+        """Return the document's id, creating the row if it does not exist yet. The workspace must
+        exist (``NotFound`` otherwise). Returns the id and whether this call created the row."""
+        created = False
+        try:
+            async with self.engine.begin() as conn:
+                document_id = await _document_id(conn, workspace_id, path)
+                if document_id is None:
+                    result = await conn.execute(
+                        insert_ignore(conn, documents, {"workspace_id": workspace_id, "path": path})
+                    )
+                    created = result.rowcount == 1
+                    document_id = await _document_id(conn, workspace_id, path)
+        except IntegrityError:
+            raise NotFound(f"workspace {workspace_id!r} does not exist") from None
+        assert document_id is not None
+        return document_id, created
+
+    @translate_errors
+    async def exists(self, workspace_id: str, path: str) -> bool:
+        async with self.engine.connect() as conn:
+            return await _document_id(conn, workspace_id, path) is not None
+
+    @translate_errors
+    async def load(self, workspace_id: str, path: str) -> StoredDocument:
+        """Read a document: its snapshot and the updates not merged into it yet."""
+        document_id, created = await self.ensure(workspace_id, path)
+        async with self.engine.connect() as conn:
+            # The tail is read before the snapshot: a compaction committing in between moves rows
+            # from the tail into the snapshot, so reading in this order can only see a row twice
+            # (harmless: Yjs updates are idempotent), never miss one.
+            tail = (
+                (
+                    await conn.execute(
+                        select(document_updates.c.data)
+                        .where(document_updates.c.document_id == document_id)
+                        .order_by(document_updates.c.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            snapshot = (
+                await conn.execute(
+                    select(document_snapshots.c.state).where(document_snapshots.c.document_id == document_id)
+                )
+            ).scalar_one_or_none()
+        updates = ([snapshot] if snapshot else []) + list(tail)
+        return StoredDocument(
+            id=document_id,
+            updates=updates,
+            tail_count=len(tail),
+            tail_bytes=sum(len(u) for u in tail),
+            created=created,
+        )
+
+    @translate_errors
+    async def append(self, rows: Sequence[tuple[int, bytes]]) -> None:
+        """Append ``(document_id, update)`` rows in one transaction (group commit)."""
+        if not rows:
+            return
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(document_updates), [{"document_id": doc, "data": data} for doc, data in rows]
+                )
+        except IntegrityError:
+            # A document was deleted (perhaps by another instance) while its updates waited: store
+            # the rows of the documents that still exist, drop the others.
+            async with self.engine.begin() as conn:
+                wanted = {doc for doc, _ in rows}
+                found = await conn.execute(select(documents.c.id).where(documents.c.id.in_(wanted)))
+                existing = set(found.scalars())
+                kept = [{"document_id": doc, "data": data} for doc, data in rows if doc in existing]
+                if kept:
+                    await conn.execute(insert(document_updates), kept)
+
+    @translate_errors
+    async def compact(self, document_id: int, *, chunk_bytes: int = COMPACT_CHUNK_BYTES) -> Compaction:
+        """Replace the document's snapshot and update rows by its own encoded state, in one
+        transaction: the snapshot and the rows are applied to a fresh Yjs document (which drops the
+        content of deleted items), the document's encoding becomes the new snapshot, and exactly the
+        rows that were applied are deleted. See ``yjs_state`` for why this duplicates nothing.
+
+        Memory stays bounded: rows are read in batches of about ``chunk_bytes`` and applied as they
+        come, so only the document, one batch and the ids of merged rows are held at once. Appends
+        may continue meanwhile: rows stored after compaction started stay in the log. On PostgreSQL
+        compactions of one document are serialised across instances by a row lock that does not
+        block appends; a compaction that finds its snapshot changed underneath rolls back and merges
+        nothing. With a ``worker``, the Yjs work runs in its process (see ``state_worker``), so that
+        no pycrdt call holds this process's event loop for long. Raises ``StoreUnavailable`` when the
+        database fails, ``ValueError`` when a stored row is not a Yjs update.
+        """
+        async with _builder(self.worker) as builder:
+            try:
+                async with self.engine.begin() as conn:
+                    await _lock_for_compaction(conn, document_id)
+                    return await _compact(conn, document_id, chunk_bytes, builder)
+            except (_Superseded, IntegrityError):  # IntegrityError: the document was deleted meanwhile
+                return Compaction(document_id=document_id, merged=0, snapshot_bytes=0)

@@ -20,58 +20,58 @@ class StoredEvent:
     data: str  # JSON text
 
 
-@translate_errors
-async def append_event(engine: AsyncEngine, *, topic: str, type: str, data: str) -> int:
-    """Store an event; returns its id (increasing across the whole log)."""
-    async with engine.begin() as conn:
-        result = await conn.execute(
-            insert(events).values(topic=topic, type=type, data=data).returning(events.c.id)
+class EventLog:
+    """The event log: append, read after an id, trim to the retention."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @translate_errors
+    async def append(self, *, topic: str, type: str, data: str) -> int:
+        """Store an event; returns its id (increasing across the whole log)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                insert(events).values(topic=topic, type=type, data=data).returning(events.c.id)
+            )
+            return int(result.scalar_one())
+
+    @translate_errors
+    async def after(self, *, after_id: int, topics: Iterable[str], limit: int = 10_000) -> list[StoredEvent]:
+        topics = list(topics)
+        if not topics:
+            return []
+        query = (
+            select(events.c.id, events.c.topic, events.c.type, events.c.data)
+            .where(events.c.id > after_id, events.c.topic.in_(topics))
+            .order_by(events.c.id)
+            .limit(limit)
         )
-        return int(result.scalar_one())
+        async with self.engine.connect() as conn:
+            return [StoredEvent(**row._mapping) for row in (await conn.execute(query)).all()]
 
+    @translate_errors
+    async def recent(self, *, topic: str, limit: int = 50) -> list[StoredEvent]:
+        query = (
+            select(events.c.id, events.c.topic, events.c.type, events.c.data)
+            .where(events.c.topic == topic)
+            .order_by(events.c.id.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [StoredEvent(**row._mapping) for row in reversed(rows)]
 
-@translate_errors
-async def events_after(
-    engine: AsyncEngine, *, after_id: int, topics: Iterable[str], limit: int = 10_000
-) -> list[StoredEvent]:
-    topics = list(topics)
-    if not topics:
-        return []
-    query = (
-        select(events.c.id, events.c.topic, events.c.type, events.c.data)
-        .where(events.c.id > after_id, events.c.topic.in_(topics))
-        .order_by(events.c.id)
-        .limit(limit)
-    )
-    async with engine.connect() as conn:
-        return [StoredEvent(**row._mapping) for row in (await conn.execute(query)).all()]
+    @translate_errors
+    async def oldest_id(self) -> int | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(func.min(events.c.id)))).scalar()
 
-
-@translate_errors
-async def recent_events(engine: AsyncEngine, *, topic: str, limit: int = 50) -> list[StoredEvent]:
-    query = (
-        select(events.c.id, events.c.topic, events.c.type, events.c.data)
-        .where(events.c.topic == topic)
-        .order_by(events.c.id.desc())
-        .limit(limit)
-    )
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    return [StoredEvent(**row._mapping) for row in reversed(rows)]
-
-
-@translate_errors
-async def oldest_event_id(engine: AsyncEngine) -> int | None:
-    async with engine.connect() as conn:
-        return (await conn.execute(select(func.min(events.c.id)))).scalar()
-
-
-@translate_errors
-async def trim_events(engine: AsyncEngine, *, keep: int) -> int:
-    """Keep the newest ``keep`` events; returns how many were deleted."""
-    async with engine.begin() as conn:
-        newest = (await conn.execute(select(func.max(events.c.id)))).scalar()
-        if newest is None:
-            return 0
-        result = await conn.execute(delete(events).where(events.c.id <= newest - keep))
-    return result.rowcount
+    @translate_errors
+    async def trim(self, *, keep: int) -> int:
+        """Keep the newest ``keep`` events; returns how many were deleted."""
+        async with self.engine.begin() as conn:
+            newest = (await conn.execute(select(func.max(events.c.id)))).scalar()
+            if newest is None:
+                return 0
+            result = await conn.execute(delete(events).where(events.c.id <= newest - keep))
+        return result.rowcount

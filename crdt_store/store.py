@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import documents
-from .documents import Compaction, StoredDocument
+from .agents import AgentRepository
+from .documents import DocumentRepository
 from .engine import open_engine, translate_errors
+from .event_log import EventLog
 from .state_worker import StateWorker
+from .workspaces import WorkspaceRepository
 
 
 class Store:
-    """Persistence of documents (and, through its engine, everything else in the schema)."""
+    """The database, reached through one repository per aggregate: ``documents`` (update logs,
+    snapshots, compaction), ``workspaces`` (workspaces, members, documents' existence),
+    ``agents`` (agents' state, subscriptions) and ``events`` (the event log). Every method
+    raises ``StoreUnavailable`` when the database cannot be used."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+        self.engine = engine  # for migrations, tests and tools; the server uses the repositories
         self.state_worker = StateWorker()  # compaction's Yjs work, off the event loop
+        self.documents = DocumentRepository(engine, self.state_worker)
+        self.workspaces = WorkspaceRepository(engine)
+        self.agents = AgentRepository(engine)
+        self.events = EventLog(engine)
 
     @property
     def dialect(self) -> str:
@@ -29,20 +38,6 @@ class Store:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-
-    async def load_document(self, workspace_id: str, path: str) -> StoredDocument:
-        return await documents.load_document(self.engine, workspace_id=workspace_id, path=path)
-
-    async def document_exists(self, workspace_id: str, path: str) -> bool:
-        return await documents.document_exists(self.engine, workspace_id=workspace_id, path=path)
-
-    async def append_updates(self, rows: Sequence[tuple[int, bytes]]) -> None:
-        await documents.append_updates(self.engine, rows=rows)
-
-    async def compact_document(self, document_id: int) -> Compaction:
-        return await documents.compact_document(
-            self.engine, document_id=document_id, worker=self.state_worker
-        )
 
 
 @contextlib.asynccontextmanager

@@ -24,10 +24,14 @@ class AgentEventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: str = Field(description="agent_execution_start | agent_execution_update | agent_execution_complete")
-    data: dict[str, Any] = Field(default_factory=dict, description="the event's data; agent_id defaults to the path")
+    data: dict[str, Any] = Field(
+        default_factory=dict, description="the event's data; agent_id defaults to the path"
+    )
 
 
-@router.get("/status", response_model=AgentsPublic, summary="Agents you may see, filterable by workspace and status")
+@router.get(
+    "/status", response_model=AgentsPublic, summary="Agents you may see, filterable by workspace and status"
+)
 async def agents_status(
     services: ServicesDep,
     user: CurrentUser,
@@ -40,7 +44,10 @@ async def agents_status(
 
 @router.get("/{agent_id}", response_model=AgentDetail, summary="An agent's latest state and recent events")
 async def agent_detail(
-    agent_id: AgentId, services: ServicesDep, user: CurrentUser, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    agent_id: AgentId,
+    services: ServicesDep,
+    user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> AgentDetail:
     state, recent = await services.agents.detail(user, agent_id, limit=limit)
     return AgentDetail(agent=AgentPublic(**agent_public(state)), events=[event_json(e) for e in recent])
@@ -52,7 +59,9 @@ async def agent_detail(
     status_code=status.HTTP_202_ACCEPTED,
     summary="Report an execution event",
 )
-async def report_event(agent_id: AgentId, body: AgentEventIn, services: ServicesDep, user: CurrentUser) -> AgentEventAccepted:
+async def report_event(
+    agent_id: AgentId, body: AgentEventIn, services: ServicesDep, user: CurrentUser
+) -> AgentEventAccepted:
     if body.type not in AGENT_EVENT_TYPES:
         raise BadRequest(f"type must be one of {', '.join(AGENT_EVENT_TYPES)}")
     data = {**body.data, "agent_id": body.data.get("agent_id", agent_id)}
@@ -61,7 +70,9 @@ async def report_event(agent_id: AgentId, body: AgentEventIn, services: Services
     try:
         message: AgentEvent = CLIENT_MESSAGE.validate_python({"type": body.type, "data": data})  # type: ignore[assignment]
     except ValidationError as exc:
-        details = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors(include_url=False))
+        details = "; ".join(
+            f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
         raise BadRequest(f"invalid {body.type}: {details}") from None
     event_id = await services.agents.report(user, message)
     return AgentEventAccepted(id=event_id, agent_id=agent_id, type=body.type)

@@ -42,7 +42,9 @@ async def list_workspaces(
 @router.post(
     "", response_model=WorkspacePublic, status_code=status.HTTP_201_CREATED, summary="Create a workspace"
 )
-async def create_workspace(body: WorkspaceCreate, services: ServicesDep, user: CurrentUser) -> WorkspacePublic:
+async def create_workspace(
+    body: WorkspaceCreate, services: ServicesDep, user: CurrentUser
+) -> WorkspacePublic:
     workspace = await services.workspaces.create(
         user, workspace_id=body.id or f"ws-{secrets.token_hex(6)}", name=body.name, visibility=body.visibility
     )
@@ -54,19 +56,27 @@ async def get_workspace(access: WorkspaceAccess) -> WorkspacePublic:
     return WorkspacePublic.of(access.workspace, access.role)
 
 
-@router.patch("/{workspace_id}", response_model=WorkspacePublic, summary="Rename or change visibility (owner)")
-async def update_workspace(body: WorkspaceUpdate, access: WorkspaceAccess, services: ServicesDep) -> WorkspacePublic:
+@router.patch(
+    "/{workspace_id}", response_model=WorkspacePublic, summary="Rename or change visibility (owner)"
+)
+async def update_workspace(
+    body: WorkspaceUpdate, access: WorkspaceAccess, services: ServicesDep
+) -> WorkspacePublic:
     workspace = await services.workspaces.update(access, name=body.name, visibility=body.visibility)
     return WorkspacePublic.of(workspace, access.role)
 
 
-@router.delete("/{workspace_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a workspace (owner)")
+@router.delete(
+    "/{workspace_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a workspace (owner)"
+)
 async def delete_workspace(access: WorkspaceAccess, services: ServicesDep) -> Response:
     await services.workspaces.delete(access)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{workspace_id}/join", response_model=MemberPublic, summary="Join an open workspace (as editor)")
+@router.post(
+    "/{workspace_id}/join", response_model=MemberPublic, summary="Join an open workspace (as editor)"
+)
 async def join_workspace(workspace_id: WorkspaceId, services: ServicesDep, user: CurrentUser) -> MemberPublic:
     member = await services.workspaces.join(user, workspace_id)
     return MemberPublic.of(member, await services.presence.online(workspace_id))
@@ -78,7 +88,9 @@ async def leave_workspace(workspace_id: WorkspaceId, services: ServicesDep, user
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{workspace_id}/users", response_model=MembersPublic, summary="Members, their roles, who is online")
+@router.get(
+    "/{workspace_id}/users", response_model=MembersPublic, summary="Members, their roles, who is online"
+)
 async def workspace_users(access: WorkspaceAccess, services: ServicesDep) -> MembersPublic:
     members = await services.workspaces.members(access)
     online = await services.presence.online(access.workspace.id)
@@ -86,15 +98,23 @@ async def workspace_users(access: WorkspaceAccess, services: ServicesDep) -> Mem
 
 
 @router.put(
-    "/{workspace_id}/members/{user_id}", response_model=MemberPublic, summary="Add a member or set its role (owner)"
+    "/{workspace_id}/members/{user_id}",
+    response_model=MemberPublic,
+    summary="Add a member or set its role (owner)",
 )
-async def set_member(user_id: UserId, body: MemberSet, access: WorkspaceAccess, services: ServicesDep) -> MemberPublic:
-    member = await services.workspaces.set_member(access, user_id, role=body.role, display_name=body.display_name)
+async def set_member(
+    user_id: UserId, body: MemberSet, access: WorkspaceAccess, services: ServicesDep
+) -> MemberPublic:
+    member = await services.workspaces.set_member(
+        access, user_id, role=body.role, display_name=body.display_name
+    )
     return MemberPublic.of(member, await services.presence.online(access.workspace.id))
 
 
 @router.delete(
-    "/{workspace_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a member (owner)"
+    "/{workspace_id}/members/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Remove a member (owner)",
 )
 async def remove_member(user_id: UserId, access: WorkspaceAccess, services: ServicesDep) -> Response:
     await services.workspaces.remove_member(access, user_id)

@@ -15,9 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from crdt_store import Store
-from crdt_store import workspaces as workspace_store
-from crdt_store.workspaces import Member, Workspace
+from crdt_store import Member, Store, Workspace
 
 from .auth import GlobalRole, Principal
 from .errors import Forbidden, UnknownWorkspace
@@ -43,11 +41,10 @@ class Access:
 async def resolve_access(store: Store, principal: Principal, workspace_id: str) -> Access:
     """The caller's role in the workspace, read from the store (nothing is written).
     Raises ``UnknownWorkspace`` or ``Forbidden``."""
-    engine = store.engine
-    workspace = await workspace_store.find_workspace(engine, workspace_id=workspace_id)
+    workspace = await store.workspaces.find(workspace_id=workspace_id)
     if workspace is None:
         raise UnknownWorkspace(workspace_id)
-    member = await workspace_store.get_member(engine, workspace_id=workspace_id, user_id=principal.user_id)
+    member = await store.workspaces.member(workspace_id=workspace_id, user_id=principal.user_id)
     if principal.role is GlobalRole.ADMIN:
         return Access(workspace, Role.OWNER, member is not None)
     if member is not None:
@@ -59,8 +56,7 @@ async def resolve_access(store: Store, principal: Principal, workspace_id: str) 
 
 async def join_as_editor(store: Store, workspace_id: str, principal: Principal) -> Member:
     """Make the principal an editor member, leaving an existing member's role as it is."""
-    return await workspace_store.set_member(
-        store.engine,
+    return await store.workspaces.set_member(
         workspace_id=workspace_id,
         user_id=principal.user_id,
         role=Role.EDITOR.value,

@@ -14,10 +14,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from crdt_store import Store, event_log
-from crdt_store import agents as agent_store
-from crdt_store.agents import AgentState
-from crdt_store.event_log import StoredEvent
+from crdt_store import AgentState, Store, StoredEvent
 
 from .access import resolve_access
 from .auth import GlobalRole, Principal
@@ -117,45 +114,47 @@ class AgentService:
         ``Forbidden`` for a ``workspace_id`` the caller cannot read."""
         if workspace_id is not None:
             await resolve_access(self.store, principal, workspace_id)
-        found = await agent_store.list_agents(
-            self.store.engine, workspace_id=workspace_id, status=status.value if status else None
+        found = await self.store.agents.find(
+            workspace_id=workspace_id, status=status.value if status else None
         )
         seen: dict[str, bool] = {}
         return [state for state in found if await self.can_see(principal, state, seen)]
 
-    async def detail(self, principal: Principal, agent_id: str, *, limit: int) -> tuple[AgentState, list[StoredEvent]]:
+    async def detail(
+        self, principal: Principal, agent_id: str, *, limit: int
+    ) -> tuple[AgentState, list[StoredEvent]]:
         """The agent's state and its ``limit`` most recent events. Raises ``NotFoundError`` when
         it has not reported or the caller may not see it."""
-        state = await agent_store.get_agent(self.store.engine, agent_id=agent_id)
+        state = await self.store.agents.get(agent_id=agent_id)
         if state is None or not await self.can_see(principal, state):
             raise NotFoundError(f"agent {agent_id!r} has not reported (or you may not see it)")
-        return state, await event_log.recent_events(self.store.engine, topic=agent_topic(agent_id), limit=limit)
+        return state, await self.store.events.recent(topic=agent_topic(agent_id), limit=limit)
 
     async def states(self, agent_ids: list[str]) -> list[dict[str, Any]]:
         """The public state of each of the agents that has reported."""
-        states = [await agent_store.get_agent(self.store.engine, agent_id=agent_id) for agent_id in agent_ids]
+        states = [await self.store.agents.get(agent_id=agent_id) for agent_id in agent_ids]
         return [agent_public(state) for state in states if state is not None]
 
     # -- subscribing ------------------------------------------------------------------------------
 
     async def may_watch(self, principal: Principal, agent_id: str) -> None:
         """Raise ``Forbidden`` unless ``principal`` may subscribe to the agent."""
-        state = await agent_store.get_agent(self.store.engine, agent_id=agent_id)
+        state = await self.store.agents.get(agent_id=agent_id)
         if not await self.can_see(principal, state):
             raise Forbidden(f"you may not watch agent {agent_id!r}")
 
     async def subscribe(self, principal: Principal, agent_id: str) -> None:
         """A stored subscription: it applies to all the user's event connections, now and later."""
         await self.may_watch(principal, agent_id)
-        await agent_store.subscribe(self.store.engine, user_id=principal.user_id, agent_id=agent_id)
+        await self.store.agents.subscribe(user_id=principal.user_id, agent_id=agent_id)
         self.cluster.run(SubscribeUser(principal.user_id, agent_id, True))
 
     async def unsubscribe(self, principal: Principal, agent_id: str) -> None:
-        await agent_store.unsubscribe(self.store.engine, user_id=principal.user_id, agent_id=agent_id)
+        await self.store.agents.unsubscribe(user_id=principal.user_id, agent_id=agent_id)
         self.cluster.run(SubscribeUser(principal.user_id, agent_id, False))
 
     async def subscriptions(self, principal: Principal) -> set[str]:
-        return await agent_store.subscriptions(self.store.engine, user_id=principal.user_id)
+        return await self.store.agents.subscriptions(user_id=principal.user_id)
 
     # -- reporting --------------------------------------------------------------------------------
 
@@ -163,7 +162,7 @@ class AgentService:
         """Check the publisher's authority, record the new state, publish the event, and tell
         the workspaces concerned. Returns the event's id."""
         agent_id = message.data.agent_id
-        current = await agent_store.get_agent(self.store.engine, agent_id=agent_id)
+        current = await self.store.agents.get(agent_id=agent_id)
         self._check_authority(principal, message, current)
         now = datetime.now(UTC)
         if isinstance(message, AgentExecutionStart):
@@ -172,7 +171,7 @@ class AgentService:
             values, payload = self._complete(message, current)
         else:
             values, payload = self._update(message)
-        state = await agent_store.save_agent(self.store.engine, agent_id=agent_id, values={**values, "updated_at": now})
+        state = await self.store.agents.save(agent_id=agent_id, values={**values, "updated_at": now})
         if state.workspace_id is not None:
             payload.setdefault("workspace_id", state.workspace_id)
         event_id = await self.hub.publish(agent_topic(agent_id), message.type, payload)
@@ -184,7 +183,9 @@ class AgentService:
             return
         agent_id = message.data.agent_id
         if current is not None and current.started_by not in (None, principal.user_id):
-            raise Forbidden(f"agent {agent_id!r} was started by someone else; only they or a service may report it")
+            raise Forbidden(
+                f"agent {agent_id!r} was started by someone else; only they or a service may report it"
+            )
         if current is None and not isinstance(message, AgentExecutionStart):
             raise Forbidden(f"agent {agent_id!r} has not started: send agent_execution_start first")
 
@@ -225,7 +226,9 @@ class AgentService:
         data = message.data
         execution_time = data.execution_time
         if execution_time is None and current is not None and current.started_at is not None:
-            started = current.started_at if current.started_at.tzinfo else current.started_at.replace(tzinfo=UTC)
+            started = (
+                current.started_at if current.started_at.tzinfo else current.started_at.replace(tzinfo=UTC)
+            )
             execution_time = max(0.0, (data.timestamp - started).total_seconds())
         payload = data.model_dump(mode="json")
         payload["execution_time"] = execution_time

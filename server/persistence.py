@@ -187,7 +187,7 @@ class UpdateWriter:
             batch = self._buffer[:]
             rows = [row for row in batch if row[0] not in self._discarded] if self._discarded else batch
             try:
-                await self.store.append_updates(rows)
+                await self.store.documents.append(rows)
             except Exception as exc:  # noqa: BLE001 - logged, kept and retried, never dropped
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
                 log.error(
@@ -241,7 +241,7 @@ class UpdateWriter:
 
     async def _compact(self, document_id: int) -> None:
         try:
-            result = await self.store.compact_document(document_id)
+            result = await self.store.documents.compact(document_id)
         except StoreError as exc:
             log.error("compacting document %s failed (will retry after more updates): %s", document_id, exc)
         except Exception:

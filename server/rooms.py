@@ -126,7 +126,7 @@ class RoomManager:
         return await asyncio.shield(loading)
 
     async def _load(self, key: RoomKey) -> Room:
-        stored = await self.store.load_document(key.workspace_id, key.path)
+        stored = await self.store.documents.load(key.workspace_id, key.path)
         doc = Doc()
         for update in stored.updates:
             if len(update) > LOAD_PARTS_BYTES:
@@ -214,7 +214,7 @@ class RoomManager:
 
     async def exists(self, key: RoomKey) -> bool:
         """Whether the document exists (loaded here, or stored)."""
-        return key in self.rooms or await self.store.document_exists(key.workspace_id, key.path)
+        return key in self.rooms or await self.store.documents.exists(key.workspace_id, key.path)
 
     async def open(self, key: RoomKey) -> Room:
         """A room for a server-side reader or writer (REST): loaded like any other, and unloaded

@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from crdt_store import Conflict, Store
-from crdt_store import workspaces as workspace_store
-from crdt_store.workspaces import DocumentInfo, Member, Workspace
+from crdt_store import Conflict, DocumentInfo, Member, Store, Workspace
 
 from .access import Access, Role, require, resolve_access
 from .auth import GlobalRole, Principal
@@ -75,20 +73,19 @@ class WorkspaceService:
     ) -> tuple[list[tuple[Workspace, str | None]], int]:
         """The workspaces ``principal`` can see (open ones and theirs; all for administrators),
         newest first, each with the caller's role; and how many there are in all."""
-        engine = self.store.engine
-        found, total = await workspace_store.list_workspaces(
-            engine, user_id=None if principal.is_admin else principal.user_id, limit=limit, offset=offset
+        found, total = await self.store.workspaces.visible_to(
+            user_id=None if principal.is_admin else principal.user_id, limit=limit, offset=offset
         )
-        roles = await workspace_store.roles_of(
-            engine, user_id=principal.user_id, workspace_ids=[w.id for w in found]
+        roles = await self.store.workspaces.roles_of(
+            user_id=principal.user_id, workspace_ids=[w.id for w in found]
         )
         return [(workspace, roles.get(workspace.id)) for workspace in found], total
 
     async def members(self, access: Access) -> list[Member]:
-        return await workspace_store.list_members(self.store.engine, workspace_id=access.workspace.id)
+        return await self.store.workspaces.members(workspace_id=access.workspace.id)
 
     async def documents(self, access: Access) -> list[DocumentInfo]:
-        return await workspace_store.list_documents(self.store.engine, workspace_id=access.workspace.id)
+        return await self.store.workspaces.documents(workspace_id=access.workspace.id)
 
     # -- workspaces -------------------------------------------------------------------------------
 
@@ -98,8 +95,7 @@ class WorkspaceService:
         """Create a workspace with ``principal`` as its owner. Raises ``ConflictError`` if the id
         is taken."""
         try:
-            workspace = await workspace_store.create_workspace(
-                self.store.engine,
+            workspace = await self.store.workspaces.create(
                 workspace_id=workspace_id,
                 name=name,
                 visibility=visibility,
@@ -108,27 +104,31 @@ class WorkspaceService:
             )
         except Conflict as exc:
             raise ConflictError(str(exc)) from None
-        self.events.announce(workspace_id, "workspace_created", owner_id=principal.user_id, visibility=visibility)
+        self.events.announce(
+            workspace_id, "workspace_created", owner_id=principal.user_id, visibility=visibility
+        )
         return workspace
 
     async def update(self, access: Access, *, name: str | None, visibility: str | None) -> Workspace:
         """Rename or change the visibility (owner)."""
         require(access, Role.OWNER)
         before = access.workspace
-        workspace = await workspace_store.update_workspace(
-            self.store.engine, workspace_id=before.id, name=name, visibility=visibility
+        workspace = await self.store.workspaces.update(
+            workspace_id=before.id, name=name, visibility=visibility
         )
         if name is not None and name != before.name:
             self.events.announce(workspace.id, "workspace_renamed", name=workspace.name)
         if visibility is not None and visibility != before.visibility:
-            self.events.announce(workspace.id, "workspace_visibility_changed", visibility=workspace.visibility)
+            self.events.announce(
+                workspace.id, "workspace_visibility_changed", visibility=workspace.visibility
+            )
         return workspace
 
     async def delete(self, access: Access) -> None:
         """Delete the workspace with its documents (owner); its connections close (4404)."""
         require(access, Role.OWNER)
         workspace_id = access.workspace.id
-        document_ids = await workspace_store.delete_workspace(self.store.engine, workspace_id=workspace_id)
+        document_ids = await self.store.workspaces.delete(workspace_id=workspace_id)
         self.cluster.run(CloseWorkspace(workspace_id, tuple(document_ids)))
         self.events.announce(workspace_id, "workspace_deleted")
 
@@ -137,17 +137,15 @@ class WorkspaceService:
     async def join(self, principal: Principal, workspace_id: str) -> Member:
         """Become an editor of an open workspace (an administrator may join any). A member keeps
         its role. Raises ``UnknownWorkspace`` or ``Forbidden``."""
-        engine = self.store.engine
-        workspace = await workspace_store.find_workspace(engine, workspace_id=workspace_id)
+        workspace = await self.store.workspaces.find(workspace_id=workspace_id)
         if workspace is None:
             raise UnknownWorkspace(workspace_id)
-        member = await workspace_store.get_member(engine, workspace_id=workspace_id, user_id=principal.user_id)
+        member = await self.store.workspaces.member(workspace_id=workspace_id, user_id=principal.user_id)
         if member is not None:
             return member
         if workspace.visibility != "open" and not principal.is_admin:
             raise Forbidden(f"workspace {workspace_id!r} is private: an owner must add you")
-        member = await workspace_store.set_member(
-            engine,
+        member = await self.store.workspaces.set_member(
             workspace_id=workspace_id,
             user_id=principal.user_id,
             role=Role.EDITOR.value,
@@ -159,9 +157,8 @@ class WorkspaceService:
 
     async def leave(self, principal: Principal, workspace_id: str) -> None:
         """Stop being a member (the last owner cannot: ``ConflictError``)."""
-        engine = self.store.engine
-        await workspace_store.get_workspace(engine, workspace_id=workspace_id)
-        member = await workspace_store.get_member(engine, workspace_id=workspace_id, user_id=principal.user_id)
+        await self.store.workspaces.get(workspace_id=workspace_id)
+        member = await self.store.workspaces.member(workspace_id=workspace_id, user_id=principal.user_id)
         if member is None:
             raise NotFoundError("you are not a member of this workspace")
         await self._remove(workspace_id, member)
@@ -171,13 +168,12 @@ class WorkspaceService:
     ) -> Member:
         """Add a member or change its role (owner). Their open connections follow at once."""
         require(access, Role.OWNER)
-        engine = self.store.engine
         workspace_id = access.workspace.id
-        current = await workspace_store.get_member(engine, workspace_id=workspace_id, user_id=user_id)
+        current = await self.store.workspaces.member(workspace_id=workspace_id, user_id=user_id)
         if current is not None and current.role == Role.OWNER and role != Role.OWNER:
             await self._ensure_an_owner_remains(workspace_id, user_id)
-        member = await workspace_store.set_member(
-            engine, workspace_id=workspace_id, user_id=user_id, role=role, display_name=display_name
+        member = await self.store.workspaces.set_member(
+            workspace_id=workspace_id, user_id=user_id, role=role, display_name=display_name
         )
         self.cluster.run(SetWriteAccess(workspace_id, user_id, Role(role).can_write))
         if current is None:
@@ -189,9 +185,7 @@ class WorkspaceService:
     async def remove_member(self, access: Access, user_id: str) -> None:
         """Remove a member (owner); their connections close at once (4403)."""
         require(access, Role.OWNER)
-        member = await workspace_store.get_member(
-            self.store.engine, workspace_id=access.workspace.id, user_id=user_id
-        )
+        member = await self.store.workspaces.member(workspace_id=access.workspace.id, user_id=user_id)
         if member is None:
             raise NotFoundError(f"{user_id!r} is not a member of this workspace")
         await self._remove(access.workspace.id, member)
@@ -199,12 +193,12 @@ class WorkspaceService:
     async def _remove(self, workspace_id: str, member: Member) -> None:
         if member.role == Role.OWNER:
             await self._ensure_an_owner_remains(workspace_id, member.user_id)
-        await workspace_store.remove_member(self.store.engine, workspace_id=workspace_id, user_id=member.user_id)
+        await self.store.workspaces.remove_member(workspace_id=workspace_id, user_id=member.user_id)
         self.cluster.run(RevokeAccess(workspace_id, member.user_id))
         self.events.announce(workspace_id, "member_removed", user_id=member.user_id)
 
     async def _ensure_an_owner_remains(self, workspace_id: str, user_id: str) -> None:
-        members = await workspace_store.list_members(self.store.engine, workspace_id=workspace_id)
+        members = await self.store.workspaces.members(workspace_id=workspace_id)
         owners = [m.user_id for m in members if m.role == Role.OWNER]
         if owners == [user_id]:
             raise ConflictError("a workspace needs an owner: make someone else owner first, or delete it")
@@ -237,6 +231,6 @@ class WorkspaceService:
         if not path:
             raise BadRequest("the main document cannot be deleted; delete the workspace instead")
         workspace_id = access.workspace.id
-        document_id = await workspace_store.delete_document(self.store.engine, workspace_id=workspace_id, path=path)
+        document_id = await self.store.workspaces.delete_document(workspace_id=workspace_id, path=path)
         self.cluster.run(CloseDocument(workspace_id, path, document_id))
         self.events.announce(workspace_id, "document_deleted", path=path)

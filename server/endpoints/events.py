@@ -177,7 +177,11 @@ class EventSession:
         self.conn.send(frame(message_type, data, **extra))
 
     def error(self, code: str, message: str, request_id: str | None = None, **details: Any) -> None:
-        self.send("error", ErrorData(code=code, message=message, **details).model_dump(exclude_none=True), request_id)
+        self.send(
+            "error",
+            ErrorData(code=code, message=message, **details).model_dump(exclude_none=True),
+            request_id,
+        )
 
     # -- commands ---------------------------------------------------------------------------------
 
@@ -202,7 +206,9 @@ class EventSession:
     def _parse(self, raw: bytes | str) -> ClientCommand | None:
         """The message, validated; or None once an ``error`` has said what is wrong with it."""
         if isinstance(raw, bytes):
-            self.error("unsupported_frame", "binary frames are not part of the event protocol; send JSON text")
+            self.error(
+                "unsupported_frame", "binary frames are not part of the event protocol; send JSON text"
+            )
             return None
         try:
             body = parse_json(raw)
@@ -212,7 +218,9 @@ class EventSession:
         request_id = body.get("request_id") if isinstance(body, dict) else None
         request_id = request_id if isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID else None
         if not isinstance(body, dict) or not isinstance(body.get("type"), str):
-            self.error("invalid_message", 'a message is a JSON object {"type": ..., "data": {...}}', request_id)
+            self.error(
+                "invalid_message", 'a message is a JSON object {"type": ..., "data": {...}}', request_id
+            )
             return None
         if body["type"] not in CLIENT_TYPES:
             message = f"unknown message type {body['type'][:64]!r}"
@@ -259,13 +267,17 @@ class EventSession:
             self.services.presence.leave(workspace_id, self.user)
         return {"workspace_id": workspace_id}
 
-    async def _report(self, message: AgentExecutionStart | AgentExecutionUpdate | AgentExecutionComplete) -> dict[str, Any]:
+    async def _report(
+        self, message: AgentExecutionStart | AgentExecutionUpdate | AgentExecutionComplete
+    ) -> dict[str, Any]:
         event_id = await self.services.agents.report(self.user, message)
         return {"agent_id": message.data.agent_id, "event_id": event_id}
 
     async def resume(self, last_event_id: int) -> int:
         async def current_agents() -> dict[str, Any]:
-            agent_ids = [agent_id for topic in self.sub.topics if (agent_id := agent_id_of(topic)) is not None]
+            agent_ids = [
+                agent_id for topic in self.sub.topics if (agent_id := agent_id_of(topic)) is not None
+            ]
             return ResyncRequired(
                 reason="events after last_event_id are older than retention",
                 last_event_id=last_event_id,

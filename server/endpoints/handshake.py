@@ -40,7 +40,9 @@ async def refuse(scope: Scope, send: Send, error: ServiceError) -> None:
         await send({"type": "websocket.close", "code": close.code, "reason": reason_of(error.message)})
 
 
-async def admit(scope: Scope, receive: Receive, send: Send, services: Services) -> tuple[Principal, str | None] | None:
+async def admit(
+    scope: Scope, receive: Receive, send: Send, services: Services
+) -> tuple[Principal, str | None] | None:
     """Wait for the client's connect, check capacity and its token. Returns the principal and the
     subprotocol to accept, or None once the request has been refused."""
     if (await receive())["type"] != "websocket.connect":

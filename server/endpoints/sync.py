@@ -39,14 +39,18 @@ async def sync_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> 
             access = await services.workspaces.open(principal, key.workspace_id)
             if not access.role.can_write and not await services.rooms.exists(key):
                 # Opening a document creates it: a viewer's read-only connection may not.
-                raise NotFoundError(f"document {key.path or '(main)'!r} does not exist; viewers cannot create it")
+                raise NotFoundError(
+                    f"document {key.path or '(main)'!r} does not exist; viewers cannot create it"
+                )
     except ServiceError as exc:
         await refuse(scope, send, exc)
         return
     await send({"type": "websocket.accept", "subprotocol": subprotocol})
     services.connections += 1
     try:
-        channel = AsgiChannel(receive, send, path=scope["path"], max_message_size=services.settings.max_message_size)
+        channel = AsgiChannel(
+            receive, send, path=scope["path"], max_message_size=services.settings.max_message_size
+        )
         await services.rooms.serve(key, channel, user=principal, can_write=access.role.can_write)
     finally:
         services.connections -= 1

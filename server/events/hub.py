@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from crdt_store import Store, event_log
+from crdt_store import Store
 
 from ..auth import Principal
 from ..broker import Broker
@@ -175,16 +175,14 @@ class EventHub:
         """Store the event, then send it to the topic's subscribers. Returns its id."""
         body = json.dumps(data, separators=(",", ":"), allow_nan=False)
         async with self._lock:
-            event_id = await event_log.append_event(
-                self.store.engine, topic=topic, type=message_type, data=body
-            )
+            event_id = await self.store.events.append(topic=topic, type=message_type, data=body)
             text = event_frame(event_id, message_type, body)
             self.deliver(topic, event_id, text, message_type)
             self.broker.publish_event(topic, event_id, text)
             self._since_trim += 1
             if self._since_trim >= TRIM_EVERY:
                 self._since_trim = 0
-                await event_log.trim_events(self.store.engine, keep=self.retention)
+                await self.store.events.trim(keep=self.retention)
         return event_id
 
     def deliver(self, topic: str, event_id: int, text: str, message_type: str | None = None) -> None:
@@ -225,13 +223,13 @@ class EventHub:
         sub.hold()
         replayed = 0
         try:
-            oldest = await event_log.oldest_event_id(self.store.engine)
+            oldest = await self.store.events.oldest_id()
             sub.floor = max(sub.floor, after_id)
             sub.last_id = max(sub.last_id, after_id)
             if oldest is not None and after_id < oldest - 1:
                 sub.conn.send(frame("resync_required", await on_gap()))
             else:
-                events = await event_log.events_after(self.store.engine, after_id=after_id, topics=sub.topics)
+                events = await self.store.events.after(after_id=after_id, topics=sub.topics)
                 for event in events:
                     if sub.wants(event.id):
                         sub.sent(event.id)

@@ -214,8 +214,12 @@ class AgentExecutionComplete(Message):
 
 
 AgentEvent = AgentExecutionStart | AgentExecutionUpdate | AgentExecutionComplete
-ClientCommand = SubscribeAgent | UnsubscribeAgent | JoinWorkspace | LeaveWorkspace | Resume | Ping | AgentEvent
-CLIENT_MESSAGE: TypeAdapter[ClientCommand] = TypeAdapter(Annotated[ClientCommand, Field(discriminator="type")])
+ClientCommand = (
+    SubscribeAgent | UnsubscribeAgent | JoinWorkspace | LeaveWorkspace | Resume | Ping | AgentEvent
+)
+CLIENT_MESSAGE: TypeAdapter[ClientCommand] = TypeAdapter(
+    Annotated[ClientCommand, Field(discriminator="type")]
+)
 
 
 def _type_names(union: Any) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.exceptions import InvalidHandshake
 from websockets.protocol import State
 
-from crdt_store.documents import load_document
+from crdt_store import DocumentRepository
 from crdt_store.engine import normalise_database_url
 from tests.cluster.conftest import StartCluster
 from tests.interop.node import start_node_client
@@ -41,7 +41,7 @@ async def stored_document(pg_url: str, workspace: str) -> Doc:
     """The document as PostgreSQL alone holds it (snapshot and update rows), no server involved."""
     engine = create_async_engine(normalise_database_url(pg_url))
     try:
-        stored = await load_document(engine, workspace_id=workspace, path="")
+        stored = await DocumentRepository(engine).load(workspace, "")
     finally:
         await engine.dispose()
     doc = Doc()

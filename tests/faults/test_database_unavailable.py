@@ -24,8 +24,7 @@ from pycrdt import Doc, Text
 from sqlalchemy import text
 from websockets.exceptions import InvalidStatus
 
-from crdt_store import StoreUnavailable, documents, open_store
-from crdt_store import workspaces as workspace_store
+from crdt_store import DocumentRepository, StoreUnavailable, open_store
 from server.config import Settings
 from tests.conftest import PG_ADMIN_DSN
 from tests.support.auth import client
@@ -149,7 +148,7 @@ async def test_postgresql_refusing_connections_is_503_and_loses_nothing(
 
             await own_database.admin.execute(let_in)
             await wait_until(lambda: writer.pending == 0, timeout=30)
-            stored = await server.services.store.load_document(workspace, "")
+            stored = await server.services.store.documents.load(workspace, "")
             assert stored_text(stored.updates) == "before, during"
             async with client(server.http_url) as http:
                 assert (await http.get("/health")).status_code == 200
@@ -171,15 +170,14 @@ async def test_connection_lost_mid_query_is_unavailable(own_database: OwnDatabas
     with ``StoreUnavailable``; the next one gets a fresh connection."""
     async with open_store(own_database.url, timeout=5) as store:
         workspace = f"w-{uuid.uuid4().hex}"
-        await workspace_store.create_workspace(
-            store.engine, workspace_id=workspace, name="w", visibility="open", owner_id="o"
+        await store.workspaces.create(workspace_id=workspace, name="w", visibility="open", owner_id="o"
         )
-        doc = await store.load_document(workspace, "")
+        doc = await store.documents.load(workspace, "")
         blocker = await asyncpg.connect(own_database.url)
         try:
             async with blocker.transaction():
                 await blocker.execute("SELECT id FROM documents WHERE id = $1 FOR UPDATE", doc.id)
-                compaction = asyncio.create_task(documents.compact_document(store.engine, document_id=doc.id))
+                compaction = asyncio.create_task(DocumentRepository(store.engine).compact(doc.id))
 
                 async def waiting_pid() -> int | None:
                     return await own_database.admin.fetchval(
@@ -227,7 +225,7 @@ async def test_sqlite_locked_by_another_connection_is_503_and_loses_nothing(
             await wait_until(lambda: writer.pending == 0, timeout=30)
             async with server.services.store.engine.connect() as conn:
                 assert (await conn.execute(text("SELECT count(*) FROM document_updates"))).scalar_one() == 2
-            stored = await server.services.store.load_document(workspace, "")
+            stored = await server.services.store.documents.load(workspace, "")
             assert stored_text(stored.updates) == "before, during"
             async with client(server.http_url) as http:
                 assert (await http.get("/health/database")).status_code == 200

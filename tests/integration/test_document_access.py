@@ -92,7 +92,7 @@ async def test_viewer_writes_are_dropped_and_reported(auth_server: RunningServer
         async with yclient(auth_server.doc_url(workspace) + f"?token={token('alice')}") as fresh:
             await wait_until(lambda: str(fresh.text()) == "[editor][more]")
         assert "[viewer]" not in str(editor.text())
-    stored = await auth_server.services.store.load_document(workspace, "")
+    stored = await auth_server.services.store.documents.load(workspace, "")
     assert all(b"[viewer]" not in update for update in stored.updates)
 
 

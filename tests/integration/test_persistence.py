@@ -108,7 +108,7 @@ async def test_idle_room_unloads_only_after_its_updates_are_stored(
             await wait_until(lambda: server.services.writer.pending > 0)
         await wait_until(lambda: not rooms.rooms, timeout=5)
         assert server.services.writer.pending == 0  # stored before the room went away
-        stored = await server.services.store.load_document(workspace, "")
+        stored = await server.services.store.documents.load(workspace, "")
         replayed = Doc()
         for update in stored.updates:
             replayed.apply_update(update)

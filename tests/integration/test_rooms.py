@@ -19,7 +19,7 @@ async def test_clients_opening_a_new_room_at_once_all_sync(
     server: RunningServer, workspace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = server.services.store
-    original = store.load_document
+    original = store.documents.load
     gate = asyncio.Event()
     calls = 0
 
@@ -29,7 +29,7 @@ async def test_clients_opening_a_new_room_at_once_all_sync(
         await gate.wait()
         return await original(workspace_id, path)
 
-    monkeypatch.setattr(store, "load_document", slow_load)
+    monkeypatch.setattr(store.documents, "load", slow_load)
     url = server.doc_url(workspace)
 
     async def join(index: int) -> str:
@@ -39,8 +39,8 @@ async def test_clients_opening_a_new_room_at_once_all_sync(
             return str(client.text())
 
     joins = [asyncio.create_task(join(i)) for i in range(5)]
-    await wait_until(lambda: calls >= 1)
-    await asyncio.sleep(0.05)  # give the other joiners time to pile up behind the same load
+    # Every joiner is accepted and waiting for the room (the first one's load holds at the gate).
+    await wait_until(lambda: calls >= 1 and server.services.connections == 5)
     gate.set()
     texts = await asyncio.gather(*joins)
     assert calls == 1

@@ -9,8 +9,7 @@ import pytest
 from pycrdt import Doc, Text
 from sqlalchemy import func, select, text
 
-from crdt_store import NotFound, Store, documents, open_store
-from crdt_store import workspaces as workspace_store
+from crdt_store import DocumentRepository, NotFound, Store, documents, open_store
 from crdt_store.tables import document_snapshots, document_updates
 from tests.support.wait import wait_until
 
@@ -36,8 +35,7 @@ def replay(updates: list[bytes]) -> str:
 
 async def new_workspace(store: Store) -> str:
     workspace_id = f"w-{uuid.uuid4().hex}"
-    await workspace_store.create_workspace(
-        store.engine, workspace_id=workspace_id, name="test", visibility="open", owner_id="tester"
+    await store.workspaces.create(workspace_id=workspace_id, name="test", visibility="open", owner_id="tester"
     )
     return workspace_id
 
@@ -52,12 +50,12 @@ async def test_load_is_snapshot_plus_tail(database_url: str) -> None:
     updates, expected = edits(30)
     async with open_store(database_url) as store:
         workspace = await new_workspace(store)
-        empty = await store.load_document(workspace, "")
+        empty = await store.documents.load(workspace, "")
         assert empty.updates == [] and empty.tail_count == 0
-        await store.append_updates([(empty.id, u) for u in updates[:20]])
-        assert (await store.compact_document(empty.id)).merged == 20
-        await store.append_updates([(empty.id, u) for u in updates[20:]])
-        loaded = await store.load_document(workspace, "")
+        await store.documents.append([(empty.id, u) for u in updates[:20]])
+        assert (await store.documents.compact(empty.id)).merged == 20
+        await store.documents.append([(empty.id, u) for u in updates[20:]])
+        loaded = await store.documents.load(workspace, "")
     assert loaded.id == empty.id
     assert loaded.tail_count == 10  # the snapshot, then exactly the ten rows written after it
     assert len(loaded.updates) == 11
@@ -68,11 +66,11 @@ async def test_compaction_deletes_exactly_the_rows_it_merged(database_url: str) 
     first, _ = edits(15, prefix="a")
     async with open_store(database_url) as store:
         workspace = await new_workspace(store)
-        doc = await store.load_document(workspace, "doc")
-        await store.append_updates([(doc.id, u) for u in first])
-        assert (await store.compact_document(doc.id)).merged == 15
+        doc = await store.documents.load(workspace, "doc")
+        await store.documents.append([(doc.id, u) for u in first])
+        assert (await store.documents.compact(doc.id)).merged == 15
         assert await log_rows(store, doc.id) == 0
-        assert (await store.compact_document(doc.id)).merged == 0  # nothing new: a no-op
+        assert (await store.documents.compact(doc.id)).merged == 0  # nothing new: a no-op
         async with store.engine.connect() as conn:
             merged = (
                 await conn.execute(
@@ -82,7 +80,7 @@ async def test_compaction_deletes_exactly_the_rows_it_merged(database_url: str) 
                 )
             ).scalar_one()
         assert merged == 15
-        assert replay((await store.load_document(workspace, "doc")).updates) == replay(first)
+        assert replay((await store.documents.load(workspace, "doc")).updates) == replay(first)
 
 
 async def test_writes_racing_compaction_lose_nothing(database_url: str) -> None:
@@ -90,19 +88,19 @@ async def test_writes_racing_compaction_lose_nothing(database_url: str) -> None:
     writers = [edits(60, prefix=f"w{n}-") for n in range(3)]
     async with open_store(database_url) as store:
         workspace = await new_workspace(store)
-        doc = await store.load_document(workspace, "")
+        doc = await store.documents.load(workspace, "")
         done = asyncio.Event()
         compactions = 0
 
         async def write(updates: list[bytes]) -> None:
             for start in range(0, len(updates), 3):
-                await store.append_updates([(doc.id, u) for u in updates[start : start + 3]])
+                await store.documents.append([(doc.id, u) for u in updates[start : start + 3]])
                 await asyncio.sleep(0)
 
         async def compact() -> None:
             nonlocal compactions
             while not done.is_set():
-                if (await store.compact_document(doc.id)).merged:
+                if (await store.documents.compact(doc.id)).merged:
                     compactions += 1
                 await asyncio.sleep(0)
 
@@ -110,7 +108,7 @@ async def test_writes_racing_compaction_lose_nothing(database_url: str) -> None:
         await asyncio.gather(*(write(updates) for updates, _ in writers))
         done.set()
         await compactor
-        loaded = await store.load_document(workspace, "")
+        loaded = await store.documents.load(workspace, "")
 
     assert compactions >= 1
     final = Doc()
@@ -126,9 +124,9 @@ async def test_writes_racing_compaction_lose_nothing(database_url: str) -> None:
 async def test_documents_are_keyed_by_workspace_and_path(database_url: str) -> None:
     async with open_store(database_url) as store:
         workspace = await new_workspace(store)
-        a = await store.load_document(workspace, "")
-        b = await store.load_document(workspace, "a.md")
-        again = await store.load_document(workspace, "a.md")
+        a = await store.documents.load(workspace, "")
+        b = await store.documents.load(workspace, "a.md")
+        again = await store.documents.load(workspace, "a.md")
     assert a.id != b.id
     assert b.id == again.id
 
@@ -143,10 +141,10 @@ async def test_migrations_are_idempotent(database_url: str) -> None:
 async def test_documents_need_an_existing_workspace(database_url: str) -> None:
     async with open_store(database_url) as store:
         with pytest.raises(NotFound, match="does not exist"):
-            await store.load_document(f"missing-{uuid.uuid4().hex}", "")
+            await store.documents.load(f"missing-{uuid.uuid4().hex}", "")
         workspace = await new_workspace(store)
-        first = await store.load_document(workspace, "a")
-        again = await store.load_document(workspace, "a")
+        first = await store.documents.load(workspace, "a")
+        again = await store.documents.load(workspace, "a")
     assert first.created is True and again.created is False
 
 
@@ -181,19 +179,15 @@ async def test_compacted_snapshot_is_the_documents_own_encoding(
     client, updates = churn(20)
     live = client.get_update()
     async with open_store(database_url) as store:
-        worker = store.state_worker if in_worker else None
+        repository = DocumentRepository(store.engine, store.state_worker if in_worker else None)
         workspace = await new_workspace(store)
-        doc = await store.load_document(workspace, "churn")
-        await store.append_updates([(doc.id, u) for u in updates[:30]])
-        first = await documents.compact_document(
-            store.engine, document_id=doc.id, chunk_bytes=chunk_bytes, worker=worker
-        )
-        await store.append_updates([(doc.id, u) for u in updates[30:]])
-        second = await documents.compact_document(
-            store.engine, document_id=doc.id, chunk_bytes=chunk_bytes, worker=worker
-        )
+        doc = await store.documents.load(workspace, "churn")
+        await store.documents.append([(doc.id, u) for u in updates[:30]])
+        first = await repository.compact(doc.id, chunk_bytes=chunk_bytes)
+        await store.documents.append([(doc.id, u) for u in updates[30:]])
+        second = await repository.compact(doc.id, chunk_bytes=chunk_bytes)
         snapshot = await snapshot_of(store, doc.id)
-        loaded = await store.load_document(workspace, "churn")
+        loaded = await store.documents.load(workspace, "churn")
     assert sum(len(u) for u in updates) > 2_000_000
     assert (first.merged, second.merged) == (30, 30)
     assert second.snapshot_bytes == len(snapshot) == len(live)  # 2 MB of history, about 1 KB stored
@@ -218,12 +212,12 @@ async def test_compaction_keeps_updates_waiting_for_a_missing_one(database_url: 
     first, insertion, deletion = updates
     async with open_store(database_url) as store:
         workspace = await new_workspace(store)
-        doc = await store.load_document(workspace, "")
-        await store.append_updates([(doc.id, insertion), (doc.id, deletion)])
-        assert (await store.compact_document(doc.id)).merged == 2
-        await store.append_updates([(doc.id, first)])
-        assert (await store.compact_document(doc.id)).merged == 1
-        loaded = await store.load_document(workspace, "")
+        doc = await store.documents.load(workspace, "")
+        await store.documents.append([(doc.id, insertion), (doc.id, deletion)])
+        assert (await store.documents.compact(doc.id)).merged == 2
+        await store.documents.append([(doc.id, first)])
+        assert (await store.documents.compact(doc.id)).merged == 1
+        loaded = await store.documents.load(workspace, "")
     assert replay(loaded.updates) == "llo world"
 
 
@@ -233,11 +227,11 @@ async def test_compaction_lock_lets_appends_through(pg_url: str) -> None:
     updates, _ = edits(4)
     async with open_store(pg_url) as store:
         workspace = await new_workspace(store)
-        doc = await store.load_document(workspace, "")
+        doc = await store.documents.load(workspace, "")
         async with store.engine.connect() as conn, conn.begin():
             await documents._lock_for_compaction(conn, doc.id)
-            await asyncio.wait_for(store.append_updates([(doc.id, u) for u in updates]), timeout=10)
-            second = asyncio.create_task(store.compact_document(doc.id))
+            await asyncio.wait_for(store.documents.append([(doc.id, u) for u in updates]), timeout=10)
+            second = asyncio.create_task(store.documents.compact(doc.id))
 
             async def waiting_for_the_lock() -> bool:
                 query = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
@@ -252,12 +246,12 @@ async def test_a_row_that_is_not_an_update_stops_compaction_not_the_worker(datab
     updates, expected = edits(5)
     async with open_store(database_url) as store:
         workspace = await new_workspace(store)
-        doc = await store.load_document(workspace, "")
-        other = await store.load_document(workspace, "other")
-        await store.append_updates([(doc.id, u) for u in updates] + [(doc.id, b"\x01\x02not an update")])
+        doc = await store.documents.load(workspace, "")
+        other = await store.documents.load(workspace, "other")
+        await store.documents.append([(doc.id, u) for u in updates] + [(doc.id, b"\x01\x02not an update")])
         with pytest.raises(ValueError, match="building the document's state failed"):
-            await store.compact_document(doc.id)
+            await store.documents.compact(doc.id)
         assert await log_rows(store, doc.id) == 6  # nothing merged, nothing deleted
-        await store.append_updates([(other.id, u) for u in updates])
-        assert (await store.compact_document(other.id)).merged == 5  # the worker goes on
-        assert replay((await store.load_document(workspace, "other")).updates) == expected
+        await store.documents.append([(other.id, u) for u in updates])
+        assert (await store.documents.compact(other.id)).merged == 5  # the worker goes on
+        assert replay((await store.documents.load(workspace, "other")).updates) == expected

@@ -88,3 +88,15 @@ def offenders(places: list[Path], forbidden: set[str], *, exempt: tuple[str, ...
 )
 def test_no_imports_against_the_flow(places: list[str], forbidden: set[str], exempt: tuple[str, ...]) -> None:
     assert offenders(files(*places), forbidden, exempt=exempt) == {}
+
+
+def test_the_server_reaches_the_database_through_repositories() -> None:
+    """``Store.engine`` is for migrations, tests and tools: the server and the REST layer use
+    ``store.documents``, ``store.workspaces``, ``store.agents`` and ``store.events``."""
+    uses = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in files("server", "rest")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "engine"
+    ]
+    assert uses == []
