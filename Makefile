@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 JS := tests/interop/js
 
-.PHONY: run test install install-test bench bench-storage clean
+.PHONY: run test lint install install-test bench bench-storage clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,16 @@ install-test: $(VENV)/.installed-test $(JS)/node_modules/.package-lock.json
 run: install
 	$(BIN)/python -m server
 
-## Run the whole test suite (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379).
-test: install-test
+## Run the whole test suite (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379):
+## lint and types first, then every test.
+test: install-test lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## ruff (rules and formatting) and mypy --strict, as configured in pyproject.toml.
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: install-test
 	$(BIN)/python -m benchmarks.fanout $(BENCH_ARGS)

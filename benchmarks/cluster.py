@@ -113,7 +113,7 @@ def main() -> int:
                 "same_instance": median_of(same),
                 "cross_instance": median_of(cross),
             }
-            print(json.dumps(row), flush=True)  # noqa: T201
+            print(json.dumps(row), flush=True)
             results.append(row)
     finally:
         for server in (a, b):
@@ -136,7 +136,7 @@ def main() -> int:
     (RESULTS / "cluster.json").write_text(json.dumps(report, indent=2))
     markdown = render(report)
     (RESULTS / "cluster.md").write_text(markdown)
-    print(markdown)  # noqa: T201
+    print(markdown)
     return 0
 
 

@@ -230,7 +230,7 @@ def main() -> int:
                 server = start()
                 try:
                     report["memory"][server.name] = idle_memory(server, args.connections)
-                    print(server.name, report["memory"][server.name], flush=True)  # noqa: T201
+                    print(server.name, report["memory"][server.name], flush=True)
                 finally:
                     server.stop()
 
@@ -252,7 +252,7 @@ def main() -> int:
                         ]
                         summary = {"rate_per_room": rate, **summarise(runs)}
                         steps[server.name].append(summary)
-                        print(shape, server.name, summary, flush=True)  # noqa: T201
+                        print(shape, server.name, summary, flush=True)
                         if not passes(summary):
                             alive.discard(server.name)
                 report["shapes"][shape] = {
@@ -275,14 +275,15 @@ def main() -> int:
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
     markdown = render(report)
     (RESULTS / "latest.md").write_text(markdown)
-    print(markdown)  # noqa: T201
+    print(markdown)
     return 0
 
 
 def render(report: dict[str, Any]) -> str:
     lines = [
         f"Run of {report['date']} ({report['machine']['cpus']} CPUs, Python {report['machine']['python']}; "
-        f"{report['settings']['repeats']} repeats of {report['settings']['duration_s']} s per step, medians).",
+        f"{report['settings']['repeats']} repeats of {report['settings']['duration_s']} s per step, "
+        "medians).",
         "",
     ]
     lines += [

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -78,10 +79,8 @@ def tree_rss(process: psutil.Process) -> int:
     compaction worker), in bytes."""
     total = 0
     for member in [process, *process.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             total += member.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
     return total
 
 
@@ -148,7 +147,6 @@ async def churn_client(url: str, seconds: float, rate: float) -> dict[str, Any]:
     doc.observe(lambda event: outgoing.append(event.update))
     sent = rounds = 0
     async with websockets.connect(url, max_size=None) as ws:
-
         replies = asyncio.Queue[None]()
 
         async def drain() -> None:
@@ -234,7 +232,7 @@ async def churn(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         await (await asyncpg.connect(PG_ADMIN_DSN)).close()
         backends.append(("PostgreSQL", True))
     except (OSError, asyncpg.PostgresError) as exc:
-        print(f"PostgreSQL unreachable, churn on SQLite only: {exc}", flush=True)  # noqa: T201
+        print(f"PostgreSQL unreachable, churn on SQLite only: {exc}", flush=True)
     for rate in args.churn_rates:
         for name, _ in backends:
             runs = []
@@ -248,7 +246,7 @@ async def churn(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
                         runs.append(await churn_once(url, args.churn_seconds, rate))
                     finally:
                         await drop_database(database)
-                print(name, rate, runs[-1], flush=True)  # noqa: T201
+                print(name, rate, runs[-1], flush=True)
             results[f"{name} at {rate:g}/s" if rate else f"{name}, unpaced"] = median_row(runs)
     return results
 
@@ -309,7 +307,7 @@ async def kill_loss(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         for mode, interval in modes.items():
             url = f"sqlite:///{data_dir / f'kill-{uuid.uuid4().hex[:6]}.db'}"
             runs[mode].append(await kill_once(url, interval, rate=500, seconds=3))
-            print(mode, runs[mode][-1], flush=True)  # noqa: T201
+            print(mode, runs[mode][-1], flush=True)
     return {
         mode: {key: statistics.median(r[key] for r in results) for key in ("sent", "seen", "lost")}
         | {"max_lost": max(r["lost"] for r in results), "runs": len(results)}
@@ -338,7 +336,7 @@ def durability(args: argparse.Namespace, data_dir: Path) -> list[dict[str, Any]]
                 "deliveries_per_second": statistics.median(r["deliveries_per_second"] for r in results),
                 "lost": max(r["lost"] for r in results),
             }
-        print(json.dumps(row), flush=True)  # noqa: T201
+        print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
 
@@ -394,7 +392,7 @@ def main() -> int:
     (RESULTS / "storage.json").write_text(json.dumps(report, indent=2))
     markdown = render(report)
     (RESULTS / "storage.md").write_text(markdown)
-    print(markdown)  # noqa: T201
+    print(markdown)
     return 0
 
 

@@ -142,7 +142,7 @@ async def _compact(conn: AsyncConnection, document_id: int, chunk_bytes: int, bu
 
 async def _update_batches(
     conn: AsyncConnection, document_id: int, upper: int, chunk_bytes: int
-) -> AsyncIterator[Sequence[Row[Any]]]:
+) -> AsyncIterator[Sequence[Row[Any, Any]]]:
     """The document's update rows up to id ``upper``, oldest first, in batches of at most
     ``chunk_bytes`` (or one row, when a single row is larger). Ids and sizes are listed a page at
     a time; the data is read one batch at a time."""
@@ -174,7 +174,7 @@ async def _update_batches(
         yield await _read_updates(conn, ids)
 
 
-async def _read_updates(conn: AsyncConnection, ids: list[int]) -> Sequence[Row[Any]]:
+async def _read_updates(conn: AsyncConnection, ids: list[int]) -> Sequence[Row[Any, Any]]:
     query = select(document_updates.c.id, document_updates.c.data).where(document_updates.c.id.in_(ids))
     return (await conn.execute(query.order_by(document_updates.c.id))).all()
 

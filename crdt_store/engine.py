@@ -56,7 +56,8 @@ def translate_errors(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T
 def insert_ignore(conn: AsyncConnection, table: Table, values: dict[str, Any]) -> Insert:
     """``INSERT ... ON CONFLICT DO NOTHING`` in the connection's dialect."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).values(**values).on_conflict_do_nothing()
+    statement: Insert = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    return statement
 
 
 def normalise_database_url(url: str) -> str:

@@ -64,7 +64,8 @@ class EventLog:
     @translate_errors
     async def oldest_id(self) -> int | None:
         async with self.engine.connect() as conn:
-            return (await conn.execute(select(func.min(events.c.id)))).scalar()
+            oldest: int | None = (await conn.execute(select(func.min(events.c.id)))).scalar()
+        return oldest
 
     @translate_errors
     async def trim(self, *, keep: int) -> int:

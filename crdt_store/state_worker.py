@@ -107,7 +107,8 @@ class StateWorker:
     async def build(self) -> AsyncIterator[RemoteBuilder]:
         """Exclusive use of the worker for one document."""
         async with self._lock:
-            process, pipe = self._process or await asyncio.to_thread(self._start)
+            worker = self._process if self._process is not None else await asyncio.to_thread(self._start)
+            process, pipe = worker
             builder = RemoteBuilder(pipe)
             try:
                 await builder._call(("start",))

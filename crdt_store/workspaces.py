@@ -13,9 +13,6 @@ from .engine import translate_errors
 from .errors import Conflict, NotFound
 from .tables import document_snapshots, document_updates, documents, workspace_members, workspaces
 
-ROLES = ("owner", "editor", "viewer")
-VISIBILITIES = ("open", "private")
-
 
 @dataclass(frozen=True, slots=True)
 class Workspace:

@@ -16,6 +16,7 @@ part that was not integrated over into the result, so nothing stored is lost.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from pycrdt import Doc, get_update, merge_updates
 
@@ -81,7 +82,7 @@ class StateBuilder:
     """
 
     def __init__(self) -> None:
-        self._doc: Doc = Doc(skip_gc=False)
+        self._doc: Doc[Any] = Doc(skip_gc=False)
         self._waiting: list[bytes] = []  # parts not integrated when they were applied
 
     def apply(self, updates: Iterable[bytes]) -> None:

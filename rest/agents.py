@@ -9,11 +9,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.agents import agent_public, event_json
 from server.errors import BadRequest
-from server.events.models import AGENT_EVENT_TYPES, CLIENT_MESSAGE, AgentEvent, AgentStatus
-from server.vocabulary import ID_PATTERN, MAX_ID_LENGTH
+from server.events.models import AGENT_EVENT_TYPES, CLIENT_MESSAGE, AgentEvent
+from server.vocabulary import ID_PATTERN, MAX_ID_LENGTH, WORKSPACE_ID_PATTERN, AgentStatus
 
 from .deps import CurrentUser, ServicesDep
-from .schemas import AgentDetail, AgentEventAccepted, AgentPublic, AgentsPublic, Subscription
+from .schemas import (
+    AgentDetail,
+    AgentEventAccepted,
+    AgentEventPublic,
+    AgentPublic,
+    AgentsPublic,
+    Subscription,
+)
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -35,7 +42,7 @@ class AgentEventIn(BaseModel):
 async def agents_status(
     services: ServicesDep,
     user: CurrentUser,
-    workspace_id: Annotated[str | None, Query(max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)] = None,
+    workspace_id: Annotated[str | None, Query(max_length=MAX_ID_LENGTH, pattern=WORKSPACE_ID_PATTERN)] = None,
     status_: Annotated[AgentStatus | None, Query(alias="status")] = None,
 ) -> AgentsPublic:
     found = await services.agents.visible(user, workspace_id=workspace_id, status=status_)
@@ -50,7 +57,9 @@ async def agent_detail(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> AgentDetail:
     state, recent = await services.agents.detail(user, agent_id, limit=limit)
-    return AgentDetail(agent=AgentPublic(**agent_public(state)), events=[event_json(e) for e in recent])
+    return AgentDetail(
+        agent=AgentPublic(**agent_public(state)), events=[AgentEventPublic(**event_json(e)) for e in recent]
+    )
 
 
 @router.post(

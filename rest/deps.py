@@ -10,11 +10,12 @@ from server.access import Access, resolve_access
 from server.auth import Principal, TokenError, authenticate
 from server.errors import Unauthorized
 from server.services import Services
-from server.vocabulary import MAX_ID_LENGTH
+from server.vocabulary import MAX_ID_LENGTH, WORKSPACE_ID_PATTERN
 
 
 def get_services(request: Request) -> Services:
-    return request.app.state.services
+    services: Services = request.app.state.services
+    return services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -30,7 +31,7 @@ def get_current_user(request: Request, services: ServicesDep) -> Principal:
 
 CurrentUser = Annotated[Principal, Depends(get_current_user)]
 
-WorkspaceId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+WorkspaceId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=WORKSPACE_ID_PATTERN)]
 
 
 async def get_workspace_access(workspace_id: WorkspaceId, services: ServicesDep, user: CurrentUser) -> Access:

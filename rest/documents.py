@@ -11,17 +11,18 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from server.access import Access, Role, require, resolve_access
+from server.access import Access, require, resolve_access
 from server.auth import Principal
 from server.document_view import ViewError, ViewTimeout
 from server.errors import BadRequest, NotFoundError, PayloadTooLarge, ServiceError, UnknownWorkspace
 from server.protocol import ProtocolError
 from server.room import DocumentBroken, Room, RoomKey
+from server.vocabulary import Role
 from server.yjs_format import check_state_vector, check_update_soon
 
 from .deps import CurrentUser, ServicesDep, WorkspaceAccess, WorkspaceId
@@ -166,7 +167,9 @@ StateVector = Annotated[
         pattern=r"^[A-Za-z0-9+/_=-]*$",
     ),
 ]
-_binary = {200: {"content": {OCTET_STREAM: {}}, "description": "A Yjs update (v1 encoding)"}}
+_binary: dict[int | str, dict[str, Any]] = {
+    200: {"content": {OCTET_STREAM: {}}, "description": "A Yjs update (v1 encoding)"}
+}
 _upload = {"requestBody": {"content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}}}}
 
 

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.vocabulary import Name
+from server.vocabulary import WORKSPACE_ID_PATTERN, AgentStatus, Name, Role, UtcTime, Visibility
 from server.workspaces import DocumentInfo, Member, Workspace
-
-Visibility = Literal["open", "private"]
-RoleName = Literal["owner", "editor", "viewer"]
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,254}$"
 
 
 class WorkspaceCreate(BaseModel):
@@ -20,11 +15,12 @@ class WorkspaceCreate(BaseModel):
 
     id: str | None = Field(
         default=None,
-        pattern=ID_PATTERN,
+        max_length=255,
+        pattern=WORKSPACE_ID_PATTERN,
         description="Optional id, as Yjs apps name their rooms; generated when omitted. 409 if taken.",
     )
     name: Name
-    visibility: Visibility = "open"
+    visibility: Visibility = Visibility.OPEN
 
 
 class WorkspaceUpdate(BaseModel):
@@ -39,20 +35,20 @@ class WorkspacePublic(BaseModel):
     name: str
     visibility: Visibility
     owner_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    role: RoleName | None = Field(description="The caller's role, if it has one")
+    created_at: UtcTime
+    updated_at: UtcTime
+    role: Role | None = Field(description="The caller's role, if it has one")
 
     @classmethod
     def of(cls, workspace: Workspace, role: str | None) -> WorkspacePublic:
         return cls(
             id=workspace.id,
             name=workspace.name,
-            visibility=workspace.visibility,  # type: ignore[arg-type]
+            visibility=Visibility(workspace.visibility),
             owner_id=workspace.owner_id,
             created_at=workspace.created_at,
             updated_at=workspace.updated_at,
-            role=role,  # type: ignore[arg-type]
+            role=None if role is None else Role(role),
         )
 
 
@@ -64,15 +60,15 @@ class WorkspacesPublic(BaseModel):
 class MemberSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: RoleName
+    role: Role
     display_name: Name | None = None
 
 
 class MemberPublic(BaseModel):
     user_id: str
     display_name: str | None
-    role: RoleName
-    joined_at: datetime
+    role: Role
+    joined_at: UtcTime
     online: bool
 
     @classmethod
@@ -80,7 +76,7 @@ class MemberPublic(BaseModel):
         return cls(
             user_id=member.user_id,
             display_name=member.display_name,
-            role=member.role,  # type: ignore[arg-type]
+            role=Role(member.role),
             joined_at=member.joined_at,
             online=member.user_id in online,
         )
@@ -93,7 +89,7 @@ class MembersPublic(BaseModel):
 
 class DocumentPublic(BaseModel):
     path: str = Field(description='"" for the workspace\'s main document')
-    created_at: datetime
+    created_at: UtcTime
     stored_updates: int
     snapshot_bytes: int
     loaded: bool
@@ -133,14 +129,14 @@ class AgentPublic(BaseModel):
     workspace_id: str | None
     user_id: str | None = Field(description="Who started the agent")
     task: str | None
-    status: str
+    status: AgentStatus
     progress: float = Field(description="0 to 100")
     current_step: str | None
     result: str | None
     execution_time: float | None = Field(description="Seconds")
-    started_at: str | None = Field(description="ISO 8601, UTC")
-    updated_at: str | None = Field(description="ISO 8601, UTC")
-    completed_at: str | None = Field(description="ISO 8601, UTC")
+    started_at: UtcTime | None
+    updated_at: UtcTime | None
+    completed_at: UtcTime | None
 
 
 class AgentsPublic(BaseModel):

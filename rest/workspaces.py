@@ -7,8 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from server.access import Role
-from server.vocabulary import ID_PATTERN, MAX_ID_LENGTH, MAX_INT64
+from server.vocabulary import ID_PATTERN, MAX_ID_LENGTH, MAX_INT64, Role
 
 from .deps import CurrentUser, ServicesDep, WorkspaceAccess, WorkspaceId
 from .schemas import (

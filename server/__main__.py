@@ -64,15 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command == "token":
         if not settings.jwt_secret:
-            print("error: JWT_SECRET is not set: there is nothing to sign tokens with", file=sys.stderr)  # noqa: T201
+            print("error: JWT_SECRET is not set: there is nothing to sign tokens with", file=sys.stderr)
             return 2
         print(
             mint_token(settings.jwt_secret, user_id=args.user, name=args.name, role=args.role, ttl=args.ttl)
-        )  # noqa: T201
+        )
         return 0
     configure_logging(settings.log_level, secrets=[settings.jwt_secret or ""])
     uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()

@@ -2,8 +2,9 @@
 Deciding never writes: joining and creating are the workspace service's acts.
 
 Rules:
-- an administrator acts as owner everywhere; a service (agent publisher) as editor everywhere;
-- a member has its stored role;
+- an administrator acts as owner everywhere;
+- a member has its stored role (a service made a viewer member stays a viewer there);
+- a service (agent publisher) acts as editor in every workspace it is not a member of;
 - anyone may work in an ``open`` workspace as an editor (opening one of its documents makes an
   authenticated user a member: ``WorkspaceService.open``);
 - a ``private`` workspace admits members only;
@@ -13,22 +14,12 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
-from crdt_store import Member, Store, Workspace
+from crdt_store import Store, Workspace
 
 from .auth import GlobalRole, Principal
 from .errors import Forbidden, UnknownWorkspace
-
-
-class Role(StrEnum):
-    OWNER = "owner"
-    EDITOR = "editor"
-    VIEWER = "viewer"
-
-    @property
-    def can_write(self) -> bool:
-        return self is not Role.VIEWER
+from .vocabulary import Role, Visibility
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,24 +40,12 @@ async def resolve_access(store: Store, principal: Principal, workspace_id: str) 
         return Access(workspace, Role.OWNER, member is not None)
     if member is not None:
         return Access(workspace, Role(member.role), True)
-    if principal.role is GlobalRole.SERVICE or workspace.visibility == "open":
+    if principal.role is GlobalRole.SERVICE or workspace.visibility == Visibility.OPEN:
         return Access(workspace, Role.EDITOR)
     raise Forbidden(f"workspace {workspace_id!r} is private and you are not a member")
 
 
-async def join_as_editor(store: Store, workspace_id: str, principal: Principal) -> Member:
-    """Make the principal an editor member, leaving an existing member's role as it is."""
-    return await store.workspaces.set_member(
-        workspace_id=workspace_id,
-        user_id=principal.user_id,
-        role=Role.EDITOR.value,
-        display_name=principal.name,
-        only_if_absent=True,
-    )
-
-
 def require(access: Access, needed: Role) -> None:
     """Raise ``Forbidden`` unless the role is at least ``needed`` (owner > editor > viewer)."""
-    order = [Role.VIEWER, Role.EDITOR, Role.OWNER]
-    if order.index(access.role) < order.index(needed):
+    if not access.role.at_least(needed):
         raise Forbidden(f"this needs the {needed.value} role; you are {access.role.value}")

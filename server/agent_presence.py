@@ -14,8 +14,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .events.models import AGENT_EVENT_TYPES, AgentStatus
+from .events.models import AGENT_EVENT_TYPES
 from .room import Room
+from .vocabulary import AgentStatus
 
 COLORS = ("#30bced", "#6eeb83", "#ffbc42", "#ecd444", "#ee6352", "#9ac2c9", "#8acb88", "#1be7ff")
 
@@ -66,7 +67,7 @@ class AgentPresence:
 
     # -- listening --------------------------------------------------------------------------------
 
-    def event(self, topic: str, message_type: str, text: str) -> None:
+    def event(self, _topic: str, message_type: str, text: str) -> None:
         """An event delivered on this instance (the event hub's listener)."""
         if message_type not in AGENT_EVENT_TYPES:
             return

@@ -22,14 +22,8 @@ from .cluster import Cluster, SubscribeUser
 from .config import Settings
 from .errors import Forbidden, NotFoundError, ServiceError
 from .events.hub import EventHub, agent_topic
-from .events.models import (
-    AgentEvent,
-    AgentExecutionComplete,
-    AgentExecutionStart,
-    AgentExecutionUpdate,
-    AgentStatus,
-    iso_z,
-)
+from .events.models import AgentEvent, AgentExecutionComplete, AgentExecutionStart, AgentExecutionUpdate
+from .vocabulary import AgentStatus, iso_z
 from .workspaces import WorkspaceEvents
 
 __all__ = ["AgentService", "AgentState", "StoredEvent", "agent_public"]

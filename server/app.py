@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI
+from starlette.types import Message, Receive, Scope, Send
 
 from .config import Settings, load_settings
 from .endpoints.events import event_endpoint, is_event_request
@@ -20,7 +19,7 @@ class CollaborationApp(FastAPI):
     before routing: they carry almost all the traffic, and per-connection framework layers cost
     memory and time per frame."""
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await super().__call__(scope, receive, StartupFailure(self, send))
             return
@@ -42,20 +41,20 @@ class StartupFailure:
     """The lifespan's ``send``, except that a start that failed for a known reason (the lifespan
     left it on ``app.state.startup_error``) is reported as that one line instead of a traceback."""
 
-    def __init__(self, app: FastAPI, send: Any) -> None:
+    def __init__(self, app: FastAPI, send: Send) -> None:
         self._app = app
         self._send = send
 
-    async def __call__(self, message: dict[str, Any]) -> None:
+    async def __call__(self, message: Message) -> None:
         reason = getattr(self._app.state, "startup_error", None)
         if message["type"] == "lifespan.startup.failed" and reason:
             message = {**message, "message": reason}
         await self._send(message)
 
 
-def is_update_upload(scope: dict[str, Any]) -> bool:
+def is_update_upload(scope: Scope) -> bool:
     """``POST .../update``: a binary Yjs update, bounded by ``MAX_MESSAGE_SIZE`` as it is read."""
-    return (
+    return bool(
         scope["method"] == "POST"
         and scope["path"].startswith("/workspaces/")
         and scope["path"].endswith("/update")

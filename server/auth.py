@@ -16,6 +16,7 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -68,7 +69,7 @@ def mint_token(
 
 def decode_token(token: str, settings: Settings) -> Principal:
     """Verify a token and return its principal, or raise ``TokenError`` saying what is wrong."""
-    if not _JWT_SHAPE.match(token):
+    if not _JWT_SHAPE.fullmatch(token):
         raise TokenError("malformed token")
     try:
         if settings.jwt_secret is None:
@@ -139,7 +140,7 @@ def guest() -> Principal:
     return Principal(user_id=f"guest-{suffix}", name=f"Guest {suffix}", guest=True)
 
 
-def token_from_scope(scope: dict[str, Any]) -> tuple[str | None, str | None]:
+def token_from_scope(scope: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """The token of an HTTP or WebSocket request, and the subprotocol to accept if it came that way.
 
     Looked for in order: ``Authorization: Bearer``, the ``token`` query parameter, the subprotocols
@@ -159,12 +160,12 @@ def token_from_scope(scope: dict[str, Any]) -> tuple[str | None, str | None]:
         if index + 1 < len(subprotocols):
             return subprotocols[index + 1], BEARER_SUBPROTOCOL
     for offered in subprotocols:
-        if _JWT_SHAPE.match(offered):
+        if _JWT_SHAPE.fullmatch(offered):
             return offered, offered
     return None, None
 
 
-def authenticate(scope: dict[str, Any], settings: Settings) -> tuple[Principal, str | None]:
+def authenticate(scope: Mapping[str, Any], settings: Settings) -> tuple[Principal, str | None]:
     """The request's principal and the subprotocol to accept. Raises ``TokenError``."""
     token, subprotocol = token_from_scope(scope)
     if token is None:

@@ -46,7 +46,7 @@ class Channel(Protocol):
 class AsgiChannel:
     """A WebSocket connection as ASGI ``receive``/``send``, after the handshake."""
 
-    __slots__ = ("path", "max_message_size", "_receive", "_send", "_open")
+    __slots__ = ("_open", "_receive", "_send", "max_message_size", "path")
 
     def __init__(self, receive: Receive, send: Send, *, path: str, max_message_size: int) -> None:
         self.path = path
@@ -61,7 +61,7 @@ class AsgiChannel:
         if kind == "websocket.disconnect":
             self._open = False
             raise ChannelClosed(message.get("code", 1000))
-        data = message.get("bytes")
+        data: bytes | None = message.get("bytes")
         if data is None:
             raise FrameRejected(CLOSE_1003_UNSUPPORTED_DATA)
         if len(data) > self.max_message_size:
@@ -74,7 +74,7 @@ class AsgiChannel:
         if message["type"] == "websocket.disconnect":
             self._open = False
             raise ChannelClosed(message.get("code", 1000))
-        data = message.get("text")
+        data: bytes | str | None = message.get("text")
         if data is None:
             data = message.get("bytes") or b""
         if len(data) > self.max_message_size:

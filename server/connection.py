@@ -25,19 +25,19 @@ class Connection:
     """
 
     __slots__ = (
-        "id",
-        "channel",
-        "user",
-        "can_write",
-        "expiry",
-        "awareness_ids",
-        "last_sent",
-        "close_code",
-        "_queue",
-        "_overflowed",
-        "_max_queue",
-        "_wakeup",
         "_loop",
+        "_max_queue",
+        "_overflowed",
+        "_queue",
+        "_wakeup",
+        "awareness_ids",
+        "can_write",
+        "channel",
+        "close_code",
+        "expiry",
+        "id",
+        "last_sent",
+        "user",
     )
 
     def __init__(self, channel: Channel, *, max_queue: int, user: Any = None, can_write: bool = True) -> None:

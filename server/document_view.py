@@ -58,7 +58,7 @@ def document_json(update: bytes) -> str:
     ``update`` (a v1 update, as ``Doc.get_update()`` encodes it). Raises ``ProtocolError`` for a
     malformed update, ``RecursionError`` for types nested deeper than the interpreter allows."""
     kinds = root_kinds(update)
-    doc: Doc = Doc()
+    doc: Doc[Any] = Doc()
     doc.apply_update(update)
     content = {name: _json(doc.get(name, type=ROOT_TYPES[kinds[name]])) for name in sorted(kinds)}
     return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -72,26 +72,20 @@ def _json(value: Any) -> Any:
         return _xml(value)
     if isinstance(value, Text):
         return str(value)
-    if isinstance(value, Array):
+    if isinstance(value, Array | list | tuple):
         return [_json(item) for item in value]
-    if isinstance(value, Map):
+    if isinstance(value, Map | dict):
         return {key: _json(item) for key, item in value.items()}
     if isinstance(value, Doc):
         return {}  # an unloaded subdocument: Y.Doc.toJSON() of no shared types
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
     if isinstance(value, float):
         if not math.isfinite(value):
             return None
         return int(value) if value.is_integer() and abs(value) <= MAX_SAFE_INTEGER else value
-    if isinstance(value, int):
+    if isinstance(value, bool | int | str) or value is None:
         return value
     if isinstance(value, bytes | bytearray):
         return {str(index): byte for index, byte in enumerate(value)}
-    if isinstance(value, dict):
-        return {key: _json(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json(item) for item in value]
     return None
 
 
@@ -262,9 +256,10 @@ class DocumentViews:
         return await asyncio.shield(cached[1])
 
     async def _build(self, key: bytes, update: bytes) -> bytes:
-        worker = await self._idle.get()
+        slot = await self._idle.get()
+        worker: _Worker | None = None
         try:
-            worker = worker or self._start()
+            worker = slot or self._start()
             exchange = asyncio.to_thread(_exchange, worker[1], key, update)
             reply = await asyncio.wait_for(exchange, self.timeout)
         except TimeoutError:
@@ -275,7 +270,7 @@ class DocumentViews:
             self._discard(worker)
             raise ViewError(f"the view worker stopped ({exc.__class__.__name__})") from None
         finally:
-            self._idle.put_nowait(worker if worker in self._running else None)  # type: ignore[arg-type]
+            self._idle.put_nowait(worker if worker in self._running else None)
         if reply[:1] != b"\x00":
             raise ViewError(reply[1:].decode(errors="replace"))
         return reply[1:]
@@ -289,8 +284,10 @@ class DocumentViews:
         self._running.add(worker)
         return worker
 
-    def _discard(self, worker: _Worker) -> None:
+    def _discard(self, worker: _Worker | None) -> None:
         """Kill the process; a thread still waiting on its pipe then sees it close."""
+        if worker is None:
+            return
         self._running.discard(worker)
         process = worker[0]
         process.kill()

@@ -130,7 +130,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected_error(_: Request, _exc: Exception) -> JSONResponse:
         # Starlette logs the exception and re-raises it after this response is sent.
         return JSONResponse(error_body("internal_error", "internal server error"), 500)
 

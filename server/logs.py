@@ -60,7 +60,7 @@ def _redact(text: str, secrets: Iterable[str]) -> str:
 
 
 # Line breaks and other control characters a client put in a path or header would forge log lines.
-_CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F]}
+_CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x09), *range(0x0A, 0x20), 0x7F]}
 _CONTROL.update({0x0A: "\\n", 0x0D: "\\r"})
 
 

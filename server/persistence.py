@@ -15,12 +15,12 @@ its update is stored: an update another client has seen is in the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-
 from typing import Any
 
 from crdt_store import Store, StoreError, StoreUnavailable
@@ -53,7 +53,8 @@ class UpdateWriter:
         self.compact_after_bytes = compact_after_bytes
         self.retry_max = retry_max
         self.on_stored = on_stored  # called after each write with how many updates are stored
-        self._buffer: list[tuple[int, bytes]] = []
+        # (document id, update); None in place of an update of a deleted document (``discard``)
+        self._buffer: list[tuple[int, bytes | None]] = []
         self._appended = 0  # updates ever appended
         self._stored = 0  # updates ever stored; the first `_stored` appended are in the database
         self._progress = asyncio.Condition()
@@ -61,7 +62,6 @@ class UpdateWriter:
         self._hurry = asyncio.Event()
         self._tails: dict[int, _Tail] = {}
         self._compacting: dict[int, asyncio.Task[None]] = {}
-        self._discarded: set[int] = set()
         self._compact_again: set[int] = set()  # unloaded while a compaction ran: once more after it
         self._task: asyncio.Task[None] | None = None
         self._held: deque[tuple[int, Callable[[], None]]] = deque()  # synchronous mode: (seq, relay)
@@ -146,7 +146,11 @@ class UpdateWriter:
 
     def discard(self, document_ids: list[int]) -> None:
         """The documents were deleted: drop their buffered updates instead of storing them."""
-        self._discarded.update(document_ids)
+        # In place: sequence numbers and the batch being written keep their positions. Only what
+        # is buffered now is dropped: a document created later may get a deleted one's id back
+        # (SQLite reuses the highest), and its updates must be stored.
+        discarded = set(document_ids)
+        self._buffer = [(doc, None if doc in discarded else update) for doc, update in self._buffer]
         for document_id in document_ids:
             self.forget(document_id)
 
@@ -180,15 +184,13 @@ class UpdateWriter:
         while True:
             await self._has_items.wait()
             if self.interval > 0 and not self._hurry.is_set():
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hurry.wait(), timeout=self.interval)
-                except TimeoutError:
-                    pass
             batch = self._buffer[:]
-            rows = [row for row in batch if row[0] not in self._discarded] if self._discarded else batch
+            rows = [(doc, update) for doc, update in batch if update is not None]
             try:
                 await self.store.documents.append(rows)
-            except Exception as exc:  # noqa: BLE001 - logged, kept and retried, never dropped
+            except Exception as exc:
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
                 log.error(
                     "storing %d updates failed, retrying in %.2fs: %s",
@@ -206,7 +208,6 @@ class UpdateWriter:
             if not self._buffer:
                 self._has_items.clear()
                 self._hurry.clear()
-                self._discarded.clear()  # no buffered row refers to a deleted document any more
             self._stored += len(batch)
             if self.on_stored is not None:
                 self.on_stored(self._stored)

@@ -56,15 +56,24 @@ class AwarenessEntry:
 
 
 def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
-    value = 0
-    shift = 0
-    for index in range(pos, min(len(data), pos + MAX_VAR_UINT_BYTES)):
-        byte = data[index]
-        value |= (byte & 0x7F) << shift
+    """lib0 ``readVarUint`` at ``pos``: 7 bits per byte, low bits first, at most 8 bytes (enough
+    for a Yjs client id's 53 bits). Returns the value and the position after it; raises
+    ``ProtocolError`` when the data ends inside the number or it is longer. Unrolled: Yjs client
+    ids take five bytes, and every item of an update names one or two."""
+    try:
+        byte = data[pos]
+        value = byte & 0x7F
         if byte < 0x80:
-            return value, index + 1
-        shift += 7
-    raise ProtocolError("truncated or oversized variable-length integer")
+            return value, pos + 1
+        for shift in (7, 14, 21, 28, 35, 42, 49):
+            pos += 1
+            byte = data[pos]
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value, pos + 1
+    except IndexError:
+        raise ProtocolError("the data ends inside a variable-length integer") from None
+    raise ProtocolError(f"a variable-length integer is longer than {MAX_VAR_UINT_BYTES} bytes")
 
 
 def read_var_bytes(data: bytes, pos: int) -> tuple[bytes, int]:

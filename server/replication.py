@@ -9,8 +9,9 @@ every 15 s), so a dead instance's cursors do not stay.
 Self-healing: every ``check_interval``, after loading a room and after a Redis outage, each
 instance publishes its state vector and a digest of its delete set for every loaded room. An
 instance that has something the sender lacks answers with exactly that (``UPDATE``); one that
-lacks something answers with its own state (``REPLY``), which is answered but never replied to,
-so an exchange ends after at most three messages.
+lacks something answers with its own state (``REPLY``), which is answered with an ``UPDATE`` but
+never replied to, so an exchange ends after at most four messages (``STATE``, ``UPDATE``,
+``REPLY``, ``UPDATE``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import asyncio
 import hashlib
 import logging
 import time
-
-from crdt_store.yjs_state import decode_state_vector
 
 from .broker import Broker, RoomMessage
 from .protocol import ProtocolError, decode_awareness

@@ -15,6 +15,7 @@ from . import protocol
 from .close_codes import CloseCode
 from .connection import Connection
 from .protocol import MessageType, ProtocolError, SyncType
+from .vocabulary import is_workspace_id
 from .yjs_format import UpdateFacts, decode_state_vector, split_update
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,8 @@ def is_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException"
 
 
-# Room names are what Yjs apps choose: anything printable, but bounded and without control bytes.
-# A path is bounded in UTF-8 bytes too: with its workspace id it is one database index entry.
-_WORKSPACE_ID = re.compile(r"^[^\x00-\x1f\x7f/]{1,255}$")
+# A document path is what Yjs apps choose: anything printable, but bounded and without control
+# bytes, in UTF-8 bytes too: with its workspace id it is one database index entry.
 _DOC_PATH = re.compile(r"^[^\x00-\x1f\x7f]{1,1024}$")
 MAX_PATH_BYTES = 1024
 
@@ -71,15 +71,23 @@ class RoomKey(NamedTuple):
     def valid_path(path: str) -> bool:
         """A document path: 1 to 1,024 characters without control characters, at most 1,024
         bytes of UTF-8."""
-        return bool(_DOC_PATH.match(path)) and len(path.encode("utf-8", "surrogatepass")) <= MAX_PATH_BYTES
+        return (
+            bool(_DOC_PATH.fullmatch(path)) and len(path.encode("utf-8", "surrogatepass")) <= MAX_PATH_BYTES
+        )
 
     @classmethod
     def parse(cls, name: str) -> RoomKey | None:
         """A room name as y-websocket clients write it: ``ws-1`` (the workspace's main
         document) or ``ws-1/notes/a.md``; None if it is not a valid one."""
         workspace_id, _, path = name.partition("/")
+        return cls.checked(workspace_id, path)
+
+    @classmethod
+    def checked(cls, workspace_id: str, path: str) -> RoomKey | None:
+        """The room of a workspace id and a document path (slashes around it ignored); None if
+        either is not valid."""
         path = path.strip("/")
-        if not _WORKSPACE_ID.match(workspace_id) or (path and not cls.valid_path(path)):
+        if not is_workspace_id(workspace_id) or (path and not cls.valid_path(path)):
             return None
         return cls(workspace_id, path)
 
@@ -95,7 +103,7 @@ class Room:
         self,
         key: RoomKey,
         document_id: int,
-        doc: Doc,
+        doc: Doc[Any],
         *,
         on_update: Callable[[int, bytes, Callable[[], None]], None],
         on_broken: Callable[[Room], None],
@@ -172,10 +180,9 @@ class Room:
                 conn.send(READ_ONLY)
         elif message.type is MessageType.AWARENESS:
             self._apply_awareness(conn, message.payload, frame)
-        elif message.type is MessageType.QUERY_AWARENESS:
-            if self.awareness.states:
-                update = self.awareness.encode_awareness_update(list(self.awareness.states))
-                conn.send(protocol.awareness(update))
+        elif message.type is MessageType.QUERY_AWARENESS and self.awareness.states:
+            update = self.awareness.encode_awareness_update(list(self.awareness.states))
+            conn.send(protocol.awareness(update))
         # AUTH messages are server-to-client only; a client sending one is ignored.
 
     async def apply_update(
@@ -219,11 +226,16 @@ class Room:
                 # Yrs failed part-way: the document may hold part of the update, which is neither
                 # stored nor relayed. The room is reloaded from storage without it.
                 log.error("document %s: an update failed while applied (%r); reloading", self.key, exc)
-                self.broken = True
-                self._on_broken(self)
+                self._break()
             raise ProtocolError(f"invalid Yjs update: {exc}") from None
         self._full_state = self._full_state_step2 = None
         self.version += 1
+
+    def _break(self) -> None:
+        """Have the room reloaded from storage, once."""
+        if not self.broken:
+            self.broken = True
+            self._on_broken(self)
 
     def _relay(self, update: bytes, origin: Connection | None) -> None:
         if not self._pending:
@@ -251,8 +263,7 @@ class Room:
             if not is_panic(exc):
                 raise
             log.error("document %s cannot be encoded (%r); reloading", self.key, exc)
-            self.broken = True
-            self._on_broken(self)
+            self._break()
             raise DocumentBroken(f"the document cannot be encoded: {exc}") from None
 
     def _sync_step2(self, state_vector: bytes) -> bytes:
@@ -289,7 +300,7 @@ class Room:
                 conn.awareness_ids.add(entry.client_id)
         try:
             self.awareness.apply_awareness_update(update, origin=conn)
-        except Exception as exc:  # pycrdt refused what decode_awareness let through
+        except Exception as exc:  # noqa: BLE001 - pycrdt refused what decode_awareness let through
             raise ProtocolError(f"invalid awareness update: {exc}") from None
         self._broadcast(frame, conn)
         if self.on_awareness is not None:

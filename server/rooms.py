@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from pycrdt import Doc
 
@@ -127,7 +129,7 @@ class RoomManager:
 
     async def _load(self, key: RoomKey) -> Room:
         stored = await self.store.documents.load(key.workspace_id, key.path)
-        doc = Doc()
+        doc: Doc[Any] = Doc()
         for update in stored.updates:
             if len(update) > LOAD_PARTS_BYTES:
                 await apply_in_parts(update, doc.apply_update)
@@ -349,7 +351,5 @@ class RoomManager:
 
 
 async def _close_quietly(channel: Channel, code: CloseCode) -> None:
-    try:
+    with contextlib.suppress(ChannelClosed, OSError):
         await channel.close(code)
-    except (ChannelClosed, OSError):
-        pass

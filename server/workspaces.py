@@ -12,7 +12,7 @@ from typing import Any
 
 from crdt_store import Conflict, DocumentInfo, Member, Store, Workspace
 
-from .access import Access, Role, require, resolve_access
+from .access import Access, require, resolve_access
 from .auth import GlobalRole, Principal
 from .cluster import CloseDocument, CloseWorkspace, Cluster, RevokeAccess, SetWriteAccess
 from .config import Settings
@@ -20,6 +20,7 @@ from .errors import BadRequest, ConflictError, Forbidden, NotFoundError, Unknown
 from .events.hub import EventHub, workspace_topic
 from .events.models import WorkspaceUpdateData
 from .room import RoomKey
+from .vocabulary import Role, Visibility
 
 __all__ = ["DocumentInfo", "Member", "Workspace", "WorkspaceEvents", "WorkspaceService"]
 
@@ -90,7 +91,7 @@ class WorkspaceService:
     # -- workspaces -------------------------------------------------------------------------------
 
     async def create(
-        self, principal: Principal, *, workspace_id: str, name: str, visibility: str = "open"
+        self, principal: Principal, *, workspace_id: str, name: str, visibility: Visibility = Visibility.OPEN
     ) -> Workspace:
         """Create a workspace with ``principal`` as its owner. Raises ``ConflictError`` if the id
         is taken."""
@@ -109,7 +110,7 @@ class WorkspaceService:
         )
         return workspace
 
-    async def update(self, access: Access, *, name: str | None, visibility: str | None) -> Workspace:
+    async def update(self, access: Access, *, name: str | None, visibility: Visibility | None) -> Workspace:
         """Rename or change the visibility (owner)."""
         require(access, Role.OWNER)
         before = access.workspace
@@ -143,7 +144,7 @@ class WorkspaceService:
         member = await self.store.workspaces.member(workspace_id=workspace_id, user_id=principal.user_id)
         if member is not None:
             return member
-        if workspace.visibility != "open" and not principal.is_admin:
+        if workspace.visibility != Visibility.OPEN and not principal.is_admin:
             raise Forbidden(f"workspace {workspace_id!r} is private: an owner must add you")
         member = await self.store.workspaces.set_member(
             workspace_id=workspace_id,
@@ -156,8 +157,10 @@ class WorkspaceService:
         return member
 
     async def leave(self, principal: Principal, workspace_id: str) -> None:
-        """Stop being a member (the last owner cannot: ``ConflictError``)."""
-        await self.store.workspaces.get(workspace_id=workspace_id)
+        """Stop being a member (the last owner cannot: ``ConflictError``). Raises
+        ``UnknownWorkspace``, or ``NotFoundError`` for a caller that is not a member."""
+        if await self.store.workspaces.find(workspace_id=workspace_id) is None:
+            raise UnknownWorkspace(workspace_id)
         member = await self.store.workspaces.member(workspace_id=workspace_id, user_id=principal.user_id)
         if member is None:
             raise NotFoundError("you are not a member of this workspace")

@@ -25,6 +25,7 @@ type it is not makes Yrs loop.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import TypeVar
 
 from pycrdt import write_var_uint
 
-from .protocol import Message, MessageType, ProtocolError, SyncType
+from .protocol import Message, MessageType, ProtocolError, SyncType, read_var_uint
 
 T = TypeVar("T")
 
@@ -50,31 +51,16 @@ TYPE_ARRAY, TYPE_MAP, TYPE_TEXT, TYPE_XML_ELEMENT, TYPE_XML_FRAGMENT, TYPE_XML_H
 _XML_CHILDREN = {TYPE_XML_ELEMENT, TYPE_XML_HOOK, TYPE_XML_TEXT}
 
 
-def _uint(data: bytes, pos: int) -> tuple[int, int]:
-    """lib0 ``readVarUint`` at ``pos``: 7 bits per byte, low bits first, at most 53 bits (8
-    bytes). Returns the value and the position after it. Unrolled: Yjs client ids take five
-    bytes, and every item names one or two."""
-    try:
-        byte = data[pos]
-        value = byte & 0x7F
-        if byte < 0x80:
-            return value, pos + 1
-        for shift in (7, 14, 21, 28, 35, 42, 49):
-            pos += 1
-            byte = data[pos]
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value, pos + 1
-    except IndexError:
-        raise ProtocolError("the update ends inside a variable-length integer") from None
-    raise ProtocolError("a variable-length integer is longer than 53 bits")
+# lib0 ``readAny`` values of a fixed size: undefined, null, false, true (no payload), float32,
+# float64, bigint64.
+_ANY_FIXED_SIZE = {127: 0, 126: 0, 121: 0, 120: 0, 124: 4, 123: 8, 122: 8}
 
 
 class _Reader:
     """A cursor over untrusted bytes; every read checks what remains. The hot reads take the
     one-byte case inline: updates are read on every edit."""
 
-    __slots__ = ("data", "pos", "end")
+    __slots__ = ("data", "end", "pos")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -97,10 +83,10 @@ class _Reader:
         if pos < self.end and self.data[pos] < 0x80:
             self.pos = pos + 1
             return self.data[pos]
-        value, self.pos = _uint(self.data, pos)
+        value, self.pos = read_var_uint(self.data, pos)
         return value
 
-    def int(self) -> None:
+    def skip_int(self) -> None:
         """lib0 ``readVarInt`` (sign in the first byte), skipped."""
         byte = self.byte()
         shift = 6
@@ -140,8 +126,8 @@ class _Reader:
 
     def item_id(self) -> tuple[int, int]:
         """An item's id: ``varUint client, varUint clock``."""
-        client, pos = _uint(self.data, self.pos)
-        clock, self.pos = _uint(self.data, pos)
+        client, pos = read_var_uint(self.data, self.pos)
+        clock, self.pos = read_var_uint(self.data, pos)
         if client > MAX_CLIENT or clock > MAX_CLOCK:
             raise ProtocolError(f"item id ({client}, {clock}) does not fit 53-bit clients and 32-bit clocks")
         return client, clock
@@ -158,12 +144,10 @@ class _Reader:
         while True:
             kind = self.byte()
             if kind == 125:  # integer
-                self.int()
-            elif kind == 124:  # float32
-                self.skip(4)
-            elif kind == 123 or kind == 122:  # float64, bigint64
-                self.skip(8)
-            elif kind == 119 or kind == 116:  # string, Uint8Array
+                self.skip_int()
+            elif kind in _ANY_FIXED_SIZE:
+                self.skip(_ANY_FIXED_SIZE[kind])
+            elif kind in (119, 116):  # string, Uint8Array
                 self.skip_buffer()
             elif kind == 118 or kind == 117:  # object (key, value pairs), array
                 size = self.count("object" if kind == 118 else "array")
@@ -171,7 +155,7 @@ class _Reader:
                     if len(open_containers) >= MAX_NESTING:
                         raise ProtocolError(f"values nest deeper than {MAX_NESTING} levels")
                     open_containers.append([size, kind == 118])
-            elif kind not in (127, 126, 121, 120):  # undefined, null, false, true
+            else:
                 raise ProtocolError(f"unknown value type {kind}")
             while open_containers and open_containers[-1][0] == 0:
                 open_containers.pop()
@@ -260,20 +244,14 @@ def _read_content(r: _Reader, kind: int, items: _Items | None) -> int:
     elif kind == FORMAT:
         r.skip_buffer()  # the attribute
         r.skip_buffer()  # its value, as JSON
-    elif kind == EMBED:
-        r.skip_buffer()  # JSON
+    elif kind in (EMBED, BINARY):
+        r.skip_buffer()  # JSON, or the bytes
     elif kind == TYPE:
-        ref = r.uint()
-        if ref > TYPE_XML_TEXT:
-            raise ProtocolError(f"unknown shared type {ref}")
-        if ref in (TYPE_XML_ELEMENT, TYPE_XML_HOOK):
-            r.skip_buffer()  # the node or hook name
+        ref = _read_type_ref(r)
     elif kind == JSON:
         length = r.count("JSON value")
         for _ in range(length):
             r.skip_buffer()
-    elif kind == BINARY:
-        r.skip_buffer()
     elif kind == DOC:
         r.skip_buffer()  # the subdocument's guid
         r.skip_any()  # its options
@@ -285,7 +263,21 @@ def _read_content(r: _Reader, kind: int, items: _Items | None) -> int:
     return length
 
 
-def _read_structs(r: _Reader, facts: UpdateFacts, items: _Items | None, layout: _Sections | None) -> None:
+def _read_type_ref(r: _Reader) -> int:
+    """A shared type's content: which type, and an XML element's or hook's name (skipped)."""
+    ref = r.uint()
+    if ref > TYPE_XML_TEXT:
+        raise ProtocolError(f"unknown shared type {ref}")
+    if ref in (TYPE_XML_ELEMENT, TYPE_XML_HOOK):
+        r.skip_buffer()
+    return ref
+
+
+# One loop over every struct, as Yjs's ``readClientsStructRefs``: this is the hot path of every
+# update a client sends, and splitting it would cost a call per item.
+def _read_structs(  # noqa: C901
+    r: _Reader, facts: UpdateFacts, items: _Items | None, layout: _Sections | None
+) -> None:
     ranges: dict[int, list[tuple[int, int]]] = {}  # client -> clock ranges this update holds
     types: set[tuple[int, int]] = set()  # ids of the shared types it creates
     named_parents: list[tuple[tuple[int, int], tuple[int, int]]] = []  # (parent id, item id)
@@ -298,7 +290,7 @@ def _read_structs(r: _Reader, facts: UpdateFacts, items: _Items | None, layout: 
             start, start_clock = r.pos, clock
             info = r.byte()
             kind = info & 0x1F
-            if kind == GC or kind == SKIP:
+            if kind in (GC, SKIP):
                 length = r.uint()
                 if not length:  # Yjs never writes one, and Yrs cannot encode a document holding one
                     raise ProtocolError("an empty garbage-collected or skipped range")
@@ -508,16 +500,15 @@ def root_kinds(update: bytes) -> dict[str, RootKind]:
                 found.setdefault(parent, set()).add(RootKind.ARRAY)
             else:
                 found.setdefault(parent, set())
-    kinds: dict[str, RootKind] = {}
-    for name in found.keys() | keyed:
-        seen = found.get(name, set())
-        for kind in (RootKind.TEXT, RootKind.XML_FRAGMENT, RootKind.ARRAY):
-            if kind in seen:
-                kinds[name] = kind
-                break
-        else:
-            kinds[name] = RootKind.MAP if name in keyed else RootKind.TEXT
-    return kinds
+    return {name: _root_kind(found.get(name, set()), name in keyed) for name in found.keys() | keyed}
+
+
+def _root_kind(seen: set[RootKind], keyed: bool) -> RootKind:
+    """A root's kind from the kinds of content it holds (text first, as Yjs reads it)."""
+    for root_kind in (RootKind.TEXT, RootKind.XML_FRAGMENT, RootKind.ARRAY):
+        if root_kind in seen:
+            return root_kind
+    return RootKind.MAP if keyed else RootKind.TEXT
 
 
 def _resolve_parents(items: _Items) -> list[str | tuple[int, int] | None]:
@@ -530,7 +521,7 @@ def _resolve_parents(items: _Items) -> list[str | tuple[int, int] | None]:
         starts.append(clock)
         indices.append(index)
     for starts, indices in by_client.values():
-        if any(a > b for a, b in zip(starts, starts[1:])):
+        if any(a > b for a, b in itertools.pairwise(starts)):
             order = sorted(range(len(starts)), key=starts.__getitem__)
             starts[:] = [starts[i] for i in order]
             indices[:] = [indices[i] for i in order]

@@ -52,7 +52,7 @@ def redis_url() -> Iterator[str]:
         pytest.fail(f"Redis is required for the test suite and is unreachable at {REDIS_URL}: {exc}")
     finally:
         client.close()
-    yield REDIS_URL
+    return REDIS_URL
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -102,7 +102,7 @@ class Broker:
         """Whether other instances may serve the same documents (and rooms must be compared)."""
         return False
 
-    async def follow(self, document_id: int) -> list[bytes]:
+    async def follow(self, document_id: int) -> list[bytes]:  # noqa: ARG002 - nothing relayed here
         """Start relaying a freshly loaded document; return the updates other instances have
         published for it (some of them perhaps not stored yet)."""
         return []
@@ -137,6 +137,6 @@ class Broker:
     async def drain_presence(self, timeout: float = 2.0) -> None:
         """At shutdown: wait (bounded) until the cluster knows of every presence change."""
 
-    async def online(self, workspace_id: str) -> set[str] | None:
+    async def online(self, workspace_id: str) -> set[str] | None:  # noqa: ARG002 - one instance
         """Users connected to the workspace on any instance; None when only this instance knows."""
         return None

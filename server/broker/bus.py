@@ -4,6 +4,7 @@ sending instance, and an instance skips its own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -59,10 +60,11 @@ class Bus:
             self.link.spawn(self._unsubscribe(channel), name="broker-unsubscribe")
 
     async def _unsubscribe(self, channel: bytes) -> None:
-        try:
-            await self._pubsub.unsubscribe(channel)
-        except FAILURES:
-            pass
+        pubsub = self._pubsub
+        if pubsub is None:  # the connection was lost meanwhile: a new one subscribes afresh
+            return
+        with contextlib.suppress(*FAILURES):
+            await pubsub.unsubscribe(channel)
 
     # -- receiving --------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import time
 
 from .base import BrokerListener
 from .keys import Keys
-from .link import FAILURES, RedisLink
+from .link import FAILURES, RedisLink, byte_strings, stream_entries
 from .presence import ClusterPresence
 
 log = logging.getLogger("server.broker")
@@ -44,7 +44,9 @@ class Instances:
         redis = self.link.commands
         await redis.zadd(self.keys.instances, {self.instance_id: now_ms})
         self.link.ok()
-        dead = await redis.zrangebyscore(self.keys.instances, "-inf", now_ms - int(self.timeout * 1000))
+        dead = byte_strings(
+            await redis.zrangebyscore(self.keys.instances, "-inf", now_ms - int(self.timeout * 1000))
+        )
         for instance in dead:
             instance_id = instance.decode()
             if instance_id == self.instance_id:
@@ -59,8 +61,8 @@ class Instances:
         me = instance_id.encode()
         watermark = int(await redis.hget(self.keys.watermarks, instance_id) or 0)
         rows: list[tuple[int, bytes]] = []
-        for document in await redis.smembers(self.keys.instance_documents(instance_id)):
-            for _, fields in await redis.xrange(self.keys.updates(int(document))):
+        for document in byte_strings(await redis.smembers(self.keys.instance_documents(instance_id))):
+            for _, fields in stream_entries(await redis.xrange(self.keys.updates(int(document)))):
                 if fields.get(b"i") == me and int(fields[b"s"]) > watermark:
                     rows.append((int(document), fields[b"u"]))
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
@@ -19,6 +19,31 @@ MAX_BACKOFF = 2.0  # seconds between attempts to reach Redis again
 READER_TIMEOUT = 20.0  # longer than the blocking stream read and the pub/sub ping
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
+
+
+# The clients keep redis-py's default ``decode_responses=False``, so every value in a reply is
+# bytes; redis-py annotates replies for both modes. These state the shapes the broker reads.
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+def stream_entries(reply: object) -> list[StreamEntry]:
+    """XRANGE's reply: ``[(entry id, {field: value})]``."""
+    return cast(list[StreamEntry], reply or [])
+
+
+def read_streams(reply: object) -> list[tuple[bytes, list[StreamEntry]]]:
+    """XREAD's reply: ``[(stream key, entries)]``; empty when the blocking read timed out."""
+    return cast(list[tuple[bytes, list[StreamEntry]]], reply or [])
+
+
+def byte_strings(reply: object) -> list[bytes]:
+    """The members of a set or sorted set, or a hash's fields (SMEMBERS, ZRANGEBYSCORE, HKEYS)."""
+    return list(cast("list[bytes] | set[bytes]", reply or []))
+
+
+def hash_fields(reply: object) -> dict[bytes, bytes]:
+    """HGETALL's reply."""
+    return cast(dict[bytes, bytes], reply or {})
 
 
 class RedisLink:

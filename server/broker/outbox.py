@@ -8,8 +8,11 @@ event log for a resume).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
+
+from redis.typing import EncodableT, FieldT
 
 from .keys import Keys
 from .link import FAILURES, RedisLink
@@ -79,10 +82,8 @@ class Outbox:
 
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) until everything added so far is sent (or dropped)."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def run(self) -> None:
         while True:
@@ -100,7 +101,7 @@ class Outbox:
         min_id = f"{int(time.time() * 1000) - self._trim_ms}-0"
         for item in items:
             if isinstance(item, StreamAppend):
-                fields = {"i": self._me, "s": item.seq, "u": item.update}
+                fields: dict[FieldT, EncodableT] = {"i": self._me, "s": item.seq, "u": item.update}
                 pipe.xadd(self.keys.updates(item.document_id), fields, minid=min_id, approximate=True)
                 if item.document_id not in self._published_documents:
                     new_documents.add(item.document_id)

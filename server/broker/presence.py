@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from redis.typing import EncodableT
+
 from .base import BrokerListener
 from .keys import Keys
-from .link import FAILURES, RedisLink
+from .link import FAILURES, RedisLink, byte_strings, hash_fields
 
 log = logging.getLogger("server.broker")
 
@@ -76,7 +78,7 @@ class ClusterPresence:
 
     async def online(self, workspace_id: str) -> set[str] | None:
         try:
-            users = await self.link.commands.hkeys(self.keys.workspace_presence(workspace_id))
+            users = byte_strings(await self.link.commands.hkeys(self.keys.workspace_presence(workspace_id)))
         except FAILURES as exc:
             self.link.failed(exc)
             return None
@@ -99,7 +101,9 @@ class ClusterPresence:
 
     async def _forget_stale(self) -> None:
         try:
-            fields = await self.link.commands.hgetall(self.keys.instance_presence(self.instance_id))
+            fields = hash_fields(
+                await self.link.commands.hgetall(self.keys.instance_presence(self.instance_id))
+            )
         except FAILURES:
             return
         for field, name in fields.items():
@@ -132,12 +136,12 @@ class ClusterPresence:
     async def apply(self, instance_id: str, workspace_id: str, user_id: str, name: str, present: bool) -> int:
         """Set one instance's contribution; returns the instances the user is now on (-1: no change)."""
         keys = [self.keys.instance_presence(instance_id), self.keys.workspace_presence(workspace_id)]
-        args = [_field(workspace_id, user_id), user_id, int(present), name]
+        args: list[EncodableT] = [_field(workspace_id, user_id), user_id, int(present), name]
         return int(await self._set_present(keys=keys, args=args))
 
     async def withdraw(self, instance_id: str, listener: BrokerListener) -> int:
         """A stopped instance's users leave; returns how many it had."""
-        fields = await self.link.commands.hgetall(self.keys.instance_presence(instance_id))
+        fields = hash_fields(await self.link.commands.hgetall(self.keys.instance_presence(instance_id)))
         for field, name in fields.items():
             workspace_id, user_id = _unfield(field)
             count = await self.apply(instance_id, workspace_id, user_id, name.decode(), False)

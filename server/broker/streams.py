@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from redis.typing import KeyT, StreamIdT
+
 from .keys import Keys
-from .link import FAILURES, RedisLink
+from .link import FAILURES, RedisLink, read_streams, stream_entries
 from .outbox import Outbox, Wake
 
 log = logging.getLogger("server.broker")
@@ -38,7 +40,7 @@ class DocumentStreams:
         updates: list[bytes] = []
         last = b"0-0"
         try:
-            entries = await self.link.commands.xrange(stream)
+            entries = stream_entries(await self.link.commands.xrange(stream))
         except FAILURES as exc:
             self.link.failed(exc)  # the reader reads the whole stream once Redis is back
         else:
@@ -60,24 +62,26 @@ class DocumentStreams:
         wake = self.keys.wake(self.instance_id)
         delay = 0.1
         while True:
-            streams: dict[str | bytes, bytes | str] = {wake: "$"}
+            streams: dict[KeyT, StreamIdT] = {wake: "$"}
             for document_id, last in self.following.items():
                 streams[self.keys.updates(document_id)] = last
             try:
-                result = await self.link.reader.xread(streams, count=XREAD_COUNT, block=XREAD_BLOCK_MS)
+                result = read_streams(
+                    await self.link.reader.xread(streams, count=XREAD_COUNT, block=XREAD_BLOCK_MS)
+                )
             except FAILURES as exc:
                 delay = await self.link.wait_after(exc, delay)
                 continue
             delay = 0.1
             self.link.ok()
-            for stream, entries in result or ():
-                document_id = self._documents.get(stream)
-                if document_id is None or document_id not in self.following:
+            for stream, entries in result:
+                followed = self._documents.get(stream)
+                if followed is None or followed not in self.following:
                     continue
                 for entry_id, fields in entries:
-                    self.following[document_id] = entry_id
+                    self.following[followed] = entry_id
                     if fields.get(b"i") != self._me:
                         try:
-                            deliver(document_id, fields[b"u"])
+                            deliver(followed, fields[b"u"])
                         except Exception:
-                            log.exception("applying a relayed update to document %s failed", document_id)
+                            log.exception("applying a relayed update to document %s failed", followed)

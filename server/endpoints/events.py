@@ -15,10 +15,10 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from pydantic import BaseModel, ValidationError
-
+from starlette.types import Receive, Scope, Send
 
 from ..auth import Principal
-from ..channel import AsgiChannel, ChannelClosed, FrameRejected, Receive, Send
+from ..channel import AsgiChannel, ChannelClosed, FrameRejected
 from ..close_codes import CLOSE_1000_NORMAL, CLOSE_1011_INTERNAL_ERROR, CLOSE_4401_TOKEN_EXPIRED
 from ..connection import Connection
 from ..errors import ServiceError, store_errors_as_service_errors
@@ -41,11 +41,9 @@ from ..events.models import (
     UnsubscribeAgent,
     Welcome,
     event_id_param,
-    iso_z,
-    utcnow,
 )
 from ..services import Services
-from ..vocabulary import parse_json
+from ..vocabulary import iso_z, parse_json, utcnow
 from .handshake import admit
 
 log = logging.getLogger(__name__)
@@ -58,7 +56,7 @@ ENDPOINTS = {
 MAX_REQUEST_ID = 100
 
 
-def is_event_request(scope: dict[str, Any]) -> bool:
+def is_event_request(scope: Scope) -> bool:
     return scope["type"] == "websocket" and scope["path"].rstrip("/") in ENDPOINTS
 
 
@@ -73,7 +71,7 @@ def utc_now() -> str:
     return iso_z(utcnow())
 
 
-async def event_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+async def event_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     services: Services = scope["app"].state.services
     settings = services.settings
     kinds = ENDPOINTS[scope["path"].rstrip("/")]

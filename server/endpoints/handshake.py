@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+
+from starlette.types import Receive, Scope, Send
 
 from ..auth import Principal, TokenError, authenticate
-from ..channel import Receive, Send
 from ..close_codes import reason_of, refusal
 from ..errors import NotFoundError, ServerFull, ServiceError, Unauthorized, error_body
 from ..services import Services
 
 log = logging.getLogger("server.endpoints")
-
-Scope = dict[str, Any]
 
 
 async def refuse(scope: Scope, send: Send, error: ServiceError) -> None:

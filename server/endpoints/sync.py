@@ -6,9 +6,11 @@ Served as plain ASGI, ahead of the framework's routing: check the request, open 
 
 from __future__ import annotations
 
-from typing import Any
+from urllib.parse import unquote_to_bytes
 
-from ..channel import AsgiChannel, Receive, Send
+from starlette.types import Receive, Scope, Send
+
+from ..channel import AsgiChannel
 from ..errors import BadRequest, NotFoundError, ServiceError, store_errors_as_service_errors
 from ..room import RoomKey
 from ..services import Services
@@ -17,7 +19,7 @@ from .handshake import admit, refuse
 SYNC_PREFIX = "/ws/workspaces/"
 
 
-def is_sync_request(scope: dict[str, Any]) -> bool:
+def is_sync_request(scope: Scope) -> bool:
     return (
         scope["type"] == "websocket"
         and len(scope["path"]) > len(SYNC_PREFIX)
@@ -25,7 +27,22 @@ def is_sync_request(scope: dict[str, Any]) -> bool:
     )
 
 
-async def sync_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+def room_key(scope: Scope) -> RoomKey | None:
+    """The room the client asks for: the path after the prefix, as the client wrote it (y-websocket
+    appends the room name), split into workspace id and document path on the first literal ``/``,
+    each part then percent-decoded as UTF-8 (RFC 3986 2.1); so an encoded ``%2F`` stays inside
+    its part. None when that is not a valid room."""
+    raw = scope.get("raw_path")
+    if not raw:
+        return RoomKey.parse(scope["path"][len(SYNC_PREFIX) :])
+    workspace_id, _, path = raw.partition(b"?")[0][len(SYNC_PREFIX) :].partition(b"/")
+    try:
+        return RoomKey.checked(unquote_to_bytes(workspace_id).decode(), unquote_to_bytes(path).decode())
+    except UnicodeDecodeError:
+        return None
+
+
+async def sync_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     services: Services = scope["app"].state.services
     admitted = await admit(scope, receive, send, services)
     if admitted is None:
@@ -33,7 +50,7 @@ async def sync_endpoint(scope: dict[str, Any], receive: Receive, send: Send) -> 
     principal, subprotocol = admitted
     try:
         with store_errors_as_service_errors():
-            key = RoomKey.parse(scope["path"][len(SYNC_PREFIX) :])
+            key = room_key(scope)
             if key is None:
                 raise BadRequest("invalid workspace id or document path")
             access = await services.workspaces.open(principal, key.workspace_id)

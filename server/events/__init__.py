@@ -1,1 +1,2 @@
-"""The JSON event channel: message models, the hub that routes events, the WebSocket endpoints."""
+"""The JSON event channel's core: the message models and the hub that stores and routes events
+(the WebSocket endpoint is ``server.endpoints.events``)."""

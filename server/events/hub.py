@@ -57,7 +57,7 @@ def event_frame(event_id: int, message_type: str, data_json: str) -> str:
 class Subscriber:
     """One event-channel connection: its topics and the event ids it was sent."""
 
-    __slots__ = ("conn", "user", "kinds", "topics", "last_id", "floor", "_recent", "_held")
+    __slots__ = ("_held", "_recent", "conn", "floor", "kinds", "last_id", "topics", "user")
 
     def __init__(self, conn: Connection, user: Principal, kinds: frozenset[str]) -> None:
         self.conn = conn

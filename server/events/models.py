@@ -8,50 +8,29 @@ Server -> client: ``welcome``, ``ack``, ``error``, ``pong``, ``resync_required``
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
     TypeAdapter,
-    field_serializer,
 )
 
-from ..vocabulary import MAX_INT64, Id, LongText, ShortText
+from ..vocabulary import (
+    MAX_INT64,
+    AgentStatus,
+    Id,
+    LongText,
+    ShortText,
+    Timestamp,
+    WorkspaceId,
+    utcnow,
+)
 
 RequestId = Annotated[str, Field(max_length=100)]
 MAX_EVENT_ID = MAX_INT64  # event ids are 64-bit database keys
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso_text(value: object) -> object:
-    """Timestamps are ISO 8601 text: a number is refused, not read as seconds or milliseconds."""
-    if not isinstance(value, str | datetime):
-        raise ValueError("a timestamp is ISO 8601 text, such as 2024-01-01T12:00:00Z")
-    return value
-
-
-def _in_utc(value: datetime) -> datetime:
-    """A time with an offset, converted to UTC (a time without one is taken as UTC). A time that
-    has no UTC equivalent between years 1 and 9999 is refused."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("the time is outside years 1 to 9999 once converted to UTC") from None
-
-
-Timestamp = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_in_utc)]
 
 
 def event_id_param(text: str) -> int | None:
@@ -63,26 +42,6 @@ def event_id_param(text: str) -> int | None:
     return value if value <= MAX_EVENT_ID else None
 
 
-def iso_z(value: datetime) -> str:
-    """ISO 8601 in UTC with a ``Z``, as every time in the event protocol is written."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-class AgentStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_final(self) -> bool:
-        """The execution is over."""
-        return self in (AgentStatus.COMPLETED, AgentStatus.FAILED, AgentStatus.CANCELLED)
-
-
 class Payload(BaseModel):
     # Numbers must be finite: JSON has no Infinity or NaN, and every event is sent on as JSON.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -90,10 +49,6 @@ class Payload(BaseModel):
 
 class Timestamped(Payload):
     timestamp: Timestamp = Field(default_factory=utcnow, description="ISO 8601; the server's time if omitted")
-
-    @field_serializer("timestamp")
-    def _iso(self, value: datetime) -> str:
-        return iso_z(value)
 
 
 # -- agent execution events (published by agents, delivered to subscribers) ----------------------
@@ -103,7 +58,7 @@ class AgentExecutionStartData(Timestamped):
     agent_id: Id
     task: LongText = ""
     user_id: Id | None = None
-    workspace_id: Id | None = Field(default=None, description="attaches the agent to this workspace")
+    workspace_id: WorkspaceId | None = Field(default=None, description="attaches the agent to this workspace")
     status: Literal[AgentStatus.QUEUED, AgentStatus.RUNNING] = AgentStatus.RUNNING
 
 
@@ -125,7 +80,7 @@ class AgentExecutionCompleteData(Timestamped):
 
 
 class UserPresenceData(Timestamped):
-    workspace_id: Id
+    workspace_id: WorkspaceId
     user_id: Id
     username: ShortText
 
@@ -133,7 +88,7 @@ class UserPresenceData(Timestamped):
 class WorkspaceUpdateData(Timestamped):
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    workspace_id: Id
+    workspace_id: WorkspaceId
     update_type: Literal[
         "workspace_created",
         "agent_added",
@@ -161,7 +116,7 @@ class AgentRef(Payload):
 
 
 class WorkspaceRef(Payload):
-    workspace_id: Id
+    workspace_id: WorkspaceId
 
 
 class ResumeData(Payload):

@@ -7,6 +7,7 @@ instances of one test never see another test's traffic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -82,7 +83,5 @@ async def start_cluster(pg_url: str, redis_url: str, tmp_path: Path) -> AsyncIte
     finally:
         await asyncio.gather(*(instance.stop() for instance in started))
         for url in redis_urls:
-            try:
+            with contextlib.suppress(redis.RedisError, OSError):  # a test's own Redis, already stopped
                 await delete_prefix(url, prefix)
-            except (redis.RedisError, OSError):
-                pass  # a test's own Redis, already stopped

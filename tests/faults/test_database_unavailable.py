@@ -170,8 +170,7 @@ async def test_connection_lost_mid_query_is_unavailable(own_database: OwnDatabas
     with ``StoreUnavailable``; the next one gets a fresh connection."""
     async with open_store(own_database.url, timeout=5) as store:
         workspace = f"w-{uuid.uuid4().hex}"
-        await store.workspaces.create(workspace_id=workspace, name="w", visibility="open", owner_id="o"
-        )
+        await store.workspaces.create(workspace_id=workspace, name="w", visibility="open", owner_id="o")
         doc = await store.documents.load(workspace, "")
         blocker = await asyncpg.connect(own_database.url)
         try:

@@ -17,6 +17,7 @@ from pycrdt import Array, Doc, Map, Text, write_var_uint
 from server.config import Settings
 from tests.support.rawclient import raw_client, step1_frame
 from tests.support.server import run_server, start_process
+from tests.support.wait import wait_until
 
 MiB = 1024 * 1024
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -113,15 +114,23 @@ async def test_health_answers_while_five_clients_read_a_20_mib_document(
                         if frame[1] == 1:  # sync step 2: the whole document
                             return len(frame)
 
+            async with HealthProbe(f"{server.http_url}/health") as idle:
+                await wait_until(lambda: len(idle.latencies) >= 30, timeout=30)
             async with HealthProbe(f"{server.http_url}/health") as probe:
                 for _ in range(3):
                     sizes = await asyncio.gather(read_json(), read_update(), sync(), read_json(), sync())
                     assert min(sizes) > 20 * MiB
-        assert probe.statuses == {200}
+        assert probe.statuses == idle.statuses == {200}
         assert len(probe.latencies) >= 20
+        # Building a 20 MiB document's JSON view or update on the event loop holds it for whole
+        # seconds; against the same machine's idle answers, the loop must stay responsive.
+        baseline = statistics.median(idle.latencies)
         p99 = statistics.quantiles(probe.latencies, n=100)[98]
         milliseconds = [round(x * 1000) for x in probe.latencies]
-        assert p99 < 0.100, f"/health p99 {p99 * 1000:.0f} ms over {len(milliseconds)} probes: {milliseconds}"
+        assert p99 < max(0.25, 10 * baseline), (
+            f"/health p99 {p99 * 1000:.0f} ms (idle median {baseline * 1000:.0f} ms) over "
+            f"{len(milliseconds)} probes: {milliseconds}"
+        )
     finally:
         await server.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 
 from pycrdt import Doc
@@ -54,7 +55,7 @@ async def test_idle_client_receives_keepalives_and_stays_connected(
                 frame = await idle.next_frame(kind=AWARENESS, timeout=interval * 4)
                 assert parse_awareness(frame) == {}  # an empty awareness update: ignored by clients
                 arrivals.append(loop.time())
-            gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+            gaps = [b - a for a, b in itertools.pairwise(arrivals)]
             assert max(gaps) < interval * 2
             assert len(server.services.rooms.rooms[next(iter(server.services.rooms.rooms))].connections) == 1
 

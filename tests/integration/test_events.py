@@ -278,7 +278,7 @@ async def test_an_event_frame_over_its_limit_is_closed_with_1009(
             message = json.dumps({"type": "ping", "data": {"pad": "x" * 100_000}})
             await sub.ws.send(message)
             with pytest.raises(ConnectionError):
-                await sub.wait_for(lambda m: False)
+                await sub.wait_for(lambda _: False)
             assert (sub.ws.close_code, sub.ws.close_reason) == (
                 1009,
                 f"message too big: {len(message)} > {64 * 1024} bytes",
@@ -393,10 +393,14 @@ def stalled_cut_off(server: RunningServer) -> bool:
 
 async def stalled_close_code(stalled) -> int | None:  # type: ignore[no-untyped-def]
     """Drain what the stalled client left unread; the close frame comes after it."""
-    with pytest.raises(ConnectionClosed):
+
+    async def drain() -> None:
         async with asyncio.timeout(30):
             while True:
                 await stalled.ws.recv()
+
+    with pytest.raises(ConnectionClosed):
+        await drain()
     return stalled.ws.close_code
 
 

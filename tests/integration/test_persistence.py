@@ -26,18 +26,16 @@ async def test_content_is_equal_after_restart(
     make_settings: Callable[..., Settings], database_url: str, workspace: str
 ) -> None:
     settings = make_settings(database_url=database_url, persist_interval_ms=100)
-    async with run_server(settings) as server:
-        async with yclient(server.doc_url(workspace)) as client:
-            text = client.text()
-            text.insert(0, "Hello, world")
-            text.insert(5, " there")
-            client.doc.get("map", type=Map)["k"] = {"nested": [1, 2]}
-            client.doc.get("list", type=Array).extend(["a", "b"])
-            written = content(client.doc)
+    async with run_server(settings) as server, yclient(server.doc_url(workspace)) as client:
+        text = client.text()
+        text.insert(0, "Hello, world")
+        text.insert(5, " there")
+        client.doc.get("map", type=Map)["k"] = {"nested": [1, 2]}
+        client.doc.get("list", type=Array).extend(["a", "b"])
+        written = content(client.doc)
         # Stopping the server right after the client leaves: the flush on shutdown stores it.
-    async with run_server(settings) as server:
-        async with yclient(server.doc_url(workspace)) as reader:
-            await wait_until(lambda: content(reader.doc) == written)
+    async with run_server(settings) as server, yclient(server.doc_url(workspace)) as reader:
+        await wait_until(lambda: content(reader.doc) == written)
     assert written["text"] == "Hello there, world"
 
 
@@ -72,9 +70,8 @@ async def test_content_is_equal_after_compaction_and_restart(
                     )
                 ).scalar_one()
             assert remaining < 45  # compaction removed merged rows
-    async with run_server(settings) as server:
-        async with yclient(server.doc_url(workspace)) as reader:
-            await wait_until(lambda: str(reader.text()) == written)
+    async with run_server(settings) as server, yclient(server.doc_url(workspace)) as reader:
+        await wait_until(lambda: str(reader.text()) == written)
 
 
 async def test_client_keeping_its_document_across_restart_duplicates_nothing(
@@ -82,19 +79,16 @@ async def test_client_keeping_its_document_across_restart_duplicates_nothing(
 ) -> None:
     settings = make_settings(database_url=database_url)
     local = Doc()  # the client's document outlives its connections, as in a browser tab
-    async with run_server(settings) as server:
-        async with yclient(server.doc_url(workspace), local) as client:
-            client.text().insert(0, "typed before the restart")
-    async with run_server(settings) as server:
-        async with yclient(server.doc_url(workspace), local) as client:
-            client.text().insert(len(client.text()), "; and after")
-            async with yclient(server.doc_url(workspace)) as other:
-                expected = "typed before the restart; and after"
-                await wait_until(lambda: str(other.text()) == expected)
-            assert str(client.text()) == expected
-    async with run_server(settings) as server:
-        async with yclient(server.doc_url(workspace)) as fresh:
-            await wait_until(lambda: str(fresh.text()) == expected)
+    async with run_server(settings) as server, yclient(server.doc_url(workspace), local) as client:
+        client.text().insert(0, "typed before the restart")
+    async with run_server(settings) as server, yclient(server.doc_url(workspace), local) as client:
+        client.text().insert(len(client.text()), "; and after")
+        async with yclient(server.doc_url(workspace)) as other:
+            expected = "typed before the restart; and after"
+            await wait_until(lambda: str(other.text()) == expected)
+        assert str(client.text()) == expected
+    async with run_server(settings) as server, yclient(server.doc_url(workspace)) as fresh:
+        await wait_until(lambda: str(fresh.text()) == expected)
 
 
 async def test_idle_room_unloads_only_after_its_updates_are_stored(
@@ -157,9 +151,8 @@ async def test_churned_document_compacts_to_its_size_and_reloads_equal(
 
         await wait_until(log_is_empty, timeout=10)
         assert await stored() == (len(local.get_update()), 0)
-    async with run_server(settings) as server:
-        async with yclient(server.doc_url(workspace), local) as client:
-            client.text().insert(len(client.text()), "after")
-            async with yclient(server.doc_url(workspace)) as other:
-                await wait_until(lambda: str(other.text()) == expected + "after")
-            assert str(client.text()) == expected + "after"
+    async with run_server(settings) as server, yclient(server.doc_url(workspace), local) as client:
+        client.text().insert(len(client.text()), "after")
+        async with yclient(server.doc_url(workspace)) as other:
+            await wait_until(lambda: str(other.text()) == expected + "after")
+        assert str(client.text()) == expected + "after"

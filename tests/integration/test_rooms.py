@@ -69,6 +69,5 @@ async def test_storage_failure_keeps_updates_in_memory_and_retries(
                 async with engine.begin() as conn:
                     await conn.execute(text("ALTER TABLE document_updates_away RENAME TO document_updates"))
             await wait_until(lambda: writer.pending == 0, timeout=10)
-    async with run_server(settings) as server:
-        async with yclient(server.doc_url(workspace)) as reader:
-            await wait_until(lambda: str(reader.text()) == "before during the outage")
+    async with run_server(settings) as server, yclient(server.doc_url(workspace)) as reader:
+        await wait_until(lambda: str(reader.text()) == "before during the outage")

@@ -5,6 +5,7 @@ value kind, nested shared types, maps, XML with attributes and formatting, and e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -39,10 +40,8 @@ async def test_json_view_matches_yjs_to_json(server: RunningServer, workspace: s
                 view.update(response.json()["content"])
                 return view == expected
 
-            try:
+            with contextlib.suppress(TimeoutError):
                 await wait_until(same, timeout=15)
-            except TimeoutError:
-                pass
         assert view == expected
     finally:
         process.stdin.close()

@@ -35,7 +35,8 @@ def replay(updates: list[bytes]) -> str:
 
 async def new_workspace(store: Store) -> str:
     workspace_id = f"w-{uuid.uuid4().hex}"
-    await store.workspaces.create(workspace_id=workspace_id, name="test", visibility="open", owner_id="tester"
+    await store.workspaces.create(
+        workspace_id=workspace_id, name="test", visibility="open", owner_id="tester"
     )
     return workspace_id
 

@@ -59,7 +59,9 @@ def files(*places: str) -> list[Path]:
     return found
 
 
-def offenders(places: list[Path], forbidden: set[str], *, exempt: tuple[str, ...] = ()) -> dict[str, list[str]]:
+def offenders(
+    places: list[Path], forbidden: set[str], *, exempt: tuple[str, ...] = ()
+) -> dict[str, list[str]]:
     result = {}
     for path in places:
         if str(path.relative_to(ROOT)) in exempt:
