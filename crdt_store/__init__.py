@@ -4,11 +4,12 @@ from .agents import AgentRepository, AgentState
 from .documents import Compaction, DocumentRepository, StoredDocument
 from .engine import describe_database, normalise_database_url
 from .errors import Conflict, NotFound, StoreError, StoreLocked, StoreUnavailable
-from .event_log import EventLog, StoredEvent
+from .event_log import AgentChange, EventLog, NewEvent, StoredEvent
 from .store import Store, open_store
 from .workspaces import DocumentInfo, Member, Workspace, WorkspaceRepository
 
 __all__ = [
+    "AgentChange",
     "AgentRepository",
     "AgentState",
     "Compaction",
@@ -17,6 +18,7 @@ __all__ = [
     "DocumentRepository",
     "EventLog",
     "Member",
+    "NewEvent",
     "NotFound",
     "Store",
     "StoreError",

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .engine import insert_ignore, translate_errors
@@ -19,6 +17,7 @@ class AgentState:
     id: str
     workspace_id: str | None
     started_by: str | None
+    user_id: str | None
     task: str | None
     status: str
     progress: float
@@ -41,20 +40,6 @@ class AgentRepository:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one_or_none()
         return AgentState(**row._mapping) if row else None
-
-    @translate_errors
-    async def save(self, *, agent_id: str, values: dict[str, Any]) -> AgentState:
-        """Insert or update an agent's state with ``values`` (column -> value)."""
-        async with self.engine.begin() as conn:
-            result = await conn.execute(update(agents).where(agents.c.id == agent_id).values(**values))
-            if result.rowcount == 0:
-                try:
-                    async with conn.begin_nested():
-                        await conn.execute(insert(agents).values(id=agent_id, **values))
-                except IntegrityError:  # inserted concurrently
-                    await conn.execute(update(agents).where(agents.c.id == agent_id).values(**values))
-            row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one()
-        return AgentState(**row._mapping)
 
     @translate_errors
     async def find(

@@ -1,15 +1,21 @@
-"""The event log: every server-sent event with its id, kept for resuming after a reconnect."""
+"""The event log: every server-sent event with its id, kept for resuming after a reconnect.
+
+Events are appended in batches (group commit): one transaction stores a batch of events and the
+agents' states they change, so a stored event and the state it reports are never apart.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .engine import translate_errors
-from .tables import events
+from .tables import agents, events
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +26,49 @@ class StoredEvent:
     data: str  # JSON text
 
 
+@dataclass(frozen=True, slots=True)
+class AgentChange:
+    """Columns of an agent's row that an event sets. With ``upsert`` the row is created when
+    there is none (a start sets every column); otherwise only an existing row is updated."""
+
+    agent_id: str
+    values: dict[str, Any]
+    upsert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append: its topic, type, JSON text and the agent state it changes, if any."""
+
+    topic: str
+    type: str
+    data: str
+    agent: AgentChange | None = field(default=None)
+
+
+def _merged(changes: Iterable[AgentChange]) -> list[AgentChange]:
+    """One change per agent: the batch's changes applied in order."""
+    merged: dict[str, AgentChange] = {}
+    for change in changes:
+        before = merged.get(change.agent_id)
+        if before is None or change.upsert:
+            merged[change.agent_id] = change
+        else:
+            merged[change.agent_id] = AgentChange(
+                change.agent_id, {**before.values, **change.values}, before.upsert
+            )
+    return list(merged.values())
+
+
+async def _save_agent(conn: AsyncConnection, change: AgentChange) -> None:
+    if not change.upsert:
+        await conn.execute(update(agents).where(agents.c.id == change.agent_id).values(**change.values))
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(agents).values(id=change.agent_id, **change.values)
+    await conn.execute(statement.on_conflict_do_update(index_elements=[agents.c.id], set_=change.values))
+
+
 class EventLog:
     """The event log: append, read after an id, trim to the retention."""
 
@@ -27,16 +76,24 @@ class EventLog:
         self.engine = engine
 
     @translate_errors
-    async def append(self, *, topic: str, type: str, data: str) -> int:
-        """Store an event; returns its id (increasing across the whole log)."""
+    async def append(self, batch: Sequence[NewEvent]) -> list[int]:
+        """Store a batch of events, and the agent states they change, in one transaction.
+        Returns the events' ids in the batch's order (increasing across the whole log)."""
+        if not batch:
+            return []
+        rows = [{"topic": e.topic, "type": e.type, "data": e.data} for e in batch]
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                insert(events).values(topic=topic, type=type, data=data).returning(events.c.id)
+                insert(events).returning(events.c.id, sort_by_parameter_order=True), rows
             )
-            return int(result.scalar_one())
+            ids = [int(event_id) for event_id in result.scalars()]
+            for change in _merged(e.agent for e in batch if e.agent is not None):
+                await _save_agent(conn, change)
+        return ids
 
     @translate_errors
-    async def after(self, *, after_id: int, topics: Iterable[str], limit: int = 10_000) -> list[StoredEvent]:
+    async def after(self, *, after_id: int, topics: Iterable[str], limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` events of ``topics`` with ids above ``after_id``, oldest first."""
         topics = list(topics)
         if not topics:
             return []

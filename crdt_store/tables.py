@@ -101,7 +101,8 @@ agents = Table(
     metadata,
     Column("id", String(255), primary_key=True),
     Column("workspace_id", String(255), nullable=True, index=True),
-    Column("started_by", String(255), nullable=True),
+    Column("started_by", String(255), nullable=True),  # who sent agent_execution_start
+    Column("user_id", String(255), nullable=True),  # who the execution runs for
     Column("task", Text, nullable=True),
     Column("status", String(16), nullable=False),
     Column("progress", Float, nullable=False, server_default="0"),

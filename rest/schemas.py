@@ -127,7 +127,8 @@ class UpdateApplied(BaseModel):
 class AgentPublic(BaseModel):
     agent_id: str
     workspace_id: str | None
-    user_id: str | None = Field(description="Who started the agent")
+    user_id: str | None = Field(description="The user the agent works for (user_id of its start)")
+    started_by: str | None = Field(description="Who sent its agent_execution_start")
     task: str | None
     status: AgentStatus
     progress: float = Field(description="0 to 100")

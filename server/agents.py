@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from crdt_store import AgentState, Store, StoredEvent
+from crdt_store import AgentChange, AgentState, Store, StoredEvent
 
 from .access import resolve_access
-from .auth import GlobalRole, Principal
+from .audience import AgentOwners, Audience, Verdict, agent_topic
+from .auth import Principal
 from .cluster import Cluster, SubscribeUser
 from .config import Settings
-from .errors import Forbidden, NotFoundError, ServiceError
-from .events.hub import EventHub, agent_topic
+from .errors import Forbidden, NotFoundError, ValidationFailed
+from .events.hub import EventHub
 from .events.models import AgentEvent, AgentExecutionComplete, AgentExecutionStart, AgentExecutionUpdate
-from .vocabulary import AgentStatus, iso_z
+from .vocabulary import AgentStatus, iso_z, utcnow
 from .workspaces import WorkspaceEvents
 
 __all__ = ["AgentService", "AgentState", "StoredEvent", "agent_public"]
@@ -32,7 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def agent_public(state: AgentState) -> dict[str, Any]:
-    """An agent's latest state as the API shows it (``user_id``: who started it)."""
+    """An agent's latest state as the API shows it (``user_id``: who it runs for;
+    ``started_by``: who sent its ``agent_execution_start``)."""
 
     def iso(value: datetime | None) -> str | None:
         return None if value is None else iso_z(value)
@@ -40,7 +43,8 @@ def agent_public(state: AgentState) -> dict[str, Any]:
     return {
         "agent_id": state.id,
         "workspace_id": state.workspace_id,
-        "user_id": state.started_by,
+        "user_id": state.user_id,
+        "started_by": state.started_by,
         "task": state.task,
         "status": state.status,
         "progress": state.progress,
@@ -53,13 +57,47 @@ def agent_public(state: AgentState) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class TextLimits:
+    """Characters allowed in agents' texts (``AGENT_*_MAX_LENGTH``), sized for LLM agents."""
+
+    task: int = 65_536
+    current_step: int = 16_384
+    result: int = 65_536
+
+    @classmethod
+    def of(cls, settings: Settings) -> TextLimits:
+        return cls(
+            settings.agent_task_max_length, settings.agent_step_max_length, settings.agent_result_max_length
+        )
+
+    def check(self, message: AgentEvent) -> None:
+        """Raise ``ValidationFailed`` naming each text over its limit."""
+        problems = []
+        for name, setting in (
+            ("task", "AGENT_TASK_MAX_LENGTH"),
+            ("current_step", "AGENT_STEP_MAX_LENGTH"),
+            ("result", "AGENT_RESULT_MAX_LENGTH"),
+        ):
+            text = getattr(message.data, name, None)
+            limit: int = getattr(self, name)
+            if isinstance(text, str) and len(text) > limit:
+                problems.append(
+                    {"loc": ["data", name], "msg": f"at most {limit} characters ({setting}); got {len(text)}"}
+                )
+        if problems:
+            fields = ", ".join(str(p["loc"][-1]) for p in problems)
+            raise ValidationFailed(f"invalid {message.type}: {fields} too long", details=problems)
+
+
 class AgentService:
-    """Reports executions, and answers who may see which agent.
+    """Reports executions, and answers who may see which agent (by ``Audience``'s rule).
 
     Arguments:
         store: agents' state, subscriptions and the event log.
-        settings: whether tokens are required.
-        hub: where the events go.
+        audience: who may see what; keeps agents' owners.
+        limits: how long agents' texts may be.
+        hub: where the events go (stored with the agent states they change).
         workspace_events: announces agents added to and removed from workspaces.
         cluster: applies stored subscriptions to event connections on every instance.
     """
@@ -67,39 +105,23 @@ class AgentService:
     def __init__(
         self,
         store: Store,
-        settings: Settings,
+        audience: Audience,
+        limits: TextLimits,
         hub: EventHub,
         workspace_events: WorkspaceEvents,
         cluster: Cluster,
     ) -> None:
         self.store = store
-        self.settings = settings
+        self.audience = audience
+        self.limits = limits
         self.hub = hub
         self.workspace_events = workspace_events
         self.cluster = cluster
 
     def is_privileged(self, principal: Principal) -> bool:
-        return principal.role in (GlobalRole.SERVICE, GlobalRole.ADMIN) or not self.settings.auth_enabled
+        return self.audience.is_privileged(principal)
 
     # -- seeing -----------------------------------------------------------------------------------
-
-    async def can_see(
-        self, principal: Principal, state: AgentState | None, seen: dict[str, bool] | None = None
-    ) -> bool:
-        """Privileged callers and the starter see an agent; others need access to its workspace.
-        ``seen`` remembers that answer per workspace across calls."""
-        if state is None or self.is_privileged(principal) or state.started_by == principal.user_id:
-            return True
-        if state.workspace_id is None:
-            return False
-        seen = seen if seen is not None else {}
-        if state.workspace_id not in seen:
-            try:
-                await resolve_access(self.store, principal, state.workspace_id)
-                seen[state.workspace_id] = True
-            except ServiceError:  # unknown or forbidden: either way, not visible
-                seen[state.workspace_id] = False
-        return seen[state.workspace_id]
 
     async def visible(
         self, principal: Principal, *, workspace_id: str | None = None, status: AgentStatus | None = None
@@ -111,8 +133,20 @@ class AgentService:
         found = await self.store.agents.find(
             workspace_id=workspace_id, status=status.value if status else None
         )
-        seen: dict[str, bool] = {}
-        return [state for state in found if await self.can_see(principal, state, seen)]
+        readable: dict[str, bool] = {}  # workspace -> may read, asked once per workspace
+
+        async def sees(owners: AgentOwners) -> bool:
+            if owners.workspace_id is None or self.is_privileged(principal):
+                return (await self.audience.agent(principal, owners)).allowed
+            if principal.user_id in (owners.started_by, owners.user_id):
+                return True
+            if owners.workspace_id not in readable:
+                readable[owners.workspace_id] = await self.audience.may_read_workspace(
+                    principal, owners.workspace_id
+                )
+            return readable[owners.workspace_id]
+
+        return [state for state in found if await sees(AgentOwners.of(state))]
 
     async def detail(
         self, principal: Principal, agent_id: str, *, limit: int
@@ -120,7 +154,7 @@ class AgentService:
         """The agent's state and its ``limit`` most recent events. Raises ``NotFoundError`` when
         it has not reported or the caller may not see it."""
         state = await self.store.agents.get(agent_id=agent_id)
-        if state is None or not await self.can_see(principal, state):
+        if state is None or not (await self.audience.agent(principal, AgentOwners.of(state))).allowed:
             raise NotFoundError(f"agent {agent_id!r} has not reported (or you may not see it)")
         return state, await self.store.events.recent(topic=agent_topic(agent_id), limit=limit)
 
@@ -131,11 +165,13 @@ class AgentService:
 
     # -- subscribing ------------------------------------------------------------------------------
 
-    async def may_watch(self, principal: Principal, agent_id: str) -> None:
-        """Raise ``Forbidden`` unless ``principal`` may subscribe to the agent."""
-        state = await self.store.agents.get(agent_id=agent_id)
-        if not await self.can_see(principal, state):
+    async def may_watch(self, principal: Principal, agent_id: str) -> Verdict:
+        """Raise ``Forbidden`` when the agent exists and ``principal`` may not see it. Watching an
+        agent that has not started is allowed: its events are judged as they come."""
+        verdict = await self.audience.agent(principal, await self.audience.owners(agent_id))
+        if not verdict.allowed:
             raise Forbidden(f"you may not watch agent {agent_id!r}")
+        return verdict
 
     async def subscribe(self, principal: Principal, agent_id: str) -> None:
         """A stored subscription: it applies to all the user's event connections, now and later."""
@@ -153,26 +189,35 @@ class AgentService:
     # -- reporting --------------------------------------------------------------------------------
 
     async def report(self, principal: Principal, message: AgentEvent) -> int:
-        """Check the publisher's authority, record the new state, publish the event, and tell
-        the workspaces concerned. Returns the event's id."""
+        """Check the publisher's authority, publish the event with the agent state it changes
+        (stored together), and tell the workspaces concerned. Returns the event's id once it
+        is stored. Raises ``ValidationFailed``, ``Forbidden``, ``UnknownWorkspace`` or
+        ``StoreUnavailable``."""
+        self.limits.check(message)
         agent_id = message.data.agent_id
-        current = await self.store.agents.get(agent_id=agent_id)
+        current = await self.audience.owners(agent_id)
         self._check_authority(principal, message, current)
-        now = datetime.now(UTC)
+        owners = current
         if isinstance(message, AgentExecutionStart):
-            values, payload = await self._start(principal, message, current)
+            values, payload, owners = await self._start(principal, message)
         elif isinstance(message, AgentExecutionComplete):
             values, payload = self._complete(message, current)
         else:
             values, payload = self._update(message)
-        state = await self.store.agents.save(agent_id=agent_id, values={**values, "updated_at": now})
-        if state.workspace_id is not None:
-            payload.setdefault("workspace_id", state.workspace_id)
-        event_id = await self.hub.publish(agent_topic(agent_id), message.type, payload)
-        self._announce(message, state, current.workspace_id if current else None)
+        if owners is not None and owners.workspace_id is not None:
+            payload.setdefault("workspace_id", owners.workspace_id)
+        values["updated_at"] = utcnow()
+        change = AgentChange(agent_id, values, upsert=current is None or owners is not current)
+        event_id = await self.hub.publish(agent_topic(agent_id), message.type, payload, agent=change)
+        if owners is not current:
+            self.audience.remember(agent_id, owners)
+        if owners is not None:
+            self._announce(message, owners, current.workspace_id if current else None)
         return event_id
 
-    def _check_authority(self, principal: Principal, message: AgentEvent, current: AgentState | None) -> None:
+    def _check_authority(
+        self, principal: Principal, message: AgentEvent, current: AgentOwners | None
+    ) -> None:
         if self.is_privileged(principal):
             return
         agent_id = message.data.agent_id
@@ -184,20 +229,30 @@ class AgentService:
             raise Forbidden(f"agent {agent_id!r} has not started: send agent_execution_start first")
 
     async def _start(
-        self, principal: Principal, message: AgentExecutionStart, current: AgentState | None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        self, principal: Principal, message: AgentExecutionStart
+    ) -> tuple[dict[str, Any], dict[str, Any], AgentOwners]:
+        """A new execution: its owners are its starter and the user it runs for, nobody
+        earlier (a start never inherits the rights of an earlier execution of the id)."""
         data = message.data
+        if (
+            data.user_id is not None
+            and data.user_id != principal.user_id
+            and not self.is_privileged(principal)
+        ):
+            raise Forbidden("user_id names the user the agent works for: a user may name only themself")
         if data.workspace_id is not None:
             # Attaching an agent to a workspace needs the workspace, and the right to edit there.
             access = await resolve_access(self.store, principal, data.workspace_id)
             if not access.role.can_write:
                 raise Forbidden("attaching an agent to a workspace needs the editor role there")
         payload = data.model_dump(mode="json")
-        payload["user_id"] = data.user_id or principal.user_id
-        started_by = current.started_by if current is not None and current.started_by else principal.user_id
+        user_id = data.user_id or principal.user_id
+        payload["user_id"] = user_id
+        owners = AgentOwners(principal.user_id, user_id, data.workspace_id, data.timestamp)
         values = {
             "workspace_id": data.workspace_id,
-            "started_by": started_by,
+            "started_by": principal.user_id,
+            "user_id": user_id,
             "task": data.task,
             "status": data.status.value,
             "progress": 0.0,
@@ -207,7 +262,7 @@ class AgentService:
             "started_at": data.timestamp,
             "completed_at": None,
         }
-        return values, payload
+        return values, payload, owners
 
     def _update(self, message: AgentExecutionUpdate) -> tuple[dict[str, Any], dict[str, Any]]:
         data = message.data
@@ -215,7 +270,7 @@ class AgentService:
         return values, data.model_dump(mode="json")
 
     def _complete(
-        self, message: AgentExecutionComplete, current: AgentState | None
+        self, message: AgentExecutionComplete, current: AgentOwners | None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         data = message.data
         execution_time = data.execution_time
@@ -236,15 +291,15 @@ class AgentService:
             values["progress"] = 100.0
         return values, payload
 
-    def _announce(self, message: AgentEvent, state: AgentState, previous: str | None) -> None:
+    def _announce(self, message: AgentEvent, owners: AgentOwners, previous: str | None) -> None:
         tell = self.workspace_events.announce
         if isinstance(message, AgentExecutionStart):
-            if previous is not None and previous != state.workspace_id:
-                tell(previous, "agent_removed", agent_id=state.id)
-            if state.workspace_id is not None:
-                tell(state.workspace_id, "agent_added", agent_id=state.id)
-        elif isinstance(message, AgentExecutionComplete) and state.workspace_id is not None:
-            tell(state.workspace_id, "agent_removed", agent_id=state.id)
+            if previous is not None and previous != owners.workspace_id:
+                tell(previous, "agent_removed", agent_id=message.data.agent_id)
+            if owners.workspace_id is not None:
+                tell(owners.workspace_id, "agent_added", agent_id=message.data.agent_id)
+        elif isinstance(message, AgentExecutionComplete) and owners.workspace_id is not None:
+            tell(owners.workspace_id, "agent_removed", agent_id=message.data.agent_id)
 
 
 def event_json(event: StoredEvent) -> dict[str, Any]:

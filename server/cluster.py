@@ -61,6 +61,15 @@ class CloseDocument:
 
 
 @dataclass(frozen=True, slots=True)
+class VisibilityChanged:
+    """The workspace became open or private: who may see its events and agents is decided again
+    (at once for its subscribers when it became private)."""
+
+    workspace_id: str
+    private: bool
+
+
+@dataclass(frozen=True, slots=True)
 class SubscribeUser:
     """A stored (REST) subscription changed: apply it to the user's open event connections."""
 
@@ -69,9 +78,10 @@ class SubscribeUser:
     subscribed: bool
 
 
-Command = RevokeAccess | SetWriteAccess | CloseWorkspace | CloseDocument | SubscribeUser
+Command = RevokeAccess | SetWriteAccess | CloseWorkspace | CloseDocument | VisibilityChanged | SubscribeUser
 _COMMANDS: dict[str, type[Command]] = {
-    cls.__name__: cls for cls in (RevokeAccess, SetWriteAccess, CloseWorkspace, CloseDocument, SubscribeUser)
+    cls.__name__: cls
+    for cls in (RevokeAccess, SetWriteAccess, CloseWorkspace, CloseDocument, VisibilityChanged, SubscribeUser)
 }
 
 
@@ -123,10 +133,15 @@ class Cluster:
         match command:
             case RevokeAccess(workspace_id, user_id):
                 self.rooms.revoke_access(workspace_id, user_id)
+                self.hub.access_changed(workspace_id, user_id, narrowed=True)
             case SetWriteAccess(workspace_id, user_id, can_write):
                 self.rooms.set_write_access(workspace_id, user_id, can_write)
+                self.hub.access_changed(workspace_id, user_id, narrowed=False)
             case CloseWorkspace(workspace_id, document_ids):
                 self.rooms.close_workspace(workspace_id, list(document_ids))
+                self.hub.access_changed(workspace_id, None, narrowed=False)
+            case VisibilityChanged(workspace_id, private):
+                self.hub.access_changed(workspace_id, None, narrowed=private)
             case CloseDocument(workspace_id, path, document_id):
                 self.rooms.close_document(workspace_id, path, document_id)
             case SubscribeUser(user_id, agent_id, subscribed):

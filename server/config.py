@@ -63,7 +63,10 @@ class Settings(BaseSettings):
     database_timeout: float = Field(default=10.0, gt=0, le=600)
     database_startup_timeout: float = Field(default=30.0, ge=0, le=3600)
     auto_create_workspaces: bool = False
-    event_retention: int = Field(default=10_000, ge=10)
+    event_retention: int = Field(default=100_000, ge=10)
+    agent_task_max_length: int = Field(default=65_536, ge=1, le=1_000_000)
+    agent_step_max_length: int = Field(default=16_384, ge=1, le=1_000_000)
+    agent_result_max_length: int = Field(default=65_536, ge=1, le=1_000_000)
     agent_presence_linger: float = Field(default=5.0, ge=0)
     document_view_timeout: float = Field(default=10.0, gt=0, le=600)
     # Several instances (with REDIS_URL).

@@ -25,11 +25,13 @@ class Connection:
     """
 
     __slots__ = (
+        "_drain_waiters",
         "_loop",
         "_max_queue",
         "_overflowed",
         "_queue",
         "_wakeup",
+        "_writer_done",
         "awareness_ids",
         "can_write",
         "channel",
@@ -54,10 +56,31 @@ class Connection:
         self._overflowed = False
         self._max_queue = max_queue
         self._wakeup: asyncio.Future[None] | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._writer_done = False
 
     @property
     def is_closing(self) -> bool:
         return self.close_code is not None
+
+    @property
+    def max_queue(self) -> int:
+        """Frames that may wait to be written before the connection is closed with 1013."""
+        return self._max_queue
+
+    async def drained(self) -> None:
+        """Wait until every frame queued so far is written (or the connection is closing)."""
+        if self.close_code is not None or self._writer_done or (not self._queue and self._wakeup is not None):
+            return
+        waiter = self._loop.create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+
+    def _drained(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def send(self, data: bytes | str) -> None:
         if self.close_code is not None:
@@ -76,6 +99,7 @@ class Connection:
         if self.close_code is None:
             self.close_code = code
             self._wake()
+            self._drained()
 
     def close_at(self, deadline: float | None, code: CloseCode | None = None) -> None:
         """Close with ``code`` at ``deadline`` (epoch seconds), as when a token expires; ``None``
@@ -105,6 +129,7 @@ class Connection:
                             break  # cut off: close now rather than after the backlog
                         await channel.send(data)
                     self.last_sent = self._loop.time()
+                self._drained()
                 if self.close_code is not None:
                     await channel.close(self.close_code)
                     return
@@ -114,3 +139,6 @@ class Connection:
         except (ChannelClosed, OSError) as exc:
             # The peer vanished mid-send; the reader sees the disconnect and cleans up.
             log.debug("connection %s: send failed: %r", self.id, exc)
+        finally:
+            self._writer_done = True
+            self._drained()

@@ -22,10 +22,22 @@ class ServiceError(Exception):
     status_code = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers
+        self.details = details  # per-field problems: [{"loc": [...], "msg": ...}]
+
+    def body(self) -> dict[str, Any]:
+        """The error's fields as clients see them: code, message and any details."""
+        extra = {"details": self.details} if self.details else {}
+        return {"code": self.code, "message": self.message, **extra}
 
 
 class BadRequest(ServiceError):
@@ -38,6 +50,12 @@ class Unauthorized(ServiceError):
 
 class Forbidden(ServiceError):
     status_code, code = 403, "forbidden"
+
+
+class ValidationFailed(ServiceError):
+    """A value is well-formed but outside a configured limit; ``details`` name each field."""
+
+    status_code, code = 422, "validation_failed"
 
 
 class NotFoundError(ServiceError):
@@ -118,7 +136,7 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), exc.status_code, headers=exc.headers)
+        return JSONResponse({"error": exc.body()}, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> JSONResponse:

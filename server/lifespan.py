@@ -13,7 +13,8 @@ from fastapi import FastAPI
 from crdt_store import Store, StoreLocked, StoreUnavailable, describe_database, open_store
 
 from .agent_presence import AgentPresence
-from .agents import AgentService
+from .agents import AgentService, TextLimits
+from .audience import Audience
 from .broker import open_broker
 from .cluster import Cluster, Inbound
 from .config import Settings
@@ -87,7 +88,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         agent_presence = AgentPresence(
             linger=settings.agent_presence_linger, renew_interval=settings.heartbeat_interval
         )
-        hub = EventHub(store, broker, retention=settings.event_retention, listeners=[agent_presence.event])
+        audience = Audience(store, settings)
+        hub = EventHub(
+            store, broker, audience, retention=settings.event_retention, listeners=[agent_presence.event]
+        )
         workspace_events = WorkspaceEvents(hub)
         presence = Presence(hub, broker)
         replication = Replication(broker, check_interval=settings.sync_check_interval)
@@ -116,7 +120,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             rooms=rooms,
             cluster=cluster,
             workspaces=WorkspaceService(store, settings, workspace_events, cluster),
-            agents=AgentService(store, settings, hub, workspace_events, cluster),
+            agents=AgentService(store, audience, TextLimits.of(settings), hub, workspace_events, cluster),
             views=DocumentViews(timeout=settings.document_view_timeout),
         )
         # Exit order (reverse): views stop, agent presence stops, rooms close their sockets,

@@ -50,7 +50,9 @@ Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PAT
 WorkspaceId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=WORKSPACE_ID_PATTERN)]
 Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)]
 ShortText = Annotated[str, Field(max_length=500), AfterValidator(_no_nul)]
-LongText = Annotated[str, Field(max_length=20_000), AfterValidator(_no_nul)]
+# Text whose limit is a setting (agents' task, step and result texts: ``AgentService``); a frame
+# or body limit bounds it before that.
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 # -- roles, visibilities, statuses -----------------------------------------------------------------

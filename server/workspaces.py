@@ -14,7 +14,7 @@ from crdt_store import Conflict, DocumentInfo, Member, Store, Workspace
 
 from .access import Access, require, resolve_access
 from .auth import GlobalRole, Principal
-from .cluster import CloseDocument, CloseWorkspace, Cluster, RevokeAccess, SetWriteAccess
+from .cluster import CloseDocument, CloseWorkspace, Cluster, RevokeAccess, SetWriteAccess, VisibilityChanged
 from .config import Settings
 from .errors import BadRequest, ConflictError, Forbidden, NotFoundError, UnknownWorkspace
 from .events.hub import EventHub, workspace_topic
@@ -120,6 +120,7 @@ class WorkspaceService:
         if name is not None and name != before.name:
             self.events.announce(workspace.id, "workspace_renamed", name=workspace.name)
         if visibility is not None and visibility != before.visibility:
+            self.cluster.run(VisibilityChanged(workspace.id, workspace.visibility == Visibility.PRIVATE))
             self.events.announce(
                 workspace.id, "workspace_visibility_changed", visibility=workspace.visibility
             )

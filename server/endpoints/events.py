@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 from pydantic import BaseModel, ValidationError
 from starlette.types import Receive, Scope, Send
 
+from ..audience import Verdict, topic_parts
 from ..auth import Principal
 from ..channel import AsgiChannel, ChannelClosed, FrameRejected
 from ..close_codes import CLOSE_1000_NORMAL, CLOSE_1011_INTERNAL_ERROR, CLOSE_4401_TOKEN_EXPIRED
@@ -84,7 +85,7 @@ async def event_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     services.connections += 1
     channel = AsgiChannel(receive, send, path=scope["path"], max_message_size=settings.max_event_message_size)
     conn = Connection(channel, max_queue=settings.message_queue_size, user=principal)
-    session = EventSession(services, Subscriber(conn, principal, kinds))
+    session = EventSession(services, conn, principal, kinds)
     writer = asyncio.create_task(conn.run_writer(), name=f"events-writer-{conn.id}")
     try:
         await session.run(query.get("last_event_id", [None])[0])
@@ -101,11 +102,11 @@ Handler = Callable[[Any], Awaitable[dict[str, Any] | None]]
 class EventSession:
     """One event-channel connection: its subscriptions, joined workspaces and command handling."""
 
-    def __init__(self, services: Services, sub: Subscriber) -> None:
+    def __init__(self, services: Services, conn: Connection, user: Principal, kinds: frozenset[str]) -> None:
         self.services = services
-        self.sub = sub
-        self.conn = sub.conn
-        self.user: Principal = sub.user
+        self.conn = conn
+        self.user = user
+        self.sub = Subscriber(conn, user, kinds, on_topic_lost=self._topic_lost)
         self.joined: set[str] = set()
         self._handlers: dict[type[BaseModel], tuple[str | None, Handler]] = {
             Ping: (None, self._ping),
@@ -196,7 +197,8 @@ class EventSession:
             with store_errors_as_service_errors():
                 result = await handler(message)
         except (CommandError, ServiceError) as exc:
-            self.error(exc.code, exc.message, request_id)
+            details = {"details": exc.details} if isinstance(exc, ServiceError) and exc.details else {}
+            self.error(exc.code, exc.message, request_id, **details)
         else:
             if result is not None:
                 self.send("ack", {"command": message.type, **result}, request_id)
@@ -251,7 +253,7 @@ class EventSession:
     async def _join_workspace(self, message: JoinWorkspace) -> dict[str, Any]:
         workspace_id = message.data.workspace_id
         await self.services.workspaces.open(self.user, workspace_id)
-        self.services.events.subscribe(self.sub, workspace_topic(workspace_id))
+        self.services.events.subscribe(self.sub, workspace_topic(workspace_id), Verdict(True, workspace_id))
         if workspace_id not in self.joined:
             self.joined.add(workspace_id)
             self.services.presence.enter(workspace_id, self.user)
@@ -264,6 +266,18 @@ class EventSession:
             self.joined.discard(workspace_id)
             self.services.presence.leave(workspace_id, self.user)
         return {"workspace_id": workspace_id}
+
+    def _topic_lost(self, topic: str) -> None:
+        """The user may no longer read a workspace this connection joined: it is left."""
+        workspace_id = topic_parts(topic)[1]
+        if workspace_id in self.joined:
+            self.joined.discard(workspace_id)
+            self.services.presence.leave(workspace_id, self.user)
+        self.error(
+            "access_revoked",
+            f"you may no longer read workspace {workspace_id!r}; it was left",
+            workspace_id=workspace_id,
+        )
 
     async def _report(
         self, message: AgentExecutionStart | AgentExecutionUpdate | AgentExecutionComplete

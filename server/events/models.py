@@ -22,8 +22,8 @@ from ..vocabulary import (
     MAX_INT64,
     AgentStatus,
     Id,
-    LongText,
     ShortText,
+    Text,
     Timestamp,
     WorkspaceId,
     utcnow,
@@ -56,7 +56,7 @@ class Timestamped(Payload):
 
 class AgentExecutionStartData(Timestamped):
     agent_id: Id
-    task: LongText = ""
+    task: Text = Field(default="", description="at most AGENT_TASK_MAX_LENGTH characters")
     user_id: Id | None = None
     workspace_id: WorkspaceId | None = Field(default=None, description="attaches the agent to this workspace")
     status: Literal[AgentStatus.QUEUED, AgentStatus.RUNNING] = AgentStatus.RUNNING
@@ -66,13 +66,13 @@ class AgentExecutionUpdateData(Timestamped):
     agent_id: Id
     status: AgentStatus = AgentStatus.RUNNING
     progress: float = Field(default=0, ge=0, le=100)
-    current_step: ShortText = ""
+    current_step: Text = Field(default="", description="at most AGENT_STEP_MAX_LENGTH characters")
 
 
 class AgentExecutionCompleteData(Timestamped):
     agent_id: Id
     status: Literal[AgentStatus.COMPLETED, AgentStatus.FAILED, AgentStatus.CANCELLED] = AgentStatus.COMPLETED
-    result: LongText = ""
+    result: Text = Field(default="", description="at most AGENT_RESULT_MAX_LENGTH characters")
     execution_time: float | None = Field(default=None, ge=0, description="seconds; computed if omitted")
 
 

@@ -216,7 +216,7 @@ INVALID = [
         "validation_failed",
     ),
     (
-        '{"type": "agent_execution_start", "data": {"agent_id": "a", "task": "' + "x" * 30000 + '"}}',
+        '{"type": "agent_execution_start", "data": {"agent_id": "a", "task": "' + "x" * 70_000 + '"}}',
         "validation_failed",
     ),
     ('{"type": "resume", "data": {"last_event_id": -1}}', "validation_failed"),

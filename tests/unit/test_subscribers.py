@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from crdt_store import Store, StoredEvent, open_store
+from server.audience import Verdict
 from server.auth import Principal
 from server.broker import Broker, open_broker
 from server.config import Settings
-from server.events import hub as hub_module
 from server.events.hub import EventHub, Subscriber, agent_topic, event_frame, workspace_topic
+from tests.support.wait import wait_until
 
 DEADLINE = 5.0
 
@@ -37,14 +38,19 @@ class RecordingBroker(Broker):
 
 
 class FakeConnection:
-    """What a ``Subscriber`` uses of its connection: ``send``."""
+    """What a ``Subscriber`` uses of its connection: ``send``, ``max_queue`` and ``drained``."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_queue: int = 1_000) -> None:
         self.frames: list[str] = []
+        self.max_queue = max_queue
+        self.drains = 0
 
     def send(self, data: bytes | str) -> None:
         assert isinstance(data, str)
         self.frames.append(data)
+
+    async def drained(self) -> None:
+        self.drains += 1
 
     def ids(self) -> list[int | None]:
         return [json.loads(text).get("id") for text in self.frames]
@@ -63,13 +69,13 @@ class GatedEvents:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._events, name)
 
-    async def after(self, *, after_id: int, topics: Iterable[str]) -> list[StoredEvent]:
+    async def after(self, *, after_id: int, topics: Iterable[str], limit: int) -> list[StoredEvent]:
         topics = list(topics)
         if self.gate_before_query:
             self.reached.set()
             await self.gate.wait()
-            return await self._events.after(after_id=after_id, topics=topics)
-        found = await self._events.after(after_id=after_id, topics=topics)
+            return await self._events.after(after_id=after_id, topics=topics, limit=limit)
+        found = await self._events.after(after_id=after_id, topics=topics, limit=limit)
         self.reached.set()
         await self.gate.wait()
         return found
@@ -78,6 +84,32 @@ class GatedEvents:
 class GatedStore:
     def __init__(self, store: Store, *, gate_before_query: bool) -> None:
         self.events = GatedEvents(store.events, gate_before_query=gate_before_query)
+
+
+class OpenAudience:
+    """Decides as ``Audience`` is asked to: every topic is allowed unless ``refused``; a topic in
+    ``gates`` is decided only once its gate opens."""
+
+    def __init__(self) -> None:
+        self.refused: set[str] = set()
+        self.gates: dict[str, asyncio.Event] = {}
+        self.asked: list[str] = []
+        self.forgotten: list[str] = []
+
+    async def topic(self, _principal: Principal, topic: str) -> Verdict:
+        self.asked.append(topic)
+        gate = self.gates.get(topic)
+        if gate is not None:
+            await gate.wait()
+        workspace = topic.partition(":")[2] if topic.startswith("workspace:") else None
+        return Verdict(topic not in self.refused, workspace)
+
+    def forget(self, agent_id: str) -> None:
+        self.forgotten.append(agent_id)
+
+
+def make_hub(store: Any, broker: Broker, audience: OpenAudience | None = None, **options: Any) -> EventHub:
+    return EventHub(store, broker, audience or OpenAudience(), **options)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +126,7 @@ def broker() -> RecordingBroker:
 
 @pytest.fixture
 async def hub(store: Store, broker: RecordingBroker) -> AsyncIterator[EventHub]:
-    async with EventHub(store, broker, retention=10_000) as running:
+    async with make_hub(store, broker, retention=10_000) as running:
         yield running
 
 
@@ -105,13 +137,17 @@ def unique(prefix: str) -> str:
 BOTH_KINDS = frozenset({"agent", "workspace"})
 
 
-def subscriber(*topics: str, hub: EventHub | None = None, user: str = "alice") -> Subscriber:
+def subscriber(
+    *topics: str, hub: EventHub | None = None, user: str = "alice", decided: bool = True
+) -> Subscriber:
+    """A subscriber to ``topics``; ``decided``: already allowed to see them (else each topic is
+    judged at its first event)."""
     principal = Principal(user_id=user, name=user.title())
     sub = Subscriber(FakeConnection(), principal, BOTH_KINDS)  # type: ignore[arg-type]
     if hub is not None:
         hub.add(sub)
         for topic in topics:
-            hub.subscribe(sub, topic)
+            hub.subscribe(sub, topic, Verdict(True) if decided else None)
     return sub
 
 
@@ -146,7 +182,7 @@ async def test_publish_stores_first_and_sends_the_stored_id(
         f'{{"id":{event_id},"type":"agent_execution_update","data":{{"agent_id":"a-1","progress":60.5}}}}'
     )
     assert sent(sub).frames == [expected]
-    assert await store.events.after(after_id=event_id - 1, topics=[topic]) == [
+    assert await store.events.after(after_id=event_id - 1, topics=[topic], limit=10) == [
         StoredEvent(event_id, topic, "agent_execution_update", '{"agent_id":"a-1","progress":60.5}')
     ]
     assert broker.events == [(topic, event_id, expected)]
@@ -177,11 +213,11 @@ async def test_publish_soon_publishes_in_order_and_shutdown_waits_for_the_queue(
     store: Store, broker: RecordingBroker
 ) -> None:
     topic = workspace_topic(unique("ws"))
-    async with EventHub(store, broker) as hub:
+    async with make_hub(store, broker) as hub:
         sub = subscriber(topic, hub=hub)
         for n in range(5):
             hub.publish_soon(topic, "user_joined", {"n": n})
-    stored = await store.events.after(after_id=0, topics=[topic])
+    stored = await store.events.after(after_id=0, topics=[topic], limit=1_000)
     assert [json.loads(event.data)["n"] for event in stored] == [0, 1, 2, 3, 4]
     assert [event.id for event in stored] == sorted(event.id for event in stored)
     assert sent(sub).ids() == [event.id for event in stored]
@@ -299,21 +335,21 @@ async def test_live_events_during_a_resume_are_held_then_sent_once_in_order(
     and only if the replay did not already include it."""
     topic = agent_topic(unique("agent"))
     gated = GatedStore(store, gate_before_query=gate_before_query)
-    async with EventHub(store, broker) as publisher:
+    async with make_hub(store, broker) as publisher:
         seen = await publisher.publish(topic, "x", {"n": 1})
         missed = [await publisher.publish(topic, "x", {"n": n}) for n in (2, 3)]
-    hub = EventHub(gated, broker)  # type: ignore[arg-type]
-    sub = subscriber(topic, hub=hub)
-    resuming = asyncio.create_task(hub.resume(sub, seen, on_gap=no_gap))
-    await asyncio.wait_for(gated.events.reached.wait(), DEADLINE)
-    live = await hub.publish(topic, "x", {"n": 4})
-    assert sent(sub).frames == []  # held while the replay is in progress
-    gated.events.gate.set()
-    replayed = await asyncio.wait_for(resuming, DEADLINE)
-    assert sent(sub).ids() == [*missed, live]
-    assert replayed == (3 if gate_before_query else 2)
-    after = await hub.publish(topic, "x", {"n": 5})
-    assert sent(sub).ids() == [*missed, live, after]
+    async with make_hub(gated, broker) as hub:
+        sub = subscriber(topic, hub=hub)
+        resuming = asyncio.create_task(hub.resume(sub, seen, on_gap=no_gap))
+        await asyncio.wait_for(gated.events.reached.wait(), DEADLINE)
+        live = await hub.publish(topic, "x", {"n": 4})
+        assert sent(sub).frames == []  # held while the replay is in progress
+        gated.events.gate.set()
+        replayed = await asyncio.wait_for(resuming, DEADLINE)
+        assert sent(sub).ids() == [*missed, live]
+        assert replayed == (3 if gate_before_query else 2)
+        after = await hub.publish(topic, "x", {"n": 5})
+        assert sent(sub).ids() == [*missed, live, after]
 
 
 # -- resume older than retention ------------------------------------------------------------------
@@ -346,14 +382,118 @@ async def test_resume_older_than_the_retained_log_gets_resync_required(store: St
     assert sent(just_in_time).ids() == [*ids[3:], live]
 
 
-async def test_hub_trims_the_log_to_its_retention(
-    store: Store, broker: RecordingBroker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(hub_module, "TRIM_EVERY", 12)
+async def test_hub_trims_the_log_to_its_retention(store: Store, broker: RecordingBroker) -> None:
     topic = agent_topic(unique("agent"))
-    async with EventHub(store, broker, retention=5) as hub:
+    async with make_hub(store, broker, retention=5, trim_every=12) as hub:
         ids = [await hub.publish(topic, "x", {"n": n}) for n in range(11)]
         assert await store.events.oldest_id() <= ids[0]  # not trimmed before the 12th event
-        ids.append(await hub.publish(topic, "x", {"n": 11}))  # trims, inside publish
+        ids.append(await hub.publish(topic, "x", {"n": 11}))  # trims, after storing it
     assert await store.events.oldest_id() == ids[-5]
-    assert [e.id for e in await store.events.after(after_id=0, topics=[topic])] == ids[-5:]
+    assert [e.id for e in await store.events.after(after_id=0, topics=[topic], limit=1_000)] == ids[-5:]
+
+
+# -- who may see what -----------------------------------------------------------------------------
+
+
+async def test_events_wait_in_order_while_a_decision_is_made(store: Store, broker: RecordingBroker) -> None:
+    audience = OpenAudience()
+    slow, quick = agent_topic(unique("agent")), agent_topic(unique("agent"))
+    audience.gates[slow] = asyncio.Event()
+    hub = make_hub(store, broker, audience)
+    sub = subscriber(slow, quick, hub=hub, decided=False)
+    sub.verdicts[quick] = Verdict(True)
+    for event_id, topic in ((1, slow), (2, quick), (3, slow)):
+        hub.deliver(topic, event_id, event_frame(event_id, "x", "{}"))
+    assert sent(sub).frames == []  # the first waits for its decision, the others behind it
+    audience.gates[slow].set()
+    await wait_until(lambda: sent(sub).ids() == [1, 2, 3])
+    assert audience.asked == [slow]  # decided once, then kept
+
+
+async def test_a_refused_topic_gets_nothing_until_the_agent_starts_again(
+    store: Store, broker: RecordingBroker
+) -> None:
+    audience = OpenAudience()
+    agent_id = unique("agent")
+    topic = agent_topic(agent_id)
+    audience.refused.add(topic)
+    async with make_hub(store, broker, audience) as hub:
+        sub = subscriber(topic, hub=hub, decided=False)
+        await hub.publish(topic, "agent_execution_update", {})
+        await wait_until(lambda: audience.asked == [topic])
+        audience.refused.clear()
+        await hub.publish(topic, "agent_execution_update", {})  # the refusal is kept...
+        started = await hub.publish(topic, "agent_execution_start", {})  # ...until a start
+        await wait_until(lambda: sent(sub).ids() == [started])
+    assert audience.forgotten == [agent_id]
+
+
+async def test_narrowed_access_leaves_the_workspace_at_once(store: Store, broker: RecordingBroker) -> None:
+    audience = OpenAudience()
+    workspace_id = unique("ws")
+    topic = workspace_topic(workspace_id)
+    lost: list[str] = []
+    hub = make_hub(store, broker, audience)
+    principal = Principal("carol", "Carol")
+    sub = Subscriber(FakeConnection(), principal, BOTH_KINDS, on_topic_lost=lost.append)  # type: ignore[arg-type]
+    hub.add(sub)
+    hub.subscribe(sub, topic, Verdict(True, workspace_id))
+    hub.access_changed(workspace_id, "someone-else", narrowed=True)  # not this user
+    assert sub.verdicts[topic] == Verdict(True, workspace_id)
+    audience.refused.add(topic)
+    hub.access_changed(workspace_id, "carol", narrowed=True)
+    await wait_until(lambda: lost == [topic])
+    assert topic not in sub.topics
+    hub.deliver(topic, 7, event_frame(7, "workspace_update", "{}"))
+    assert sent(sub).frames == []
+
+
+async def test_an_access_change_forgets_the_decisions_that_depended_on_it(
+    store: Store, broker: RecordingBroker
+) -> None:
+    hub = make_hub(store, broker)
+    sub = subscriber(hub=hub)
+    sub.verdicts = {"agent:a": Verdict(False, "w1"), "agent:b": Verdict(True, "w2"), "agent:c": Verdict(True)}
+    hub.access_changed("w1", None, narrowed=False)
+    assert sub.verdicts == {"agent:b": Verdict(True, "w2"), "agent:c": Verdict(True)}
+
+
+# -- resume in pages ------------------------------------------------------------------------------
+
+
+async def test_resume_beyond_the_send_queue_goes_in_pages_that_wait_for_the_connection(
+    hub: EventHub,
+) -> None:
+    topic = agent_topic(unique("agent"))
+    seen = await hub.publish(topic, "x", {})
+    missed = [await hub.publish(topic, "x", {"n": n}) for n in range(9)]
+    conn = FakeConnection(max_queue=4)  # pages of 2
+    sub = Subscriber(conn, Principal("dave", "Dave"), BOTH_KINDS)  # type: ignore[arg-type]
+    hub.add(sub)
+    hub.subscribe(sub, topic)
+    assert await hub.resume(sub, seen, on_gap=no_gap) == 9
+    assert conn.ids() == missed
+    assert conn.drains == 5  # after each page of 2, the last one short
+
+
+async def test_live_events_beyond_a_page_during_a_resume_are_read_from_the_log(
+    store: Store, broker: RecordingBroker
+) -> None:
+    topic = agent_topic(unique("agent"))
+    async with make_hub(store, broker) as publisher:
+        seen = await publisher.publish(topic, "x", {})
+        missed = [await publisher.publish(topic, "x", {"n": n}) for n in range(3)]
+    gated = GatedStore(store, gate_before_query=False)
+    async with make_hub(gated, broker) as hub:
+        conn = FakeConnection(max_queue=4)
+        sub = Subscriber(conn, Principal("erin", "Erin"), BOTH_KINDS)  # type: ignore[arg-type]
+        hub.add(sub)
+        hub.subscribe(sub, topic)
+        resuming = asyncio.create_task(hub.resume(sub, seen, on_gap=no_gap))
+        await asyncio.wait_for(gated.events.reached.wait(), DEADLINE)
+        live = [await hub.publish(topic, "x", {"n": n}) for n in range(3, 8)]  # more than a page
+        gated.events.gate.set()
+        await asyncio.wait_for(resuming, DEADLINE)
+        assert conn.ids() == [*missed, *live]
+        after = await hub.publish(topic, "x", {})
+        assert conn.ids() == [*missed, *live, after]

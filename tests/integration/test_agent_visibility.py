@@ -1,0 +1,256 @@
+"""Who may see an agent, checked where events are delivered: services and admins, whoever
+started it, the user named in its ``user_id``, and whoever may read its workspace. The timing,
+squatting and revocation cases, over WebSocket and REST."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+from server.config import Settings
+from tests.support.auth import client, token
+from tests.support.events import EventClient, event_client
+from tests.support.server import RunningServer, run_server
+
+START = "agent_execution_start"
+UPDATE = "agent_execution_update"
+COMPLETE = "agent_execution_complete"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def ws(server: RunningServer, user: str, endpoint: str = "/ws", role: str | None = None) -> str:
+    return f"{server.ws_url}{endpoint}?token={token(user, role=role)}"
+
+
+async def ack(client_: EventClient, message_type: str, data: dict[str, object]) -> dict[str, object]:
+    reply = await client_.command(message_type, data)
+    assert reply["type"] == "ack", reply
+    return reply["data"]
+
+
+async def marker(publisher: EventClient, watcher: EventClient, agent_id: str) -> int:
+    """Publish one more event of an agent ``watcher`` may see and wait for it: everything
+    published before it has been delivered (or withheld) by then."""
+    event_id = (await ack(publisher, UPDATE, {"agent_id": agent_id, "progress": 1}))["event_id"]
+    await watcher.wait_for(lambda m: m.get("id") == event_id)
+    return int(event_id)  # type: ignore[call-overload]
+
+
+async def test_subscribing_before_an_agent_starts_shows_nothing_that_is_not_yours(
+    auth_server: RunningServer,
+) -> None:
+    agent_id = new_id("early")
+    async with (
+        event_client(ws(auth_server, "mallory")) as mallory,
+        event_client(ws(auth_server, "alice", "/ws/agents")) as alice,
+        client(auth_server.http_url, "mallory") as mallory_http,
+    ):
+        await ack(mallory, "subscribe_agent", {"agent_id": agent_id})  # accepted: nothing to see yet
+        assert (await mallory_http.post(f"/agents/{agent_id}/subscribe")).status_code == 200
+        await ack(alice, START, {"agent_id": agent_id, "task": "alice's secret task"})
+        await ack(alice, UPDATE, {"agent_id": agent_id, "progress": 50, "current_step": "secret step"})
+        await ack(alice, COMPLETE, {"agent_id": agent_id, "result": "secret result"})
+        # A later event of an agent mallory may see proves the earlier ones were withheld.
+        own = new_id("mallorys")
+        async with event_client(ws(auth_server, "mallory", "/ws/agents")) as mallory_agent:
+            await ack(mallory_agent, START, {"agent_id": own})
+            await ack(mallory, "subscribe_agent", {"agent_id": own})
+            await marker(mallory_agent, mallory, own)
+        assert {m["data"]["agent_id"] for m in mallory.events()} == {own}
+        assert "secret" not in str(mallory.messages)
+        refused = await mallory.command("subscribe_agent", {"agent_id": agent_id})
+        assert refused["data"]["code"] == "forbidden"  # now that it exists and is not theirs
+        assert (await mallory_http.get(f"/agents/{agent_id}")).status_code == 404
+
+
+async def test_the_user_an_agent_works_for_sees_it_everywhere(auth_server: RunningServer) -> None:
+    agent_id = new_id("for-alice")
+    user = new_id("alice")
+    async with event_client(ws(auth_server, "svc", "/ws/agents", role="service")) as service:
+        async with (
+            event_client(ws(auth_server, user)) as alice,
+            client(auth_server.http_url, user) as alice_http,
+        ):
+            await ack(alice, "subscribe_agent", {"agent_id": agent_id})  # before it starts
+            assert (await alice_http.post(f"/agents/{agent_id}/subscribe")).status_code == 200
+            started = await ack(service, START, {"agent_id": agent_id, "user_id": user, "task": "t"})
+            first = await alice.wait_for(lambda m: m.get("id") == started["event_id"])
+            assert first["data"]["user_id"] == user
+            status = (await alice_http.get("/agents/status")).json()
+            assert [a["agent_id"] for a in status["data"]] == [agent_id]
+            assert status["data"][0]["user_id"] == user and status["data"][0]["started_by"] == "svc"
+            assert (await alice_http.get(f"/agents/{agent_id}")).status_code == 200
+            last_seen = first["id"]
+        missed = [
+            (await ack(service, UPDATE, {"agent_id": agent_id, "progress": p}))["event_id"] for p in (10, 20)
+        ]
+        # The REST subscription survives the reconnection; resume gives exactly what was missed.
+        async with event_client(f"{ws(auth_server, user)}&last_event_id={last_seen}") as again:
+            await again.wait_for(lambda m: m.get("id") == missed[-1])
+            done = await ack(service, COMPLETE, {"agent_id": agent_id})
+            await again.wait_for(lambda m: m.get("id") == done["event_id"])
+            assert [m["id"] for m in again.events()] == [*missed, done["event_id"]]
+            resubscribed = await again.command("subscribe_agent", {"agent_id": agent_id})
+            assert resubscribed["type"] == "ack"
+
+
+async def test_a_user_may_name_only_themself_as_user_id(auth_server: RunningServer) -> None:
+    async with event_client(ws(auth_server, "mallory", "/ws/agents")) as mallory:
+        refused = await mallory.command(START, {"agent_id": new_id("fake"), "user_id": "alice"})
+        assert refused["data"]["code"] == "forbidden" and "user_id" in refused["data"]["message"]
+        await ack(mallory, START, {"agent_id": new_id("own"), "user_id": "mallory"})
+
+
+async def test_a_squatted_id_gives_nothing_of_a_later_execution(
+    auth_server: RunningServer, workspace: str
+) -> None:
+    agent_id = new_id("squatted")
+    async with client(auth_server.http_url, "owner") as owner:
+        created = await owner.post(
+            "/workspaces", json={"id": workspace, "name": "p", "visibility": "private"}
+        )
+        assert created.status_code == 201
+    async with (
+        event_client(ws(auth_server, "mallory")) as mallory,
+        event_client(ws(auth_server, "svc", "/ws/agents", role="service")) as service,
+        event_client(ws(auth_server, "owner")) as owner_events,
+        client(auth_server.http_url, "mallory") as mallory_http,
+    ):
+        await ack(mallory, START, {"agent_id": agent_id})  # mallory takes the id first
+        await ack(mallory, "subscribe_agent", {"agent_id": agent_id})
+        await ack(owner_events, "join_workspace", {"workspace_id": workspace})
+        await ack(service, START, {"agent_id": agent_id, "workspace_id": workspace, "task": "private task"})
+        await ack(owner_events, "subscribe_agent", {"agent_id": agent_id})
+        await marker(service, owner_events, agent_id)
+        assert not [m for m in mallory.events() if m["type"] != START or "private" in str(m)]
+        assert (await mallory_http.get(f"/agents/{agent_id}")).status_code == 404
+        status = (await mallory_http.get("/agents/status")).json()
+        assert agent_id not in [a["agent_id"] for a in status["data"]]
+        completed = await mallory_http.post(f"/agents/{agent_id}/events", json={"type": COMPLETE})
+        assert completed.status_code == 403
+
+
+async def test_a_removed_member_stops_receiving_the_workspace_and_its_agents_at_once(
+    auth_server: RunningServer, workspace: str
+) -> None:
+    agent_id = new_id("team")
+    async with client(auth_server.http_url, "owner") as owner:
+        await owner.post("/workspaces", json={"id": workspace, "name": "p", "visibility": "private"})
+        added = await owner.put(f"/workspaces/{workspace}/members/carol", json={"role": "viewer"})
+        assert added.status_code in (200, 201)
+        async with (
+            event_client(ws(auth_server, "carol")) as carol,
+            event_client(ws(auth_server, "svc", "/ws/agents", role="service")) as service,
+        ):
+            await ack(carol, "join_workspace", {"workspace_id": workspace})
+            await ack(service, START, {"agent_id": agent_id, "workspace_id": workspace})
+            await ack(carol, "subscribe_agent", {"agent_id": agent_id})
+            await marker(service, carol, agent_id)
+            assert (await owner.delete(f"/workspaces/{workspace}/members/carol")).status_code == 204
+            lost = await carol.wait_for(lambda m: m["type"] == "error")
+            assert lost["data"] == {
+                "code": "access_revoked",
+                "message": f"you may no longer read workspace {workspace!r}; it was left",
+                "workspace_id": workspace,
+            }
+            count = len(carol.events())
+            hidden = await ack(service, UPDATE, {"agent_id": agent_id, "progress": 90})
+            await owner.patch(f"/workspaces/{workspace}", json={"name": "renamed"})
+            async with event_client(ws(auth_server, "owner")) as watcher:
+                await ack(watcher, "subscribe_agent", {"agent_id": agent_id})
+                await marker(service, watcher, agent_id)
+            assert len(carol.events()) == count
+            assert hidden["event_id"] not in [m["id"] for m in carol.events()]
+
+
+async def test_a_workspace_made_private_hides_it_and_its_agents_from_non_members(
+    auth_server: RunningServer, workspace: str
+) -> None:
+    agent_id = new_id("open")
+    async with client(auth_server.http_url, "owner") as owner:
+        await owner.post("/workspaces", json={"id": workspace, "name": "o", "visibility": "open"})
+        async with (
+            event_client(ws(auth_server, "svc", "/ws/agents", role="service")) as service,
+            event_client(ws(auth_server, "eve", "/ws/agents")) as eve,
+        ):
+            await ack(service, START, {"agent_id": agent_id, "workspace_id": workspace})
+            await ack(eve, "subscribe_agent", {"agent_id": agent_id})  # the workspace is open
+            await marker(service, eve, agent_id)
+            changed = await owner.patch(f"/workspaces/{workspace}", json={"visibility": "private"})
+            assert changed.status_code == 200
+            after = await ack(service, UPDATE, {"agent_id": agent_id, "progress": 70})
+            async with event_client(ws(auth_server, "owner")) as member:
+                await ack(member, "subscribe_agent", {"agent_id": agent_id})
+                await marker(service, member, agent_id)
+            assert after["event_id"] not in [m["id"] for m in eve.events()]
+
+
+async def test_long_step_texts_are_accepted_and_limits_name_the_field(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with run_server(make_settings(agent_step_max_length=100)) as server:
+        agent_id = new_id("wordy")
+        async with event_client(f"{server.ws_url}/ws/agents") as agent:
+            await ack(agent, START, {"agent_id": agent_id, "task": "t" * 20_000})
+            await ack(agent, UPDATE, {"agent_id": agent_id, "current_step": "s" * 100})
+            refused = await agent.command(UPDATE, {"agent_id": agent_id, "current_step": "s" * 101})
+            assert refused["data"]["code"] == "validation_failed"
+            assert refused["data"]["details"] == [
+                {
+                    "loc": ["data", "current_step"],
+                    "msg": "at most 100 characters (AGENT_STEP_MAX_LENGTH); got 101",
+                }
+            ]
+        async with client(server.http_url) as http:
+            response = await http.post(
+                f"/agents/{agent_id}/events", json={"type": UPDATE, "data": {"current_step": "s" * 101}}
+            )
+            assert response.status_code == 422
+            assert response.json()["error"]["code"] == "validation_failed"
+            assert response.json()["error"]["details"][0]["loc"] == ["data", "current_step"]
+
+
+async def test_default_limits_take_a_step_of_a_few_kilobytes(server: RunningServer) -> None:
+    agent_id = new_id("llm")
+    step = "Reasoning: " + "because " * 500  # about 4 KB, as LLM agents write
+    async with event_client(f"{server.ws_url}/ws/agents") as agent:
+        await ack(agent, START, {"agent_id": agent_id, "task": "summarise " * 2_000})
+        reply = await ack(agent, UPDATE, {"agent_id": agent_id, "current_step": step})
+        async with client(server.http_url) as http:
+            state = (await http.get(f"/agents/{agent_id}")).json()
+        assert state["agent"]["current_step"] == step
+        assert state["events"][-1]["id"] == reply["event_id"]
+
+
+async def test_resume_past_the_send_queue_catches_up_in_order(make_settings: Callable[..., Settings]) -> None:
+    async with run_server(make_settings(message_queue_size=20)) as server:
+        agent_id = new_id("busy")
+        async with event_client(f"{server.ws_url}/ws/agents") as agent:
+            seen = (await ack(agent, START, {"agent_id": agent_id}))["event_id"]
+            missed = []
+            for chunk in range(200):  # 2,000 events, 100 times the send queue
+                replies = await asyncio.gather(
+                    *(agent.command(UPDATE, {"agent_id": agent_id, "progress": n}) for n in range(10))
+                )
+                missed += [r["data"]["event_id"] for r in replies]
+                assert chunk == len(missed) // 10 - 1
+            async with event_client(f"{server.ws_url}/ws") as late:
+                await ack(late, "subscribe_agent", {"agent_id": agent_id})
+                resumed = await ack(late, "resume", {"last_event_id": seen})
+                assert resumed["replayed"] == len(missed)
+                live = await ack(agent, COMPLETE, {"agent_id": agent_id})
+                await late.wait_for(lambda m: m.get("id") == live["event_id"], timeout=30)
+                assert [m["id"] for m in late.events()] == [*sorted(missed), live["event_id"]]
+                assert late.ws.close_code is None
+
+
+async def test_an_admin_sees_every_agent(auth_server: RunningServer) -> None:
+    agent_id = new_id("any")
+    async with event_client(ws(auth_server, "alice", "/ws/agents")) as alice:
+        await ack(alice, START, {"agent_id": agent_id})
+        async with client(auth_server.http_url, "root", role="admin") as admin:
+            assert (await admin.get(f"/agents/{agent_id}")).status_code == 200
