@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -74,3 +75,63 @@ async def event_client(url: str, **kwargs: Any) -> AsyncIterator[EventClient]:
             client._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await client._reader
+
+
+class SseClient:
+    """A ``text/event-stream`` reader: parses ``id:``/``data:`` messages and ``:`` comments
+    (WHATWG HTML 9.2) as they arrive."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.messages: list[dict[str, Any]] = []  # each {"sse_id": str | None, **JSON of data}
+        self.comments: list[str] = []
+        self._changed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        event_id: str | None = None
+        data: list[str] = []
+        with contextlib.suppress(httpx.HTTPError):
+            async for line in self.response.aiter_lines():
+                if line.startswith(":"):
+                    self.comments.append(line[1:].strip())
+                elif line.startswith("id:"):
+                    event_id = line[3:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif line == "" and data:
+                    self.messages.append({"sse_id": event_id, **json.loads("\n".join(data))})
+                    event_id, data = None, []
+                self._changed.set()
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[SseClient], bool], *, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                if self._reader.done():
+                    raise ConnectionError("the stream ended before the condition was met")
+                self._changed.clear()
+                await self._changed.wait()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if "id" in m]
+
+
+@contextlib.asynccontextmanager
+async def sse_client(
+    base_url: str, path: str, *, headers: dict[str, str] | None = None
+) -> AsyncIterator[SseClient]:
+    async with (
+        httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(10, read=None)) as http,
+        http.stream("GET", path, headers=headers) as response,
+    ):
+        assert response.status_code == 200, (response.status_code, await response.aread())
+        assert response.headers["content-type"].startswith("text/event-stream")
+        stream = SseClient(response)
+        await stream.wait_for(lambda s: any(m["type"] == "welcome" for m in s.messages))
+        try:
+            yield stream
+        finally:
+            stream._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stream._reader
