@@ -83,10 +83,17 @@ class EventLog:
             return []
         rows = [{"topic": e.topic, "type": e.type, "data": e.data} for e in batch]
         async with self.engine.begin() as conn:
-            result = await conn.execute(
-                insert(events).returning(events.c.id, sort_by_parameter_order=True), rows
-            )
-            ids = [int(event_id) for event_id in result.scalars()]
+            if conn.dialect.name == "sqlite":
+                # One writer holds SQLite's lock, and a multi-row INSERT numbers its rows in
+                # order: the ids are the returned ones, ascending (asking SQLAlchemy to sort
+                # them instead makes it insert row by row).
+                result = await conn.execute(insert(events).returning(events.c.id), rows)
+                ids = sorted(int(event_id) for event_id in result.scalars())
+            else:
+                result = await conn.execute(
+                    insert(events).returning(events.c.id, sort_by_parameter_order=True), rows
+                )
+                ids = [int(event_id) for event_id in result.scalars()]
             for change in _merged(e.agent for e in batch if e.agent is not None):
                 await _save_agent(conn, change)
         return ids

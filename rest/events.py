@@ -9,10 +9,10 @@ from fastapi import APIRouter, Header, Query
 from server.audience import agent_topic, workspace_topic
 from server.errors import BadRequest
 from server.events.models import MAX_EVENT_ID, event_id_param
-from server.events.stream import EventStream
 from server.vocabulary import ID_PATTERN, MAX_ID_LENGTH, WORKSPACE_ID_PATTERN
 
 from .deps import CurrentUser, ServicesDep
+from .event_stream import EventStream
 
 router = APIRouter(tags=["events"])
 

@@ -9,6 +9,7 @@ name the workspace the agent works in; that attaches the agent to the workspace 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -189,10 +190,15 @@ class AgentService:
     # -- reporting --------------------------------------------------------------------------------
 
     async def report(self, principal: Principal, message: AgentEvent) -> int:
-        """Check the publisher's authority, publish the event with the agent state it changes
-        (stored together), and tell the workspaces concerned. Returns the event's id once it
-        is stored. Raises ``ValidationFailed``, ``Forbidden``, ``UnknownWorkspace`` or
-        ``StoreUnavailable``."""
+        """``submit``, then wait until the event is stored. Returns its id. Raises as
+        ``submit`` does, or ``StoreUnavailable`` when it could not be stored."""
+        return await (await self.submit(principal, message))
+
+    async def submit(self, principal: Principal, message: AgentEvent) -> asyncio.Future[int]:
+        """Check the publisher's authority and queue the event with the agent state it changes
+        (stored together, in the order submitted); the workspaces concerned are told once it is
+        stored. Returns a future of the event's id, resolved once it is stored. Raises
+        ``ValidationFailed``, ``Forbidden``, ``UnknownWorkspace`` or ``StoreUnavailable``."""
         self.limits.check(message)
         agent_id = message.data.agent_id
         current = await self.audience.owners(agent_id)
@@ -208,12 +214,18 @@ class AgentService:
             payload.setdefault("workspace_id", owners.workspace_id)
         values["updated_at"] = utcnow()
         change = AgentChange(agent_id, values, upsert=current is None or owners is not current)
-        event_id = await self.hub.publish(agent_topic(agent_id), message.type, payload, agent=change)
+        stored = self.hub.submit(agent_topic(agent_id), message.type, payload, agent=change)
         if owners is not current:
-            self.audience.remember(agent_id, owners)
-        if owners is not None:
-            self._announce(message, owners, current.workspace_id if current else None)
-        return event_id
+            self.audience.remember(agent_id, owners)  # what this publisher sends next is judged by it
+
+        def announce(done: asyncio.Future[int]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                self.audience.forget(agent_id)
+            elif owners is not None:
+                self._announce(message, owners, current.workspace_id if current else None)
+
+        stored.add_done_callback(announce)
+        return stored
 
     def _check_authority(
         self, principal: Principal, message: AgentEvent, current: AgentOwners | None

@@ -119,6 +119,16 @@ def service_error_of(exc: StoreError) -> ServiceError:
     return StorageUnavailable()
 
 
+def client_error_of(exc: BaseException) -> ServiceError | None:
+    """What a client is told about ``exc``: itself if it is a ``ServiceError``, the mapping of
+    ``service_error_of`` for a ``StoreError``, else None (a fault of ours: log it)."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, StoreError):
+        return service_error_of(exc)
+    return None
+
+
 @contextmanager
 def store_errors_as_service_errors() -> Iterator[None]:
     """Inside the block, a ``StoreError`` surfaces as the ``ServiceError`` of ``service_error_of``,

@@ -22,7 +22,7 @@ from ..auth import Principal
 from ..channel import AsgiChannel, ChannelClosed, FrameRejected
 from ..close_codes import CLOSE_1000_NORMAL, CLOSE_1011_INTERNAL_ERROR, CLOSE_4401_TOKEN_EXPIRED
 from ..connection import Connection
-from ..errors import ServiceError, store_errors_as_service_errors
+from ..errors import ServiceError, client_error_of, store_errors_as_service_errors
 from ..events.hub import Subscriber, agent_id_of, agent_topic, frame, workspace_topic
 from ..events.models import (
     CLIENT_MESSAGE,
@@ -281,9 +281,28 @@ class EventSession:
 
     async def _report(
         self, message: AgentExecutionStart | AgentExecutionUpdate | AgentExecutionComplete
-    ) -> dict[str, Any]:
-        event_id = await self.services.agents.report(self.user, message)
-        return {"agent_id": message.data.agent_id, "event_id": event_id}
+    ) -> None:
+        """Queue the event; its ``ack`` (with the event's id) follows once it is stored, while
+        this connection's next messages are already read (acks keep the order of the events)."""
+        stored = await self.services.agents.submit(self.user, message)
+        agent_id, request_id = message.data.agent_id, message.request_id
+
+        def answer(done: asyncio.Future[int]) -> None:
+            if done.cancelled():
+                return
+            error = done.exception()
+            if error is None:
+                data = {"command": message.type, "agent_id": agent_id, "event_id": done.result()}
+                self.send("ack", data, request_id)
+                return
+            failure = client_error_of(error)
+            if failure is None:
+                log.error("event connection %s: storing an event failed", self.conn.id, exc_info=error)
+                self.error("internal_error", "the event could not be stored", request_id)
+            else:
+                self.error(failure.code, failure.message, request_id)
+
+        stored.add_done_callback(answer)
 
     async def resume(self, last_event_id: int) -> int:
         async def current_agents() -> dict[str, Any]:

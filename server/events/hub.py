@@ -275,9 +275,16 @@ class EventHub:
     ) -> int:
         """Store the event (with the agent state it changes), then deliver it. Returns its id
         once it is stored. Raises ``StoreUnavailable`` when it could not be stored."""
+        return await self.submit(topic, message_type, data, agent=agent)
+
+    def submit(
+        self, topic: str, message_type: str, data: dict[str, Any], *, agent: AgentChange | None = None
+    ) -> asyncio.Future[int]:
+        """Queue the event to be stored and delivered (in the order submitted). Returns a
+        future of its id, resolved once it is stored (``StoreUnavailable`` if it could not be)."""
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._enqueue(topic, message_type, data, agent, done)
-        return await done
+        return done
 
     def publish_soon(self, topic: str, message_type: str, data: dict[str, Any]) -> None:
         """Publish from code that cannot wait (connection open/close); events go out in the

@@ -22,14 +22,14 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ..audience import agent_topic, topic_parts
-from ..auth import Principal
-from ..close_codes import CLOSE_1000_NORMAL, CLOSE_4401_TOKEN_EXPIRED, CloseCode
-from ..connection import Connection
-from ..services import Services
-from ..vocabulary import iso_z, utcnow
-from .hub import Subscriber, frame
-from .models import ResyncRequired, Welcome
+from server.audience import agent_topic, topic_parts
+from server.auth import Principal
+from server.close_codes import CLOSE_1000_NORMAL, CLOSE_4401_TOKEN_EXPIRED, CloseCode
+from server.connection import Connection
+from server.events.hub import Subscriber, frame
+from server.events.models import ResyncRequired, Welcome
+from server.services import Services
+from server.vocabulary import iso_z, utcnow
 
 log = logging.getLogger(__name__)
 
