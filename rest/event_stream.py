@@ -70,7 +70,13 @@ class SseChannel:
         log.debug("event stream closed (%s)", close.reason or close.code)
 
 
-class EventStream(Response):
+class EventStreamResponse(Response):
+    """The response class of ``GET /events`` in the OpenAPI document."""
+
+    media_type = "text/event-stream"
+
+
+class EventStream(EventStreamResponse):
     """An ASGI response streaming the events of ``topics`` (and of the user's stored agent
     subscriptions) that ``principal`` may see, after those following ``last_event_id``.
 
@@ -80,8 +86,6 @@ class EventStream(Response):
         topics: ``agent:{id}`` and ``workspace:{id}`` topics, already checked.
         last_event_id: resume after this id (from ``Last-Event-ID``), or None.
     """
-
-    media_type = "text/event-stream"
 
     def __init__(
         self, services: Services, principal: Principal, topics: Iterable[str], last_event_id: int | None

@@ -12,7 +12,7 @@ from server.events.models import MAX_EVENT_ID, event_id_param
 from server.vocabulary import ID_PATTERN, MAX_ID_LENGTH, WORKSPACE_ID_PATTERN
 
 from .deps import CurrentUser, ServicesDep
-from .event_stream import EventStream
+from .event_stream import EventStream, EventStreamResponse
 
 router = APIRouter(tags=["events"])
 
@@ -51,7 +51,7 @@ def resume_point(header: str | None, query: str | None) -> int | None:
 @router.get(
     "/events",
     summary="Follow agents and workspaces as Server-Sent Events (resumable with Last-Event-ID)",
-    response_class=EventStream,
+    response_class=EventStreamResponse,
     responses=STREAM_RESPONSE,
 )
 async def events(

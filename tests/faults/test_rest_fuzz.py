@@ -7,6 +7,7 @@ Counts tried: up to ``REST_EXAMPLES`` requests per operation.
 
 from __future__ import annotations
 
+import json
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -60,6 +61,9 @@ def test_no_request_gets_a_server_error(case: schemathesis.Case, rest_server: Th
         case.path_parameters["workspace_id"] = WORKSPACE
         with httpx.Client(base_url=rest_server.http_url, headers=OWNER) as http:
             http.post("/workspaces", json={"id": WORKSPACE, "name": "fuzzed"})  # 201, or 409 if it exists
+    if case.path == "/events":  # a stream: read its status and headers, then hang up
+        check_stream(case, rest_server)
+        return
     response = case.call(base_url=rest_server.http_url, headers={**OWNER, **(case.headers or {})})
     assert response.status_code < 500, f"{case.method} {case.formatted_path[:200]}: {response.text[:500]}"
     if response.status_code >= 400 and response.status_code != 405:
@@ -69,3 +73,23 @@ def test_no_request_gets_a_server_error(case: schemathesis.Case, rest_server: Th
         )
         error = response.json()["error"]
         assert isinstance(error["code"], str) and isinstance(error["message"], str)
+
+
+def check_stream(case: schemathesis.Case, rest_server: ThreadedServer) -> None:
+    request = case.as_transport_kwargs(
+        base_url=rest_server.http_url, headers={**OWNER, **(case.headers or {})}
+    )
+    with httpx.stream(
+        request["method"],
+        request["url"],
+        params=request.get("params"),
+        headers=request.get("headers"),
+        timeout=30,
+    ) as response:
+        assert response.status_code < 500, f"GET /events {str(case.query)[:200]}: {response.status_code}"
+        if response.status_code == 200:
+            assert response.headers["content-type"].startswith("text/event-stream")
+        else:
+            assert response.headers["content-type"] == "application/json"
+            error = json.loads(response.read())["error"]
+            assert isinstance(error["code"], str) and isinstance(error["message"], str)
