@@ -80,6 +80,16 @@ async def close_of(ws: Any, timeout: float = 10) -> tuple[int | None, str]:
     return (rcvd.code, rcvd.reason) if rcvd else (None, "")
 
 
+async def closed_with(ws: Any, timeout: float = 10) -> tuple[int | None, str]:
+    """The close code and reason of a connection that another task reads (a pycrdt provider),
+    once it has closed."""
+    async with asyncio.timeout(timeout):
+        while ws.close_code is None:  # noqa: ASYNC110 - the reader is not ours to wait on
+            await asyncio.sleep(0.01)
+    rcvd = ws.protocol.close_rcvd
+    return (rcvd.code, rcvd.reason) if rcvd else (None, "")
+
+
 def small_updates(count: int, *, chunk: str = "f") -> list[bytes]:
     """``count`` sync frames, each appending ``chunk`` to the text, all by one writer."""
     doc = Doc()
