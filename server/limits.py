@@ -275,6 +275,8 @@ class RateLimiter:
         return None
 
     async def aclose(self) -> None:
+        if isinstance(self.storage, MemoryStorage) and self.storage.timer is not None:
+            self.storage.timer.cancel()  # its expiry task
         if isinstance(self.storage, RedisStorage):
             client = getattr(self.storage.bridge, "storage", None)
             if client is not None:
