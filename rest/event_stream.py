@@ -28,6 +28,7 @@ from server.close_codes import CLOSE_1000_NORMAL, CLOSE_4401_TOKEN_EXPIRED, Clos
 from server.connection import Connection
 from server.events.hub import Subscriber, frame
 from server.events.models import ResyncRequired, Welcome
+from server.limits import Ticket
 from server.services import Services
 from server.vocabulary import iso_z, utcnow
 
@@ -85,16 +86,23 @@ class EventStream(EventStreamResponse):
         principal: whose rights decide what is sent.
         topics: ``agent:{id}`` and ``workspace:{id}`` topics, already checked.
         last_event_id: resume after this id (from ``Last-Event-ID``), or None.
+        ticket: the connection's admitted place, released when the stream ends.
     """
 
     def __init__(
-        self, services: Services, principal: Principal, topics: Iterable[str], last_event_id: int | None
+        self,
+        services: Services,
+        principal: Principal,
+        topics: Iterable[str],
+        last_event_id: int | None,
+        ticket: Ticket,
     ) -> None:
         super().__init__(media_type=self.media_type)
         self.services = services
         self.principal = principal
         self.topics = set(topics)
         self.last_event_id = last_event_id
+        self.ticket = ticket
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services = self.services
@@ -111,7 +119,10 @@ class EventStream(EventStreamResponse):
             }
         )
         conn = Connection(
-            SseChannel(send, path=scope["path"]), max_queue=settings.message_queue_size, user=self.principal
+            SseChannel(send, path=scope["path"]),
+            max_queue=settings.message_queue_size,
+            max_queue_bytes=settings.message_queue_bytes,
+            user=self.principal,
         )
 
         def lost(topic: str) -> None:
@@ -125,7 +136,7 @@ class EventStream(EventStreamResponse):
         hub = services.events
         writer = asyncio.create_task(conn.run_writer(), name=f"sse-writer-{conn.id}")
         heartbeat = asyncio.create_task(self._heartbeat(conn, settings.heartbeat_interval))
-        services.connections += 1
+        self.ticket.conn = conn  # a drain closes it
         try:
             hub.add(sub)
             conn.close_at(self.principal.expires_at, CLOSE_4401_TOKEN_EXPIRED)
@@ -143,7 +154,7 @@ class EventStream(EventStreamResponse):
             conn.close(CLOSE_1000_NORMAL)
             heartbeat.cancel()
             await asyncio.gather(writer, heartbeat, return_exceptions=True)
-            services.connections -= 1
+            self.ticket.release()
 
     def _welcome(self, path: str) -> dict[str, Any]:
         return Welcome(

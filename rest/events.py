@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 
 from server.audience import agent_topic, workspace_topic
-from server.errors import BadRequest
+from server.errors import BadRequest, Draining
 from server.events.models import MAX_EVENT_ID, event_id_param
+from server.limits import client_ip
 from server.vocabulary import ID_PATTERN, MAX_ID_LENGTH, WORKSPACE_ID_PATTERN
 
 from .deps import CurrentUser, ServicesDep
@@ -55,6 +56,7 @@ def resume_point(header: str | None, query: str | None) -> int | None:
     responses=STREAM_RESPONSE,
 )
 async def events(
+    request: Request,
     services: ServicesDep,
     user: CurrentUser,
     agent_ids: AgentIds = [],  # noqa: B006 - FastAPI copies defaults
@@ -67,11 +69,22 @@ async def events(
     same visibility rule. 403/404 for a workspace the caller cannot read or an agent it may not
     watch, before the stream starts."""
     after = resume_point(last_event_id_header, last_event_id)
-    topics = []
-    for workspace_id in workspace_ids:
-        await services.workspaces.access(user, workspace_id)
-        topics.append(workspace_topic(workspace_id))
-    for agent_id in agent_ids:
-        await services.agents.may_watch(user, agent_id)
-        topics.append(agent_topic(agent_id))
-    return EventStream(services, user, topics, after)
+    if services.draining:
+        raise Draining()
+    # A stream is a connection like a WebSocket: it counts against MAX_CONNECTIONS and the
+    # per-user and per-address caps, and a drain closes it.
+    ticket = services.admission.reserve(client_ip(request.scope))
+    try:
+        if not user.guest:
+            ticket.claim_user(user.user_id)
+        topics = []
+        for workspace_id in workspace_ids:
+            await services.workspaces.access(user, workspace_id)
+            topics.append(workspace_topic(workspace_id))
+        for agent_id in agent_ids:
+            await services.agents.may_watch(user, agent_id)
+            topics.append(agent_topic(agent_id))
+    except BaseException:
+        ticket.release()
+        raise
+    return EventStream(services, user, topics, after, ticket)

@@ -29,6 +29,8 @@ def _answer(body: dict[str, Any]) -> JSONResponse:
 @router.get("/health", summary="Liveness and dependency checks")
 async def health(services: ServicesDep) -> JSONResponse:
     checks = {"database": await _database(services), "redis": await _redis(services)}
+    if services.draining:  # shutting down: load balancers send new clients elsewhere
+        return JSONResponse({"status": "draining", "checks": checks}, status_code=503)
     healthy = all(check["status"] in ("ok", "disabled") for check in checks.values())
     return _answer({"status": "ok" if healthy else "degraded", "checks": checks})
 
@@ -47,7 +49,7 @@ async def health_redis(services: ServicesDep) -> JSONResponse:
 async def health_websocket(services: ServicesDep) -> dict[str, Any]:
     settings = services.settings
     return {
-        "status": "ok",
+        "status": "draining" if services.draining else "ok",
         "connections": services.connections,
         "max_connections": settings.max_connections,
         "rooms": len(services.rooms.rooms),

@@ -13,6 +13,7 @@ from .app import create_app
 from .auth import GlobalRole, mint_token
 from .config import ConfigError, Settings, load_settings
 from .logs import configure_logging, quiet_refusals
+from .serving import DrainingServer, server_options
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -28,9 +29,10 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
         "ws_per_message_deflate": False,
         "ws_ping_interval": settings.heartbeat_interval,
         "ws_ping_timeout": settings.heartbeat_interval,
-        "timeout_graceful_shutdown": 10,
         "lifespan": "on",
         "log_config": None,  # uvicorn's lines go to the service's handler (``logs.configure_logging``)
+        # Bounded request heads, an answer to every upgrade, SHUTDOWN_TIMEOUT (``serving``).
+        **server_options(settings),
     }
     options.update(overrides)
     config = uvicorn.Config(app, **options)
@@ -75,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     configure_logging(settings.log_level, secrets=[settings.jwt_secret or ""])
-    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
+    app = create_app(settings)
+    server = DrainingServer(uvicorn_config(app, settings), drain=app.drain, timeout=settings.shutdown_timeout)
+    server.run()
     return 0
 
 

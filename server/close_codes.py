@@ -37,16 +37,19 @@ CLOSE_4403_FORBIDDEN = CloseCode(4403, "forbidden")
 CLOSE_4403_ACCESS_REVOKED = CloseCode(4403, "your access to this workspace was revoked")
 CLOSE_4404_NOT_FOUND = CloseCode(4404, "not found")
 CLOSE_4404_DELETED = CloseCode(4404, "document or workspace deleted")
+CLOSE_4429_RATE_LIMITED = CloseCode(4429, "rate limit exceeded")
 
 
 # An upgrade refused with an HTTP status, for a client that sees only close frames: HTTP status
-# + 4000 (Hocuspocus's convention), 1013 (try again later) for 503.
+# + 4000 (Hocuspocus's convention, 4429 for too many requests or connections), 1013 (try again
+# later) for 503.
 REFUSALS = {
     400: CLOSE_4400_BAD_MESSAGE,
     401: CLOSE_4401_UNAUTHORIZED,
     403: CLOSE_4403_FORBIDDEN,
     404: CLOSE_4404_NOT_FOUND,
     413: CLOSE_1009_MESSAGE_TOO_BIG,
+    429: CLOSE_4429_RATE_LIMITED,
     503: CLOSE_1013_TRY_AGAIN_LATER,
 }
 

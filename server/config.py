@@ -6,9 +6,11 @@ This is the only module that reads the environment. Tests build ``Settings(...)`
 from __future__ import annotations
 
 import logging
+import re
 from enum import StrEnum
 from typing import Annotated
 
+from limits import parse_many
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -17,6 +19,7 @@ from crdt_store import normalise_database_url
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+_ORIGIN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+/?$|^null$")
 
 
 class ConfigError(ValueError):
@@ -75,12 +78,88 @@ class Settings(BaseSettings):
     stream_retention: float = Field(default=60.0, ge=2, le=86_400)
     sync_check_interval: float = Field(default=30.0, ge=0.5, le=3600)
 
+    # Protection (README "Protection"). A rate is "N/second", "N/minute", ... (several separated by
+    # ";"); an empty rate, or 0 for a count, turns that limit off.
+    cors_origins: str | None = Field(
+        default=None,
+        description="Comma-separated origins (scheme://host[:port]) allowed to call the REST API from a "
+        "browser and to open WebSockets; '*' allows any. Unset: any origin in development and staging; "
+        "production refuses to start.",
+    )
+    rate_limit_rest_user: str = Field(
+        default="50/second", description="REST requests per user (token subject), across instances."
+    )
+    rate_limit_rest_ip: str = Field(
+        default="200/second", description="REST requests per client IP address, across instances."
+    )
+    rate_limit_connect_ip: str = Field(
+        default="1000/minute", description="WebSocket connection attempts per client IP, across instances."
+    )
+    max_connections_per_user: int = Field(
+        default=100, ge=0, description="Open WebSocket connections per user on one instance (0: no limit)."
+    )
+    max_connections_per_ip: int = Field(
+        default=1000,
+        ge=0,
+        description="Open WebSocket connections per client IP on one instance (0: no limit).",
+    )
+    rate_limit_sync_messages: int = Field(
+        default=200, ge=0, description="Messages per second one document connection may send (0: no limit)."
+    )
+    rate_limit_sync_bytes: int = Field(
+        default=8 * MiB, ge=0, description="Bytes per second one document connection may send (0: no limit)."
+    )
+    rate_limit_event_messages: int = Field(
+        default=200,
+        ge=0,
+        description="Messages per second one event-channel connection may send (0: no limit).",
+    )
+    rate_limit_event_bytes: int = Field(
+        default=1 * MiB,
+        ge=0,
+        description="Bytes per second one event-channel connection may send (0: no limit).",
+    )
+    rate_limit_close_after: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a WebSocket may stay over its message or byte rate before it is closed "
+        "with 4429.",
+    )
+    message_queue_bytes: int = Field(
+        default=16 * MiB,
+        ge=64 * 1024,
+        description="Bytes queued for one connection before it is cut off with 1013 (one frame larger "
+        "than this is still sent to an otherwise empty queue).",
+    )
+    handshake_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds a new TCP connection has to send its complete request line and headers.",
+    )
+    max_request_head_size: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line plus headers, in bytes (431; a request line over 8 KiB is 414).",
+    )
+    shutdown_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a SIGTERM drain may take: refuse new connections, close WebSockets with 1012, "
+        "store every pending update.",
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("redis_url", "jwt_secret", "ai_agents_url", "ide_bridge_url", mode="before")
+    @field_validator(
+        "redis_url", "jwt_secret", "ai_agents_url", "ide_bridge_url", "cors_origins", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -103,12 +182,52 @@ class Settings(BaseSettings):
             raise ValueError("JWT_SECRET must be set when ENVIRONMENT=production")
         return self
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str | None) -> str | None:
+        if value is not None:
+            for origin in value.split(","):
+                origin = origin.strip()
+                if origin and origin != "*" and not _ORIGIN.fullmatch(origin):
+                    raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+        return value
+
+    @field_validator("rate_limit_rest_user", "rate_limit_rest_ip", "rate_limit_connect_ip")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        value = value.strip()
+        if value and value != "0":
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not a rate such as '50/second' or '10/second;300/minute'"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_origins(self) -> Settings:
+        if self.environment is Environment.PRODUCTION and self.cors_origins is None:
+            raise ValueError(
+                "CORS_ORIGINS must be set when ENVIRONMENT=production (the browser origins allowed, "
+                "comma-separated, or '*')"
+            )
+        return self
+
     @model_validator(mode="after")
     def _streams_outlive_instances(self) -> Settings:
         # A dead instance's unstored updates are read back from the streams by a survivor.
         if self.stream_retention < 2 * self.instance_timeout:
             raise ValueError("STREAM_RETENTION must be at least twice INSTANCE_TIMEOUT")
         return self
+
+    @property
+    def allowed_origins(self) -> frozenset[str] | None:
+        """The origins browsers may call from (lower case, no trailing slash); None: any."""
+        if self.cors_origins is None:
+            return None
+        origins = {o.strip().rstrip("/").lower() for o in self.cors_origins.split(",") if o.strip()}
+        return None if "*" in origins else frozenset(origins)
 
     @property
     def auth_enabled(self) -> bool:

@@ -20,16 +20,20 @@ class Connection:
     """Queues frames for one client and writes them in order from one task.
 
     ``send`` never blocks and never creates a task: it appends to the queue and wakes the writer.
-    A client whose queue reaches ``max_queue`` frames is closed with 1013: it can reconnect and
-    resync, which costs less than buffering without bound.
+    A client whose queue reaches ``max_queue`` frames, or would pass ``max_queue_bytes`` bytes, is
+    closed with 1013: it can reconnect and resync, which costs less than buffering without bound.
+    (Bytes count until written. A frame larger than ``max_queue_bytes`` is still queued when
+    nothing else waits: a large document's state must reach a client that reads.)
     """
 
     __slots__ = (
         "_drain_waiters",
         "_loop",
         "_max_queue",
+        "_max_queue_bytes",
         "_overflowed",
         "_queue",
+        "_queued_bytes",
         "_wakeup",
         "_writer_done",
         "awareness_ids",
@@ -42,7 +46,15 @@ class Connection:
         "user",
     )
 
-    def __init__(self, channel: Channel, *, max_queue: int, user: Any = None, can_write: bool = True) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        *,
+        max_queue: int,
+        max_queue_bytes: int = 16 * 1024 * 1024,
+        user: Any = None,
+        can_write: bool = True,
+    ) -> None:
         self.id = next(_ids)
         self.channel = channel
         self.user = user
@@ -55,6 +67,8 @@ class Connection:
         self._queue: list[bytes | str] = []
         self._overflowed = False
         self._max_queue = max_queue
+        self._max_queue_bytes = max_queue_bytes
+        self._queued_bytes = 0
         self._wakeup: asyncio.Future[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._writer_done = False
@@ -85,13 +99,23 @@ class Connection:
     def send(self, data: bytes | str) -> None:
         if self.close_code is not None:
             return
-        if len(self._queue) >= self._max_queue:
-            log.warning("connection %s: send queue full (%d frames), closing", self.id, self._max_queue)
+        size = len(data)
+        if len(self._queue) >= self._max_queue or (
+            self._queued_bytes > 0 and self._queued_bytes + size > self._max_queue_bytes
+        ):
+            log.warning(
+                "connection %s: send queue full (%d frames, %d bytes), closing",
+                self.id,
+                len(self._queue),
+                self._queued_bytes,
+            )
             self._queue = []
+            self._queued_bytes = 0
             self._overflowed = True
             self.close(CLOSE_1013_SEND_QUEUE_FULL)
             return
         self._queue.append(data)
+        self._queued_bytes += size
         self._wake()
 
     def close(self, code: CloseCode) -> None:
@@ -128,6 +152,7 @@ class Connection:
                         if self._overflowed:
                             break  # cut off: close now rather than after the backlog
                         await channel.send(data)
+                        self._queued_bytes -= len(data)  # counted until written
                     self.last_sent = self._loop.time()
                 self._drained()
                 if self.close_code is not None:

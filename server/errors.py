@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -77,6 +78,43 @@ class ServerFull(ServiceError):
     status_code, code = 503, "server_full"
 
 
+def retry_after(seconds: float) -> dict[str, str]:
+    """The ``Retry-After`` header (RFC 9110 10.2.3): whole seconds, at least 1."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+class RateLimited(ServiceError):
+    """Too many requests, messages or connection attempts: 429 with ``Retry-After``; close 4429."""
+
+    status_code, code = 429, "rate_limited"
+
+    def __init__(self, message: str, *, retry_in: float) -> None:
+        super().__init__(message, headers=retry_after(retry_in))
+        self.retry_in = retry_in
+
+
+class TooManyConnections(ServiceError):
+    """This user or address already holds as many open connections as allowed."""
+
+    status_code, code = 429, "too_many_connections"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers=retry_after(5))
+
+
+class Draining(ServiceError):
+    """The instance is shutting down: new connections go to another instance."""
+
+    status_code, code = 503, "draining"
+
+    def __init__(self, message: str = "this instance is shutting down; reconnect to another") -> None:
+        super().__init__(message, headers=retry_after(1))
+
+
+class OriginNotAllowed(ServiceError):
+    status_code, code = 403, "origin_not_allowed"
+
+
 # What clients are told when the database cannot be used; the reason goes to the log and to
 # /health/database, not to every client.
 DATABASE_UNAVAILABLE_MESSAGE = "the database is unavailable; try again later"
@@ -102,8 +140,10 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
+    414: "uri_too_long",
     422: "invalid_request",
     429: "rate_limited",
+    431: "request_header_fields_too_large",
     503: "unavailable",
 }
 

@@ -20,6 +20,7 @@ from .cluster import Cluster, Inbound
 from .config import Settings
 from .document_view import DocumentViews
 from .events.hub import EventHub
+from .limits import Admission, RateLimiter
 from .persistence import UpdateWriter
 from .presence import Presence
 from .replication import Replication
@@ -62,6 +63,8 @@ async def open_store_or_explain(app: FastAPI, settings: Settings) -> AsyncIterat
 
 
 def _warn_about(settings: Settings) -> None:
+    if settings.cors_origins is None:
+        log.warning("CORS_ORIGINS is not set: browsers on any origin may call the API and open WebSockets")
     if not settings.auth_enabled:
         log.warning("JWT_SECRET is not set: the server accepts every connection without a token")
     elif len(settings.jwt_secret or "") < 32:
@@ -102,6 +105,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             unload_grace=settings.room_unload_grace,
             heartbeat_interval=settings.heartbeat_interval,
             message_queue_size=settings.message_queue_size,
+            message_queue_bytes=settings.message_queue_bytes,
             on_room_loaded=agent_presence.room_loaded,
             on_room_unloaded=agent_presence.room_unloaded,
             on_document_created=workspace_events.document_created,
@@ -122,7 +126,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             workspaces=WorkspaceService(store, settings, workspace_events, cluster),
             agents=AgentService(store, audience, TextLimits.of(settings), hub, workspace_events, cluster),
             views=DocumentViews(timeout=settings.document_view_timeout),
+            limiter=RateLimiter(settings),
+            admission=Admission(
+                total=settings.max_connections,
+                per_user=settings.max_connections_per_user,
+                per_ip=settings.max_connections_per_ip,
+            ),
         )
+        stack.push_async_callback(services.limiter.aclose)
         # Exit order (reverse): views stop, agent presence stops, rooms close their sockets,
         # presence changes reach Redis, queued events go out, the writer flushes every accepted
         # update, the broker publishes how far this instance has stored and leaves, the store

@@ -1,14 +1,40 @@
-"""Limits every transport enforces, in one place."""
+"""Limits every transport enforces, in one place: body sizes, rates (per connection, and per user
+and address with the ``limits`` library), admission (connections in all, per user, per address)
+and origins. The README's "Protection" section says what a client sees for each."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from .errors import PayloadTooLarge, error_body
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
-Scope = dict[str, Any]
+from .auth import TokenError, authenticate
+from .channel import Channel, FrameRejected
+from .close_codes import CLOSE_4429_RATE_LIMITED, CloseCode
+from .config import Settings
+from .connection import Connection
+from .errors import (
+    PayloadTooLarge,
+    RateLimited,
+    ServerFull,
+    ServiceError,
+    TooManyConnections,
+    error_body,
+)
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
 ASGIApp = Any
 
 
@@ -59,9 +85,366 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send: Any) -> None:
-        error = PayloadTooLarge(f"the request body is larger than {self.limit} bytes")
-        body = json.dumps(error_body(error.code, error.message)).encode()
-        length = str(len(body)).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", length)]
-        await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, PayloadTooLarge(f"the request body is larger than {self.limit} bytes"))
+
+
+# -- per-connection rates ---------------------------------------------------------------------------
+
+
+class Pace:
+    """A token bucket: ``rate`` units a second, holding at most one second's worth.
+
+    Local to one connection (its state lives and dies with the connection, on the instance that
+    serves it) and checked on every frame, so it is plain arithmetic rather than a shared store.
+    ``over_since`` is when the client last went over its rate without coming back under it since
+    (its bucket filled up again); None while it keeps within its rate."""
+
+    __slots__ = ("over_since", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.stamp = now
+        self.over_since: float | None = None
+
+    def _refill(self, now: float) -> float:
+        tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if tokens >= self.rate:
+            self.over_since = None  # a full bucket: the client kept within its rate for a while
+        return tokens
+
+    def charge(self, cost: float, now: float) -> float:
+        """Take ``cost``, into debt if need be; the seconds to wait until the debt is paid (0:
+        within the rate). A cost above one second's worth (one large frame) is taken whole."""
+        self.tokens = self._refill(now) - cost
+        if self.tokens >= 0:
+            return 0.0
+        if self.over_since is None:
+            self.over_since = now
+        return -self.tokens / self.rate
+
+    def try_take(self, cost: float, now: float) -> float:
+        """Take ``cost`` if the bucket holds it (a cost above one second's worth: if the bucket is
+        full) and return 0; otherwise take nothing and return the seconds until it would."""
+        tokens = self._refill(now)
+        needed = min(cost, self.rate)
+        if tokens >= needed:
+            self.tokens = tokens - cost
+            return 0.0
+        self.tokens = tokens
+        if self.over_since is None:
+            self.over_since = now
+        return (needed - tokens) / self.rate
+
+
+class ConnectionRate:
+    """What one WebSocket may send: messages and bytes a second (0: no limit), and for how long it
+    may stay over either before it is closed with 4429."""
+
+    __slots__ = ("_buckets", "_loop", "close_after", "description")
+
+    def __init__(self, *, messages: int, size: int, close_after: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
+        self._buckets: list[tuple[Pace, bool]] = []  # (bucket, counts bytes)
+        if messages > 0:
+            self._buckets.append((Pace(messages, now), False))
+        if size > 0:
+            self._buckets.append((Pace(size, now), True))
+        self.close_after = close_after
+        parts = ([f"{messages} messages"] if messages else []) + ([f"{size} bytes"] if size else [])
+        self.description = " and ".join(parts) + " per second"
+
+    def charge(self, size: int) -> float:
+        """Count a frame of ``size`` bytes; seconds to wait before reading on (0: none)."""
+        now = self._loop.time()
+        return max(
+            (bucket.charge(size if counts_bytes else 1, now) for bucket, counts_bytes in self._buckets),
+            default=0.0,
+        )
+
+    def try_take(self, size: int) -> float:
+        """Admit a frame of ``size`` bytes if every bucket holds it (0); otherwise count nothing and
+        return the seconds until it would be admitted."""
+        now = self._loop.time()
+        waits = [bucket.try_take(size if counts_bytes else 1, now) for bucket, counts_bytes in self._buckets]
+        wait = max(waits, default=0.0)
+        if wait > 0:  # give back what the buckets that had room took
+            for (bucket, counts_bytes), taken in zip(self._buckets, waits, strict=True):
+                if taken == 0:
+                    bucket.tokens += size if counts_bytes else 1
+        return wait
+
+    @property
+    def persisting(self) -> bool:
+        """Over its rate, without a pause, for longer than ``close_after`` seconds."""
+        starts = [bucket.over_since for bucket, _ in self._buckets if bucket.over_since is not None]
+        return bool(starts) and self._loop.time() - min(starts) > self.close_after
+
+    def closing(self) -> CloseCode:
+        return CLOSE_4429_RATE_LIMITED.because(f"over {self.description} for {self.close_after:g} s")
+
+
+class PacedChannel:
+    """A document socket read no faster than its ``ConnectionRate``: a frame over the rate is
+    delivered once the client's allowance covers it, and meanwhile nothing more is read (uvicorn
+    stops reading the socket, so a flooding client is held back by TCP and costs nothing). One
+    that stays over its rate for ``close_after`` seconds is closed with 4429."""
+
+    __slots__ = ("_channel", "_rate", "path")
+
+    def __init__(self, channel: Channel, rate: ConnectionRate) -> None:
+        self._channel = channel
+        self._rate = rate
+        self.path = channel.path
+
+    async def recv(self) -> bytes:
+        data = await self._channel.recv()
+        wait = self._rate.charge(len(data))
+        if wait > 0:
+            if self._rate.persisting:
+                raise FrameRejected(self._rate.closing())
+            await asyncio.sleep(wait)
+        return data
+
+    async def send(self, data: bytes | str) -> None:
+        await self._channel.send(data)
+
+    async def close(self, close: CloseCode) -> None:
+        await self._channel.close(close)
+
+
+# -- limits keyed by user and address, shared by the instances --------------------------------------
+
+
+def rate_items(rate: str) -> list[RateLimitItem]:
+    """The ``limits`` items of a rate setting ("50/second;1000/minute"); none when it is off."""
+    rate = rate.strip()
+    return [] if rate in ("", "0") else parse_many(rate)
+
+
+def limits_storage_uri(redis_url: str) -> str:
+    if redis_url.startswith("unix://"):
+        return "async+redis+unix://" + redis_url.removeprefix("unix://")
+    return "async+" + redis_url
+
+
+class RateLimiter:
+    """Rates keyed by user or client address (REST requests, connection attempts), counted with
+    the ``limits`` library (sliding window counters): in this process's memory on one instance, in
+    Redis when ``REDIS_URL`` is set, so that a client spreading its requests over the instances
+    meets the same limit. When Redis cannot be reached the request is let through (and logged):
+    a broken limiter must not stop the service."""
+
+    STORAGE_TIMEOUT = 1.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.storage: MemoryStorage | RedisStorage
+        if settings.redis_url:
+            self.storage = RedisStorage(
+                limits_storage_uri(settings.redis_url),
+                implementation="redispy",
+                key_prefix=f"{settings.redis_prefix}:limits",
+                socket_timeout=self.STORAGE_TIMEOUT,
+                socket_connect_timeout=self.STORAGE_TIMEOUT,
+            )
+        else:
+            self.storage = MemoryStorage()
+        self.kind = "redis" if settings.redis_url else "memory"
+        self._strategy = SlidingWindowCounterRateLimiter(self.storage)
+        self.rest_user = rate_items(settings.rate_limit_rest_user)
+        self.rest_ip = rate_items(settings.rate_limit_rest_ip)
+        self.connect_ip = rate_items(settings.rate_limit_connect_ip)
+        self._warned_at = -math.inf
+
+    async def hit(self, items: list[RateLimitItem], *key: str) -> float | None:
+        """Count one request against each item; None when all allow it, otherwise the seconds
+        until the first that refuses would allow it."""
+        try:
+            async with asyncio.timeout(self.STORAGE_TIMEOUT * 2):
+                for item in items:
+                    if not await self._strategy.hit(item, *key):
+                        stats = await self._strategy.get_window_stats(item, *key)
+                        return max(stats.reset_time - time.time(), 0.0)
+        except Exception as exc:  # noqa: BLE001 - any storage failure: let the request through
+            now = time.monotonic()
+            if now - self._warned_at > 30:
+                self._warned_at = now
+                log.warning("rate limiter storage (%s) failed, not limiting: %r", self.kind, exc)
+        return None
+
+    async def aclose(self) -> None:
+        if isinstance(self.storage, MemoryStorage) and self.storage.timer is not None:
+            self.storage.timer.cancel()  # its expiry task
+        if isinstance(self.storage, RedisStorage):
+            client = getattr(self.storage.bridge, "storage", None)
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+
+def client_ip(scope: Scope) -> str:
+    """The client's address (uvicorn puts a trusted proxy's ``X-Forwarded-For`` there)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+class RestRateLimit:
+    """ASGI middleware: REST requests per user (the token's subject, when it has a valid one) and
+    per client address. Over either: 429 ``rate_limited`` with ``Retry-After`` and the JSON error
+    body, before the request is read. Health checks are not counted (load balancers poll them)."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(EXEMPT_PATHS) or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        services = getattr(scope["app"].state, "services", None) if "app" in scope else None
+        limiter: RateLimiter | None = getattr(services, "limiter", None)
+        if limiter is not None:
+            wait = await self._check(limiter, scope)
+            if wait is not None:
+                error = RateLimited(
+                    "too many requests; retry after the number of seconds in Retry-After", retry_in=wait
+                )
+                await send_error(send, error)
+                return
+        await self.app(scope, receive, send)
+
+    async def _check(self, limiter: RateLimiter, scope: Scope) -> float | None:
+        wait = await limiter.hit(limiter.rest_ip, "rest-ip", client_ip(scope))
+        if wait is not None or not limiter.rest_user:
+            return wait
+        try:
+            principal, _ = authenticate(scope, self.settings)
+        except TokenError:
+            return None  # refused with 401 further in
+        if principal.guest:
+            return None
+        return await limiter.hit(limiter.rest_user, "rest-user", principal.user_id)
+
+
+EXEMPT_PATHS = ("/health", "/ws/health")
+
+
+async def send_error(send: Any, error: ServiceError) -> None:
+    """An HTTP response with the JSON error body and the error's headers."""
+    body = json.dumps(error_body(error.code, error.message)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in (error.headers or {}).items()]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- admission --------------------------------------------------------------------------------------
+
+
+class Admission:
+    """The WebSocket connections of this instance, counted from the moment one is admitted, before
+    any await of its handshake, so a storm of parallel upgrades never passes ``MAX_CONNECTIONS``;
+    and per user and per client address (``MAX_CONNECTIONS_PER_USER``, ``MAX_CONNECTIONS_PER_IP``)."""
+
+    def __init__(self, *, total: int, per_user: int, per_ip: int) -> None:
+        self.total = total
+        self.per_user = per_user
+        self.per_ip = per_ip
+        self.open = 0
+        self.tickets: set[Ticket] = set()
+        self._ips: Counter[str] = Counter()
+        self._users: Counter[str] = Counter()
+
+    def reserve(self, ip: str) -> Ticket:
+        """A place for a connection from ``ip``; raises ``ServerFull`` or ``TooManyConnections``."""
+        if self.open >= self.total:
+            raise ServerFull("too many connections; try again later")
+        if self.per_ip and self._ips[ip] >= self.per_ip:
+            raise TooManyConnections(f"too many connections from this address (at most {self.per_ip})")
+        self.open += 1
+        self._ips[ip] += 1
+        ticket = Ticket(self, ip)
+        self.tickets.add(ticket)
+        return ticket
+
+    def _claim(self, user_id: str) -> None:
+        if self.per_user and self._users[user_id] >= self.per_user:
+            raise TooManyConnections(f"too many connections for this user (at most {self.per_user})")
+        self._users[user_id] += 1
+
+    def _release(self, ticket: Ticket) -> None:
+        self.tickets.discard(ticket)
+        ip, user_id = ticket.ip, ticket.user_id
+        self.open -= 1
+        _decrement(self._ips, ip)
+        if user_id is not None:
+            _decrement(self._users, user_id)
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
+class Ticket:
+    """One admitted connection's place; ``release`` (once, in a ``finally``) gives it back."""
+
+    __slots__ = ("_admission", "_released", "conn", "ip", "user_id")
+
+    def __init__(self, admission: Admission, ip: str) -> None:
+        self._admission = admission
+        self.ip = ip
+        self.user_id: str | None = None
+        self.conn: Connection | None = None  # set by endpoints whose connection drain must close
+        self._released = False
+
+    def claim_user(self, user_id: str) -> None:
+        """Count the connection against its user; raises ``TooManyConnections``."""
+        self._admission._claim(user_id)
+        self.user_id = user_id
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._admission._release(self)
+
+
+# -- origins ----------------------------------------------------------------------------------------
+
+
+def request_origin(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"origin":
+            return str(value.decode("latin-1")).strip().rstrip("/").lower()
+    return None
+
+
+def origin_allowed(scope: Scope, settings: Settings) -> bool:
+    """A WebSocket's ``Origin`` is one of ``CORS_ORIGINS`` (any when unset or ``*``). A request
+    without one (servers, bots, native apps) is allowed: the header only says which web page a
+    browser is running the connection for."""
+    allowed = settings.allowed_origins
+    if allowed is None:
+        return True
+    origin = request_origin(scope)
+    return origin is None or origin in allowed
+
+
+def cors_options(settings: Settings) -> dict[str, Any]:
+    """Starlette ``CORSMiddleware`` options: the listed origins (any origin when unset or ``*``,
+    echoed back so that credentials work), every method, the ``Authorization`` header."""
+    allowed = settings.allowed_origins
+    origins: dict[str, Any] = (
+        {"allow_origin_regex": ".*"} if allowed is None else {"allow_origins": sorted(allowed)}
+    )
+    return {
+        **origins,
+        "allow_credentials": True,
+        "allow_methods": ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        "allow_headers": ["Authorization", "Content-Type"],
+        "expose_headers": ["Retry-After"],
+        "max_age": 600,
+    }

@@ -48,6 +48,7 @@ class RoomManager:
             keep-alive frame, so idle clients (the stock y-websocket client reconnects after 30 s
             of silence) stay connected.
         message_queue_size: outbound frames queued per connection before it is cut off.
+        message_queue_bytes: outbound bytes queued per connection before it is cut off.
         on_room_loaded: called with each room once it is loaded, before anyone is served.
         on_room_unloaded: called with each room once it is gone.
         on_document_created: called with the key of a document that did not exist before.
@@ -63,6 +64,7 @@ class RoomManager:
         unload_grace: float = 5.0,
         heartbeat_interval: float = 15.0,
         message_queue_size: int = 1000,
+        message_queue_bytes: int = 16 * 1024 * 1024,
         on_room_loaded: Callable[[Room], None] | None = None,
         on_room_unloaded: Callable[[Room], None] | None = None,
         on_document_created: Callable[[RoomKey], None] | None = None,
@@ -80,6 +82,7 @@ class RoomManager:
         self.unload_grace = unload_grace
         self.heartbeat_interval = heartbeat_interval
         self.message_queue_size = message_queue_size
+        self.message_queue_bytes = message_queue_bytes
         self.rooms: dict[RoomKey, Room] = {}
         self._loading: dict[RoomKey, asyncio.Future[Room]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -193,7 +196,13 @@ class RoomManager:
             log.error("room %s could not be loaded: %s", key, exc)
             await _close_quietly(channel, CLOSE_1013_STORE_UNAVAILABLE)
             return
-        conn = Connection(channel, max_queue=self.message_queue_size, user=user, can_write=can_write)
+        conn = Connection(
+            channel,
+            max_queue=self.message_queue_size,
+            max_queue_bytes=self.message_queue_bytes,
+            user=user,
+            can_write=can_write,
+        )
         conn.close_at(user.expires_at if user is not None else None, CLOSE_4401_TOKEN_EXPIRED)
         if room.unload_handle is not None:
             room.unload_handle.cancel()

@@ -17,6 +17,7 @@ from .cluster import Cluster
 from .config import Settings
 from .document_view import DocumentViews
 from .events.hub import EventHub
+from .limits import Admission, RateLimiter
 from .persistence import UpdateWriter
 from .presence import Presence
 from .replication import Replication
@@ -38,5 +39,12 @@ class Services:
     workspaces: WorkspaceService
     agents: AgentService
     views: DocumentViews
+    limiter: RateLimiter  # rates keyed by user and address
+    admission: Admission  # open WebSocket connections, in all, per user and per address
     started_at: float = field(default_factory=time.time)
-    connections: int = 0  # open WebSocket connections of every kind
+    draining: bool = False  # shutting down: new connections are refused (``drain``)
+
+    @property
+    def connections(self) -> int:
+        """Open (and being opened) WebSocket connections of every kind."""
+        return self.admission.open

@@ -20,7 +20,12 @@ from starlette.types import Receive, Scope, Send
 from ..audience import Verdict, topic_parts
 from ..auth import Principal
 from ..channel import AsgiChannel, ChannelClosed, FrameRejected
-from ..close_codes import CLOSE_1000_NORMAL, CLOSE_1011_INTERNAL_ERROR, CLOSE_4401_TOKEN_EXPIRED
+from ..close_codes import (
+    CLOSE_1000_NORMAL,
+    CLOSE_1011_INTERNAL_ERROR,
+    CLOSE_1012_SERVICE_RESTART,
+    CLOSE_4401_TOKEN_EXPIRED,
+)
 from ..connection import Connection
 from ..errors import ServiceError, client_error_of, store_errors_as_service_errors
 from ..events.hub import Subscriber, agent_id_of, agent_topic, frame, workspace_topic
@@ -43,9 +48,10 @@ from ..events.models import (
     Welcome,
     event_id_param,
 )
+from ..limits import ConnectionRate
 from ..services import Services
 from ..vocabulary import iso_z, parse_json, utcnow
-from .handshake import admit
+from .handshake import Admitted, admit
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,18 @@ def is_event_request(scope: Scope) -> bool:
     return scope["type"] == "websocket" and scope["path"].rstrip("/") in ENDPOINTS
 
 
+def _request_id_of(raw: bytes | str) -> str | None:
+    """The ``request_id`` of a message, if it is a JSON object with a valid one."""
+    if isinstance(raw, bytes):
+        return None
+    try:
+        body = parse_json(raw)
+    except (ValueError, RecursionError):
+        return None
+    request_id = body.get("request_id") if isinstance(body, dict) else None
+    return request_id if isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID else None
+
+
 class CommandError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -74,26 +92,71 @@ def utc_now() -> str:
 
 async def event_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     services: Services = scope["app"].state.services
-    settings = services.settings
-    kinds = ENDPOINTS[scope["path"].rstrip("/")]
     admitted = await admit(scope, receive, send, services)
     if admitted is None:
         return
-    principal, subprotocol = admitted
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    await send({"type": "websocket.accept", "subprotocol": subprotocol})
-    services.connections += 1
-    channel = AsgiChannel(receive, send, path=scope["path"], max_message_size=settings.max_event_message_size)
-    conn = Connection(channel, max_queue=settings.message_queue_size, user=principal)
-    session = EventSession(services, conn, principal, kinds)
-    writer = asyncio.create_task(conn.run_writer(), name=f"events-writer-{conn.id}")
     try:
-        await session.run(query.get("last_event_id", [None])[0])
+        await _serve(scope, receive, send, services, admitted)
     finally:
+        admitted.ticket.release()
+
+
+async def _serve(scope: Scope, receive: Receive, send: Send, services: Services, admitted: Admitted) -> None:
+    settings = services.settings
+    kinds = ENDPOINTS[scope["path"].rstrip("/")]
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    await send({"type": "websocket.accept", "subprotocol": admitted.subprotocol})
+    channel = AsgiChannel(receive, send, path=scope["path"], max_message_size=settings.max_event_message_size)
+    conn = Connection(
+        channel,
+        max_queue=settings.message_queue_size,
+        max_queue_bytes=settings.message_queue_bytes,
+        user=admitted.principal,
+    )
+    admitted.ticket.conn = conn
+    session = EventSession(services, conn, admitted.principal, kinds)
+    writer = asyncio.create_task(conn.run_writer(), name=f"events-writer-{conn.id}")
+    heartbeat = Heartbeat(conn, settings.heartbeat_interval)
+    try:
+        if services.draining:  # began before the accept was sent
+            conn.close(CLOSE_1012_SERVICE_RESTART)
+        else:
+            await session.run(query.get("last_event_id", [None])[0])
+    finally:
+        heartbeat.stop()
         session.close()
         conn.close(CLOSE_1000_NORMAL)
         await writer
-        services.connections -= 1
+
+
+class Heartbeat:
+    """The event channel's own heartbeat: a ``ping`` message whenever nothing was sent for
+    ``interval`` seconds, so a client sees the server is there (a browser cannot see WebSocket
+    pings). A peer that answers nothing at all, not even the protocol's pings, is closed by the
+    transport within two intervals (1011 ``keepalive ping timeout``). A timer, not a task."""
+
+    __slots__ = ("_conn", "_handle", "_interval", "_loop")
+
+    def __init__(self, conn: Connection, interval: float) -> None:
+        self._conn = conn
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(interval, self._beat)
+
+    def _beat(self) -> None:
+        if self._conn.is_closing:
+            self._handle = None
+            return
+        due = self._conn.last_sent + self._interval
+        if self._loop.time() >= due - 0.01:
+            self._conn.send(frame("ping", {"server_time": utc_now()}))
+            due = self._loop.time() + self._interval
+        self._handle = self._loop.call_at(due, self._beat)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 Handler = Callable[[Any], Awaitable[dict[str, Any] | None]]
@@ -108,6 +171,16 @@ class EventSession:
         self.user = user
         self.sub = Subscriber(conn, user, kinds, on_topic_lost=self._topic_lost)
         self.joined: set[str] = set()
+        settings = services.settings
+        self.rate = (
+            ConnectionRate(
+                messages=settings.rate_limit_event_messages,
+                size=settings.rate_limit_event_bytes,
+                close_after=settings.rate_limit_close_after,
+            )
+            if settings.rate_limit_event_messages or settings.rate_limit_event_bytes
+            else None
+        )
         self._handlers: dict[type[BaseModel], tuple[str | None, Handler]] = {
             Ping: (None, self._ping),
             Resume: (None, self._resume),
@@ -155,12 +228,36 @@ class EventSession:
             except FrameRejected as exc:
                 self.conn.close(exc.close)
                 return
+            if self.rate is not None and not await self._within_rate(raw):
+                continue
             try:
                 await self.handle(raw)
             except Exception:
                 log.exception("event connection %s: failed to handle a message", self.conn.id)
                 self.conn.close(CLOSE_1011_INTERNAL_ERROR)
                 return
+
+    async def _within_rate(self, raw: bytes | str) -> bool:
+        """Whether the message is within the connection's rate. One that is not is answered with
+        ``error`` ``rate_limited`` (with ``retry_after``) and not handled, and nothing more is
+        read until the allowance is back (so a flood costs no more than the rate, and its replies
+        do not pile up); a client that stays over its rate for ``RATE_LIMIT_CLOSE_AFTER`` seconds
+        is closed with 4429."""
+        assert self.rate is not None
+        wait = self.rate.try_take(len(raw))
+        if wait == 0:
+            return True
+        if self.rate.persisting:
+            self.conn.close(self.rate.closing())
+            return False
+        self.error(
+            "rate_limited",
+            f"too many messages: at most {self.rate.description}; this one was not handled",
+            _request_id_of(raw),
+            retry_after=round(wait, 3),
+        )
+        await asyncio.sleep(wait)
+        return False
 
     def close(self) -> None:
         self.conn.close_at(None)
@@ -221,6 +318,8 @@ class EventSession:
             self.error(
                 "invalid_message", 'a message is a JSON object {"type": ..., "data": {...}}', request_id
             )
+            return None
+        if body["type"] == "pong":  # a client's answer to the heartbeat: nothing to reply
             return None
         if body["type"] not in CLIENT_TYPES:
             message = f"unknown message type {body['type'][:64]!r}"

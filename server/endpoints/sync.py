@@ -1,7 +1,8 @@
 """``/ws/workspaces/{workspace_id}[/{doc_path}]``: the Yjs sync endpoint (y-websocket protocol).
 
-Served as plain ASGI, ahead of the framework's routing: check the request, open the document
-(``WorkspaceService.open``), accept, and hand an ``AsgiChannel`` to the room manager.
+Served as plain ASGI, ahead of the framework's routing: admit (``handshake``), open the document
+(``WorkspaceService.open``), accept, and hand an ``AsgiChannel``, read no faster than the
+connection's rate (``limits.PacedChannel``), to the room manager.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import Receive, Scope, Send
 
-from ..channel import AsgiChannel
-from ..errors import BadRequest, NotFoundError, ServiceError, store_errors_as_service_errors
+from ..channel import AsgiChannel, Channel
+from ..errors import BadRequest, Draining, NotFoundError, ServiceError, store_errors_as_service_errors
+from ..limits import ConnectionRate, PacedChannel
 from ..room import RoomKey
 from ..services import Services
-from .handshake import admit, refuse
+from .handshake import Admitted, admit, refuse
 
 SYNC_PREFIX = "/ws/workspaces/"
 
@@ -47,7 +49,15 @@ async def sync_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     admitted = await admit(scope, receive, send, services)
     if admitted is None:
         return
-    principal, subprotocol = admitted
+    try:
+        await _serve(scope, receive, send, services, admitted)
+    finally:
+        admitted.ticket.release()
+
+
+async def _serve(scope: Scope, receive: Receive, send: Send, services: Services, admitted: Admitted) -> None:
+    principal = admitted.principal
+    settings = services.settings
     try:
         with store_errors_as_service_errors():
             key = room_key(scope)
@@ -59,15 +69,20 @@ async def sync_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
                 raise NotFoundError(
                     f"document {key.path or '(main)'!r} does not exist; viewers cannot create it"
                 )
+            if services.draining:  # began while the workspace was opened
+                raise Draining()
     except ServiceError as exc:
         await refuse(scope, send, exc)
         return
-    await send({"type": "websocket.accept", "subprotocol": subprotocol})
-    services.connections += 1
-    try:
-        channel = AsgiChannel(
-            receive, send, path=scope["path"], max_message_size=services.settings.max_message_size
+    await send({"type": "websocket.accept", "subprotocol": admitted.subprotocol})
+    channel: Channel = AsgiChannel(
+        receive, send, path=scope["path"], max_message_size=settings.max_message_size
+    )
+    if settings.rate_limit_sync_messages or settings.rate_limit_sync_bytes:
+        rate = ConnectionRate(
+            messages=settings.rate_limit_sync_messages,
+            size=settings.rate_limit_sync_bytes,
+            close_after=settings.rate_limit_close_after,
         )
-        await services.rooms.serve(key, channel, user=principal, can_write=access.role.can_write)
-    finally:
-        services.connections -= 1
+        channel = PacedChannel(channel, rate)
+    await services.rooms.serve(key, channel, user=principal, can_write=access.role.can_write)

@@ -64,7 +64,7 @@ async def test_visibility_holds_for_events_from_another_instance(
 
 
 async def test_resume_past_the_send_queue_on_another_instance(start_cluster: StartCluster) -> None:
-    a, b = await start_cluster(2, MESSAGE_QUEUE_SIZE="20")
+    a, b = await start_cluster(2, MESSAGE_QUEUE_SIZE="20", RATE_LIMIT_EVENT_MESSAGES="0")
     agent_id = new_id("busy")
     async with event_client(f"{a.ws_url}/ws/agents?token={token('svc', role='service')}") as agent:
         seen = (await ack(agent, START, {"agent_id": agent_id}))["event_id"]

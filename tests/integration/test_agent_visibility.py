@@ -227,7 +227,7 @@ async def test_default_limits_take_a_step_of_a_few_kilobytes(server: RunningServ
 
 
 async def test_resume_past_the_send_queue_catches_up_in_order(make_settings: Callable[..., Settings]) -> None:
-    async with run_server(make_settings(message_queue_size=20)) as server:
+    async with run_server(make_settings(message_queue_size=20, rate_limit_event_messages=0)) as server:
         agent_id = new_id("busy")
         async with event_client(f"{server.ws_url}/ws/agents") as agent:
             seen = (await ack(agent, START, {"agent_id": agent_id}))["event_id"]

@@ -357,7 +357,9 @@ async def test_gap_older_than_retention_asks_for_resync(make_settings: Callable[
 
 
 async def test_consumer_that_stops_reading_is_cut_off(make_settings: Callable[..., Settings]) -> None:
-    async with run_server(make_settings(message_queue_size=20)) as server:
+    # The publisher floods on purpose (tests/protection covers its rate limits).
+    settings = make_settings(message_queue_size=20, rate_limit_event_messages=0, rate_limit_event_bytes=0)
+    async with run_server(settings) as server:
         url = f"{server.ws_url}/ws"
         async with (
             event_client(url, max_queue=1) as stalled,

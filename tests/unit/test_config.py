@@ -90,6 +90,7 @@ def test_production_requires_a_jwt_secret(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ConfigError, match="JWT_SECRET"):
         load_settings()
     monkeypatch.setenv("JWT_SECRET", "x" * 32)
+    monkeypatch.setenv("CORS_ORIGINS", "https://app.example")
     assert load_settings().environment is Environment.PRODUCTION
 
 

@@ -1,0 +1,199 @@
+"""uvicorn, guarded: a bounded request head (time and bytes) before any request reaches the app, an
+answer to every WebSocket upgrade, and a graceful drain on SIGTERM before uvicorn closes sockets.
+
+- ``guarded_http(settings)``: uvicorn's httptools protocol, except that a connection must send its
+  complete request line and headers within ``HANDSHAKE_TIMEOUT`` seconds of opening (or of the end
+  of its previous request), and within ``MAX_REQUEST_HEAD_SIZE`` bytes, each line within 8,000 bytes
+  and at most 100 header fields. Otherwise it is answered (408, 414 for a request line, 431 for
+  headers; JSON error body) and closed. uvicorn itself waits forever for a head, and hands any
+  upgrade request to the WebSocket layer, which drops one it cannot parse without an answer.
+- ``AnsweringWebSocketProtocol``: uvicorn's websockets-sansio protocol, which writes the response
+  the websockets library prepared for an upgrade request it could not parse (414, 431, 400)
+  instead of leaving the socket open and unanswered.
+- ``DrainingServer``: on SIGTERM/SIGINT, before uvicorn's own shutdown (which would close every
+  WebSocket with 1012 and no reason, then run the app's shutdown), the app drains: it refuses new
+  connections, closes its WebSockets with 1012 ``service restarting`` and stores every pending
+  update, within ``SHUTDOWN_TIMEOUT`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from .config import Settings
+from .errors import error_body
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 8000  # below websockets' own 8,192-byte line limit, so an upgrade is judged here
+MAX_HEADERS = 100  # below websockets' own 128
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """See the module docstring. ``head_timeout`` and ``max_head`` are set by ``guarded_http``."""
+
+    head_timeout = 10.0
+    max_head = 16 * 1024
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head = bytearray()
+        self._in_head = True
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._start_head_timer()  # a client that sends nothing is cut off too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head and not self._check_head(data):
+            return
+        super().data_received(data)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # A keep-alive connection's next request gets the same bounds (its timer starts with its
+        # first byte: uvicorn's keep-alive timeout covers the idle time before it).
+        self._in_head = True
+        self._head.clear()
+
+    # -- the request head ---------------------------------------------------------------------------
+
+    def _check_head(self, data: bytes) -> bool:
+        """Account for ``data`` while the head is incomplete. False once the request was refused."""
+        if self._head_timer is None:
+            self._start_head_timer()
+        searched_from = max(0, len(self._head) - 3)
+        self._head += data[: self.max_head + 4 - len(self._head)]
+        end = self._head.find(b"\r\n\r\n", searched_from)
+        head = self._head if end < 0 else self._head[: end + 2]
+        status = self._too_large(head, complete=end >= 0)
+        if status is not None:
+            self._refuse(status)
+            return False
+        if end >= 0:
+            self._in_head = False
+            self._head.clear()
+            self._stop_head_timer()
+        return True
+
+    def _too_large(self, head: bytearray, *, complete: bool) -> int | None:
+        first_line_end = head.find(b"\r\n")
+        if (first_line_end < 0 and len(head) > MAX_LINE) or first_line_end > MAX_LINE:
+            return 414
+        if len(head) > self.max_head or (not complete and len(head) >= self.max_head):
+            return 431
+        lines = head.split(b"\r\n")
+        if len(lines) > MAX_HEADERS + 2 or any(len(line) > MAX_LINE for line in lines):
+            return 431
+        return None
+
+    def _refuse(self, status: int) -> None:
+        messages = {
+            408: ("request_timeout", f"the request head did not arrive within {self.head_timeout:g} s"),
+            414: ("uri_too_long", f"the request line is longer than {MAX_LINE} bytes"),
+            431: (
+                "request_header_fields_too_large",
+                f"the request head is larger than {self.max_head} bytes, has a line longer than "
+                f"{MAX_LINE} bytes or more than {MAX_HEADERS} header fields",
+            ),
+        }
+        code, message = messages[status]
+        client = self.client or ("?", 0)
+        log.info("refused a request from %s:%s: %d %s", *client, status, message)
+        body = json.dumps(error_body(code, message)).encode()
+        reason = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+        self._stop_head_timer()
+        self._in_head = False
+        if not self.transport.is_closing():
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, reason[status], len(body), body)
+            )
+            self.transport.close()
+
+    def _start_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self._head:
+            self._refuse(408)
+        else:  # never said anything: nothing to answer
+            log.info("closed a connection from %s:%s that sent nothing", *(self.client or ("?", 0)))
+            self._in_head = False
+            self.transport.close()
+
+
+def guarded_http(settings: Settings) -> type[GuardedHttpProtocol]:
+    """The HTTP protocol class for uvicorn's ``http`` option, bounded by ``settings``."""
+    return type(
+        "GuardedHttpProtocol",
+        (GuardedHttpProtocol,),
+        {"head_timeout": settings.handshake_timeout, "max_head": settings.max_request_head_size},
+    )
+
+
+class AnsweringWebSocketProtocol(WebSocketsSansIOProtocol):
+    """See the module docstring."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.handshake_initiated or self.conn.handshake_exc is None or self.transport.is_closing():
+            return
+        output = b"".join(self.conn.data_to_send())
+        if not output.startswith(b"HTTP/"):  # websockets prepared no response (it only closes)
+            body = b"invalid WebSocket upgrade request\n"
+            output = (
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (len(body), body)
+            )
+        log.info("refused a WebSocket upgrade: %s", self.conn.handshake_exc)
+        self.handshake_complete = True
+        self.close_sent = True
+        self.transport.write(output)
+        self.transport.close()
+
+
+class DrainingServer(uvicorn.Server):
+    """See the module docstring. ``drain(timeout)`` is the app's (``CollaborationApp.drain``)."""
+
+    def __init__(self, config: uvicorn.Config, *, drain: Callable[[float], Awaitable[None]], timeout: float):
+        super().__init__(config)
+        self._drain = drain
+        self._drain_timeout = timeout
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await asyncio.wait_for(self._drain(self._drain_timeout), self._drain_timeout)
+        except TimeoutError:
+            log.error("drain: not finished within SHUTDOWN_TIMEOUT=%g s; closing anyway", self._drain_timeout)
+        except Exception:
+            log.exception("drain failed; closing anyway")
+        await super().shutdown(sockets)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options these guards need (``__main__.uvicorn_config`` merges them)."""
+    return {
+        "http": guarded_http(settings),
+        "ws": AnsweringWebSocketProtocol,
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
+    }

@@ -1,0 +1,234 @@
+"""Admission: the connection limits hold under a storm of parallel upgrades, per user and per
+address; a connection has bounded time and bytes to say what it wants; send queues are bounded
+in bytes. Each limit is exceeded by a real client, beside a real client it must not harm."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import websockets
+from pycrdt import Text
+from websockets.exceptions import InvalidStatus
+
+from server.config import Settings
+from tests.protection.helpers import close_of, raw_request, refusal_of, upgrade_request
+from tests.support.auth import SECRET, token
+from tests.support.rawclient import raw_client
+from tests.support.server import run_server
+from tests.support.wait import wait_until
+from tests.support.yclient import yclient
+
+SettingsFactory = Callable[..., Settings]
+
+
+async def test_a_storm_of_parallel_upgrades_never_passes_max_connections(
+    make_settings: SettingsFactory, workspace: str
+) -> None:
+    async with run_server(make_settings(max_connections=50)) as server:
+        async with (
+            yclient(server.doc_url(workspace)) as bystander,
+            yclient(server.doc_url(workspace)) as peer,
+        ):
+            outcomes: list[Any] = []
+            opened: list[Any] = []
+
+            async def one(i: int) -> None:
+                try:
+                    ws = await websockets.connect(server.doc_url(workspace, f"doc-{i}"), open_timeout=20)
+                except InvalidStatus as exc:
+                    outcomes.append(exc.response.status_code)
+                else:
+                    opened.append(ws)
+                    outcomes.append(101)
+
+            await asyncio.gather(*(one(i) for i in range(120)))
+            try:
+                assert outcomes.count(101) == 48, outcomes  # the two already open count too
+                assert set(outcomes) == {101, 503}
+                assert server.services.connections == 50
+                # The clients already connected are not harmed.
+                bystander.text().insert(len(bystander.text()), "still here")
+                await wait_until(lambda: str(peer.text()) == "still here")
+            finally:
+                await asyncio.gather(*(ws.close() for ws in opened))
+        await wait_until(lambda: server.services.connections == 0)
+        async with yclient(server.doc_url(workspace)):  # room again once they are gone
+            pass
+
+
+async def test_connections_per_user_are_bounded_and_other_users_are_not(
+    make_settings: SettingsFactory, workspace: str
+) -> None:
+    settings = make_settings(jwt_secret=SECRET, auto_create_workspaces=True, max_connections_per_user=3)
+    async with run_server(settings) as server:
+        url = server.doc_url(workspace)
+        alice = f"{url}?token={token('alice')}"
+        async with contextlib.AsyncExitStack() as stack:
+            first = await stack.enter_async_context(yclient(alice))
+            for _ in range(2):
+                await stack.enter_async_context(yclient(alice))
+            status, body, headers = await refusal_of(alice)
+            assert status == 429
+            assert body["error"]["code"] == "too_many_connections"
+            assert int(headers["retry-after"]) >= 1
+            # Another user is admitted, and alice's open connections still work.
+            async with yclient(f"{url}?token={token('bob')}") as bob:
+                first.text().insert(len(first.text()), "from alice")
+                await wait_until(lambda: str(bob.text()) == "from alice")
+            # The event channel counts against the same share.
+            status, body, _ = await refusal_of(f"{server.ws_url}/ws?token={token('alice')}")
+            assert (status, body["error"]["code"]) == (429, "too_many_connections")
+        # Once closed, the places are free again.
+        await wait_until(lambda: server.services.connections == 0)
+        async with yclient(alice):
+            pass
+
+
+async def test_connections_per_address_are_bounded_and_other_addresses_are_not(
+    make_settings: SettingsFactory, workspace: str
+) -> None:
+    async with run_server(make_settings(max_connections_per_ip=3)) as server:
+        url = server.doc_url(workspace)
+        async with contextlib.AsyncExitStack() as stack:
+            first = await stack.enter_async_context(yclient(url))
+            for _ in range(2):
+                await stack.enter_async_context(raw_client(url))
+            status, body, _ = await refusal_of(url)
+            assert (status, body["error"]["code"]) == (429, "too_many_connections")
+            # Another address (127.0.0.2 is loopback too) is admitted beside them.
+            async with websockets.connect(url, local_addr=("127.0.0.2", 0), max_size=None) as other:
+                first.text().insert(len(first.text()), "x")
+                frame = await asyncio.wait_for(other.recv(), 5)
+                assert isinstance(frame, bytes)
+
+
+async def test_connection_attempts_per_address_are_rate_limited(
+    make_settings: SettingsFactory, workspace: str
+) -> None:
+    async with run_server(make_settings(rate_limit_connect_ip="5/minute")) as server:
+        url = server.doc_url(workspace)
+        async with yclient(url) as steady:  # attempt 1, stays open through the burst
+            for _ in range(4):  # attempts 2 to 5
+                async with raw_client(url):
+                    pass
+            status, body, headers = await refusal_of(url)
+            assert (status, body["error"]["code"]) == (429, "rate_limited")
+            assert 1 <= int(headers["retry-after"]) <= 60
+            # The event channel shares the budget of the address.
+            status, _, _ = await refusal_of(f"{server.ws_url}/ws")
+            assert status == 429
+            # Another address is admitted; the open connection keeps working.
+            async with websockets.connect(url, local_addr=("127.0.0.2", 0), max_size=None) as other:
+                steady.text().insert(len(steady.text()), "y")
+                assert isinstance(await asyncio.wait_for(other.recv(), 5), bytes)
+
+
+async def test_a_connection_that_sends_nothing_or_dribbles_is_cut_off(make_settings: SettingsFactory) -> None:
+    async with run_server(make_settings(handshake_timeout=1.0)) as server:
+        # Sends nothing at all: closed without an answer.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        started = time.monotonic()
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+        assert 0.8 <= time.monotonic() - started < 3
+        writer.close()
+
+        # Dribbles a request, one byte at a time: 408 and closed, while others are served.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+        started = time.monotonic()
+
+        async def dribble() -> None:
+            with contextlib.suppress(OSError):
+                for byte in request:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+
+        dribbling = asyncio.create_task(dribble())
+        async with httpx.AsyncClient(base_url=server.http_url) as client:
+            assert (await client.get("/health")).status_code == 200
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+        dribbling.cancel()
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+        assert b'"request_timeout"' in answer
+        assert 0.8 <= time.monotonic() - started < 3
+        writer.close()
+
+        # A keep-alive connection's later request has the same bound, and a normal one is served.
+        async with httpx.AsyncClient(base_url=server.http_url) as client:
+            for _ in range(3):
+                assert (await client.get("/health")).status_code == 200
+
+
+async def test_oversize_request_heads_are_answered_414_or_431_and_closed(
+    make_settings: SettingsFactory, workspace: str
+) -> None:
+    async with run_server(make_settings()) as server:
+        long_path = f"/ws/workspaces/{workspace}?token=" + "a" * 9000
+        cases = [
+            (upgrade_request(long_path), 414, "uri_too_long"),
+            (
+                upgrade_request(f"/ws/workspaces/{workspace}", extra_headers=f"Cookie: {'c' * 9000}\r\n"),
+                431,
+                None,
+            ),
+            (
+                upgrade_request(
+                    f"/ws/workspaces/{workspace}",
+                    extra_headers="".join(f"Cookie: k{i}={'v' * 150}\r\n" for i in range(120)),
+                ),
+                431,
+                "request_header_fields_too_large",
+            ),
+            (
+                upgrade_request(
+                    f"/ws/workspaces/{workspace}", extra_headers="".join(f"X-{i}: v\r\n" for i in range(150))
+                ),
+                431,
+                "request_header_fields_too_large",
+            ),
+            (b"GET /health?" + b"q" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+            (b"GET /health HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 20000 + b"\r\n\r\n", 431, None),
+        ]
+        async with (
+            yclient(server.doc_url(workspace)) as bystander,
+            yclient(server.doc_url(workspace)) as peer,
+        ):
+            for request, status, code in cases:
+                response = await raw_request(server.port, request, timeout=5)
+                assert response.status == status, (request[:60], response.head)
+                assert response.closed
+                if code is not None:
+                    assert response.json()["error"]["code"] == code
+            bystander.text().insert(len(bystander.text()), "unharmed")
+            await wait_until(lambda: str(peer.text()) == "unharmed")
+        # Within the bounds, a long query and big cookies are fine.
+        cookie = "; ".join(f"k{i}={'v' * 100}" for i in range(60))  # about 6.5 KB
+        headers = {"Cookie": cookie}
+        long_query = "?session=" + "s" * 6000
+        async with websockets.connect(
+            server.doc_url(workspace) + long_query, additional_headers=headers, max_size=None
+        ):
+            pass
+
+
+async def test_send_queues_are_bounded_in_bytes(make_settings: SettingsFactory, workspace: str) -> None:
+    async with run_server(make_settings(message_queue_bytes=256 * 1024)) as server:
+        url = server.doc_url(workspace)
+        # max_queue=1: the client library stops reading the socket after one unread frame.
+        async with raw_client(url, max_queue=1) as stalled, yclient(url) as writer, yclient(url) as reader:
+            text: Text = writer.text()
+            chunk = "z" * 100_000
+            for _ in range(40):  # 4 MB, in 100 KB updates: far more than the socket buffers hold
+                text.insert(len(text), chunk)
+                await asyncio.sleep(0.01)
+            code, reason = await close_of(stalled.ws, timeout=20)
+            assert code == 1013, (code, reason)
+            await wait_until(lambda: len(str(reader.text())) == 40 * len(chunk), timeout=20)
