@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -14,9 +15,11 @@ from collections import Counter
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem, RateLimitItemPerSecond, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import MemoryStorage as SyncMemoryStorage
+from limits.strategies import FixedWindowRateLimiter
 
 from .auth import TokenError, authenticate
 from .channel import Channel, FrameRejected
@@ -91,96 +94,76 @@ class BodyLimit:
 # -- per-connection rates ---------------------------------------------------------------------------
 
 
-class Pace:
-    """A token bucket: ``rate`` units a second, holding at most one second's worth.
-
-    Local to one connection (its state lives and dies with the connection, on the instance that
-    serves it) and checked on every frame, so it is plain arithmetic rather than a shared store.
-    ``over_since`` is when the client last went over its rate without coming back under it since
-    (its bucket filled up again); None while it keeps within its rate."""
-
-    __slots__ = ("over_since", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.stamp = now
-        self.over_since: float | None = None
-
-    def _refill(self, now: float) -> float:
-        tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if tokens >= self.rate:
-            self.over_since = None  # a full bucket: the client kept within its rate for a while
-        return tokens
-
-    def charge(self, cost: float, now: float) -> float:
-        """Take ``cost``, into debt if need be; the seconds to wait until the debt is paid (0:
-        within the rate). A cost above one second's worth (one large frame) is taken whole."""
-        self.tokens = self._refill(now) - cost
-        if self.tokens >= 0:
-            return 0.0
-        if self.over_since is None:
-            self.over_since = now
-        return -self.tokens / self.rate
-
-    def try_take(self, cost: float, now: float) -> float:
-        """Take ``cost`` if the bucket holds it (a cost above one second's worth: if the bucket is
-        full) and return 0; otherwise take nothing and return the seconds until it would."""
-        tokens = self._refill(now)
-        needed = min(cost, self.rate)
-        if tokens >= needed:
-            self.tokens = tokens - cost
-            return 0.0
-        self.tokens = tokens
-        if self.over_since is None:
-            self.over_since = now
-        return (needed - tokens) / self.rate
+# One store for every connection of this process: each connection's windows are keyed by its own
+# id and expire with them. Fixed one-second windows: counters, whatever a frame's size.
+_CONNECTION_STORAGE = SyncMemoryStorage()
+_CONNECTION_WINDOWS = FixedWindowRateLimiter(_CONNECTION_STORAGE)
+_connection_keys = itertools.count(1)
 
 
 class ConnectionRate:
-    """What one WebSocket may send: messages and bytes a second (0: no limit), and for how long it
-    may stay over either before it is closed with 4429."""
+    """What one WebSocket may send: messages and bytes a second (0: no limit), counted with the
+    ``limits`` library in this process's memory (a connection lives on one instance), and for
+    how long it may stay over either before it is closed with 4429. A frame larger than the
+    byte rate counts as one second's worth."""
 
-    __slots__ = ("_buckets", "_loop", "close_after", "description")
+    __slots__ = ("_items", "_key", "_last_over", "_loop", "close_after", "description", "over_since")
 
     def __init__(self, *, messages: int, size: int, close_after: float) -> None:
         self._loop = asyncio.get_running_loop()
-        now = self._loop.time()
-        self._buckets: list[tuple[Pace, bool]] = []  # (bucket, counts bytes)
+        self._key = f"connection-{next(_connection_keys)}"
+        self._items: list[tuple[RateLimitItem, bool]] = []  # (one second's allowance, counts bytes)
         if messages > 0:
-            self._buckets.append((Pace(messages, now), False))
+            self._items.append((RateLimitItemPerSecond(messages), False))
         if size > 0:
-            self._buckets.append((Pace(size, now), True))
+            self._items.append((RateLimitItemPerSecond(size), True))
         self.close_after = close_after
+        self.over_since: float | None = None  # went over, and has not kept within for 2 s since
+        self._last_over = -math.inf
         parts = ([f"{messages} messages"] if messages else []) + ([f"{size} bytes"] if size else [])
         self.description = " and ".join(parts) + " per second"
 
-    def charge(self, size: int) -> float:
-        """Count a frame of ``size`` bytes; seconds to wait before reading on (0: none)."""
+    def _cost(self, item: RateLimitItem, counts_bytes: bool, size: int) -> int:
+        return min(size, item.amount) if counts_bytes else 1
+
+    def _over(self, item: RateLimitItem) -> float:
+        """Note that the client is over ``item``; the seconds until its window allows again."""
         now = self._loop.time()
-        return max(
-            (bucket.charge(size if counts_bytes else 1, now) for bucket, counts_bytes in self._buckets),
-            default=0.0,
-        )
+        self._last_over = now
+        if self.over_since is None:
+            self.over_since = now
+        reset_time = _CONNECTION_WINDOWS.get_window_stats(item, self._key).reset_time
+        return max(reset_time - time.time(), 0.001)
+
+    def _within(self) -> None:
+        if self.over_since is not None and self._loop.time() - self._last_over > 2.0:
+            self.over_since = None  # two whole windows without going over
 
     def try_take(self, size: int) -> float:
-        """Admit a frame of ``size`` bytes if every bucket holds it (0); otherwise count nothing and
-        return the seconds until it would be admitted."""
-        now = self._loop.time()
-        waits = [bucket.try_take(size if counts_bytes else 1, now) for bucket, counts_bytes in self._buckets]
-        wait = max(waits, default=0.0)
-        if wait > 0:  # give back what the buckets that had room took
-            for (bucket, counts_bytes), taken in zip(self._buckets, waits, strict=True):
-                if taken == 0:
-                    bucket.tokens += size if counts_bytes else 1
-        return wait
+        """Count a frame of ``size`` bytes; 0 when every allowance holds it, otherwise the seconds
+        until the first that does not would (the frame is refused)."""
+        for item, counts_bytes in self._items:
+            if not _CONNECTION_WINDOWS.hit(item, self._key, cost=self._cost(item, counts_bytes, size)):
+                return self._over(item)
+        self._within()
+        return 0.0
+
+    async def pace(self, size: int) -> None:
+        """Count a frame of ``size`` bytes, waiting until every allowance holds it. Raises
+        ``FrameRejected`` (4429) once the client has been over for ``close_after`` seconds."""
+        for item, counts_bytes in self._items:
+            cost = self._cost(item, counts_bytes, size)
+            while not _CONNECTION_WINDOWS.hit(item, self._key, cost=cost):
+                wait = self._over(item)
+                if self.persisting:
+                    raise FrameRejected(self.closing())
+                await asyncio.sleep(wait)
+        self._within()
 
     @property
     def persisting(self) -> bool:
-        """Over its rate, without a pause, for longer than ``close_after`` seconds."""
-        starts = [bucket.over_since for bucket, _ in self._buckets if bucket.over_since is not None]
-        return bool(starts) and self._loop.time() - min(starts) > self.close_after
+        """Over its rate, without two seconds' pause, for longer than ``close_after`` seconds."""
+        return self.over_since is not None and self._loop.time() - self.over_since > self.close_after
 
     def closing(self) -> CloseCode:
         return CLOSE_4429_RATE_LIMITED.because(f"over {self.description} for {self.close_after:g} s")
@@ -201,11 +184,7 @@ class PacedChannel:
 
     async def recv(self) -> bytes:
         data = await self._channel.recv()
-        wait = self._rate.charge(len(data))
-        if wait > 0:
-            if self._rate.persisting:
-                raise FrameRejected(self._rate.closing())
-            await asyncio.sleep(wait)
+        await self._rate.pace(len(data))
         return data
 
     async def send(self, data: bytes | str) -> None:

@@ -1,0 +1,65 @@
+"""Per-connection rates (``server.limits.ConnectionRate``), counted by the ``limits`` library in
+fixed one-second windows: what is refused, what waits, and when a client counts as persisting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from server.channel import FrameRejected
+from server.limits import ConnectionRate
+
+
+async def test_messages_over_the_rate_are_refused_with_the_wait_until_the_next_window() -> None:
+    rate = ConnectionRate(messages=3, size=0, close_after=10)
+    assert [rate.try_take(10) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = rate.try_take(10)
+    assert 0 < wait <= 1.0
+    assert rate.over_since is not None and not rate.persisting
+    await asyncio.sleep(wait)
+    assert rate.try_take(10) == 0.0  # a new window
+
+
+async def test_bytes_count_each_frame_and_a_frame_larger_than_the_rate_takes_a_whole_window() -> None:
+    rate = ConnectionRate(messages=0, size=1_000, close_after=10)
+    assert rate.try_take(600) == 0.0
+    assert rate.try_take(600) > 0  # 1,200 bytes in one window
+    other = ConnectionRate(messages=0, size=1_000, close_after=10)
+    assert other.try_take(50_000) == 0.0  # alone in its window: admitted, as one second's worth
+    assert other.try_take(1) > 0
+
+
+async def test_connections_are_counted_apart() -> None:
+    first, second = (ConnectionRate(messages=1, size=0, close_after=10) for _ in range(2))
+    assert first.try_take(1) == 0.0
+    assert second.try_take(1) == 0.0
+    assert first.try_take(1) > 0
+
+
+async def test_pace_waits_for_the_allowance_and_a_client_that_stays_over_is_rejected() -> None:
+    rate = ConnectionRate(messages=2, size=0, close_after=0.5)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(3):  # the third waits for the next window
+        await rate.pace(1)
+    assert loop.time() - start > 0
+
+    async def flood() -> None:
+        for _ in range(20):  # keeps sending past close_after
+            await rate.pace(1)
+
+    with pytest.raises(FrameRejected) as refused:
+        await flood()
+    assert refused.value.close.code == 4429
+    assert "over 2 messages per second for 0.5 s" in refused.value.close.reason
+
+
+async def test_a_client_that_keeps_within_its_rate_for_two_seconds_is_no_longer_over() -> None:
+    rate = ConnectionRate(messages=1, size=0, close_after=10)
+    rate.try_take(1)
+    await asyncio.sleep(rate.try_take(1))
+    assert rate.over_since is not None
+    await asyncio.sleep(2.05)
+    assert rate.try_take(1) == 0.0
+    assert rate.over_since is None
