@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
 from .config import Settings, load_settings
+from .endpoints.demo import mount_demo
 from .endpoints.events import event_endpoint, is_event_request
 from .endpoints.handshake import refuse_unknown_endpoint
 from .endpoints.sync import is_sync_request, sync_endpoint
@@ -79,4 +80,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from rest import api_router  # the one place the core mounts the REST layer
 
     app.include_router(api_router)
+    mount_demo(app)
     return app
