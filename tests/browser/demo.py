@@ -1,0 +1,56 @@
+"""What a person does on the demo page, as Playwright steps."""
+
+from __future__ import annotations
+
+from playwright.async_api import Locator, Page, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+# The editor's text as a person reads it: remote cursors are widgets inside the lines, so they
+# (and the zero-width joiners around them) are left out.
+EDITOR_TEXT = r"""() => Array.from(document.querySelectorAll('.cm-content .cm-line'), (line) => {
+  const copy = line.cloneNode(true)
+  copy.querySelectorAll('.cm-ySelectionCaret, .cm-widgetBuffer').forEach((widget) => widget.remove())
+  return copy.textContent.replace(/\u2060/g, '')
+}).join('\n')"""
+
+
+async def sign_in(page: Page, name: str) -> None:
+    await page.locator("#signin-name").fill(name)
+    await page.locator("#name-form button").click()
+    await expect(page.locator("#me-name")).to_have_value(name)
+
+
+async def create_workspace(page: Page, name: str) -> str:
+    """Create a workspace from the side panel; returns its share link once the editor is live."""
+    await page.locator("#create-name").fill(name)
+    await page.locator("#create-form button").click()
+    await expect(page.locator("#workspace-title")).to_have_text(name)
+    await wait_live(page)
+    return await page.locator("#share-link").input_value()
+
+
+async def wait_live(page: Page) -> None:
+    """The document is connected and synced, and so is the event channel."""
+    await expect(page.locator("#doc-status")).to_have_attribute("data-state", "synced")
+    await expect(page.locator("#events-status")).to_have_attribute("data-state", "live")
+
+
+async def type_at_end(page: Page, text: str) -> None:
+    await page.locator(".cm-content").click()
+    await page.keyboard.press("Control+End")
+    await page.keyboard.type(text)
+
+
+async def expect_text(page: Page, expected: str, timeout: float = 20_000) -> None:
+    """Wait until the editor shows exactly ``expected``."""
+    try:
+        await page.wait_for_function(
+            f"(expected) => ({EDITOR_TEXT})() === expected", arg=expected, timeout=timeout
+        )
+    except PlaywrightTimeout:
+        actual = await page.evaluate(EDITOR_TEXT)
+        raise AssertionError(f"the editor shows {actual!r}, not {expected!r}") from None
+
+
+def presence(page: Page) -> Locator:
+    return page.locator("#presence .peer")
