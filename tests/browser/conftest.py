@@ -125,11 +125,15 @@ class Pages:
         options: dict[str, Any] = {"viewport": {"width": 1280, "height": 800}, **context_options}
         context = await self.browser.new_context(**options)
         page = await context.new_page()
+        self.adopt(name, page)
+        await page.goto(url)
+        return page
+
+    def adopt(self, name: str, page: Page) -> None:
+        """Watch (and close at the end) a page the test opened itself."""
         page.on("console", lambda message: self._console(name, message))
         page.on("pageerror", lambda error: self.problems.append(f"{name}: uncaught {error}"))
         self.pages[name] = page
-        await page.goto(url)
-        return page
 
     def expect_console_error(self, pattern: str) -> None:
         """A console error that this test causes on purpose (a refused connection while the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 from playwright.async_api import Locator, Page, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
@@ -54,3 +55,10 @@ async def expect_text(page: Page, expected: str, timeout: float = 20_000) -> Non
 
 def presence(page: Page) -> Locator:
     return page.locator("#presence .peer")
+
+
+async def report(base: str, agent_id: str, message_type: str, **data: object) -> None:
+    """An agent service's report over REST (a development server lets anyone report)."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        response = await client.post(f"/agents/{agent_id}/events", json={"type": message_type, "data": data})
+        assert response.status_code == 202, response.text

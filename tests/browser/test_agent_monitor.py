@@ -4,12 +4,14 @@ it runs and leaves it after it completes, and a click on its row shows its histo
 
 from __future__ import annotations
 
+import asyncio
+import re
 from pathlib import Path
 
-from playwright.async_api import expect
+from playwright.async_api import WebSocketRoute, expect
 
 from .conftest import DemoServer, Pages
-from .demo import wait_live
+from .demo import report, wait_live
 
 
 async def test_demo_agent_reaches_100_percent_then_leaves_the_presence_list(
@@ -50,3 +52,50 @@ async def test_demo_agent_reaches_100_percent_then_leaves_the_presence_list(
     await expect(history).to_have_count(8)
     await expect(row.locator(".agent-head")).to_have_attribute("aria-expanded", "true")
     await watcher.screenshot(path=artifacts / "agent-history.png")
+
+
+async def test_monitor_replays_what_it_missed_while_its_event_channel_was_away(
+    demo_server: DemoServer, pages: Pages, workspace: str
+) -> None:
+    """The page's event channel goes through a proxy that the test can cut and hold down; events
+    reported meanwhile reach the monitor only through the channel's resume after reconnecting."""
+    routes: list[WebSocketRoute] = []
+    down = asyncio.Event()
+
+    async def event_channel(route: WebSocketRoute) -> None:
+        if down.is_set():
+            await route.close(code=1011, reason="held down by the test")
+        else:
+            route.connect_to_server()
+            routes.append(route)
+
+    context = await pages.browser.new_context()
+    page = await context.new_page()
+    pages.adopt("hank", page)
+    await page.route_web_socket(re.compile(r"/ws\?token="), event_channel)
+    await page.goto(f"{demo_server.url}/demo?workspace={workspace}")
+    await wait_live(page)
+
+    agent_id = f"crawler-{workspace}"
+    await report(demo_server.url, agent_id, "agent_execution_start", task="Crawl", workspace_id=workspace)
+    await report(demo_server.url, agent_id, "agent_execution_update", progress=20, current_step="Fetching")
+    agent = page.locator(f'#agents .agent[data-agent-id="{agent_id}"]')
+    await expect(agent.locator(".bar")).to_have_attribute("aria-valuenow", "20")
+
+    down.set()
+    for route in routes:
+        await route.close(code=1012, reason="cut by the test")
+    await expect(page.locator("#events-status")).to_have_attribute("data-state", "reconnecting")
+    await report(demo_server.url, agent_id, "agent_execution_update", progress=70, current_step="Ranking")
+    await report(
+        demo_server.url, agent_id, "agent_execution_complete", status="completed", result="312 pages"
+    )
+
+    down.clear()
+    await expect(page.locator("#events-status")).to_have_attribute("data-state", "live")
+    await expect(agent).to_have_attribute("data-status", "completed")
+    await expect(agent.locator(".bar")).to_have_attribute("aria-valuenow", "100")
+    await expect(agent.locator(".agent-step")).to_contain_text("312 pages")
+    await agent.locator(".agent-head").click()
+    await expect(agent.locator(".agent-history li")).to_have_count(4)
+    await expect(agent.locator(".agent-history")).to_contain_text("70 % · Ranking")

@@ -6,17 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 from playwright.async_api import expect
 
 from .conftest import DemoServer, Pages
-from .demo import expect_text, type_at_end, wait_live
-
-
-async def report(base: str, agent_id: str, message_type: str, **data: object) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        response = await client.post(f"/agents/{agent_id}/events", json={"type": message_type, "data": data})
-        assert response.status_code == 202, response.text
+from .demo import expect_text, report, type_at_end, wait_live
 
 
 async def test_the_editor_and_the_monitor_recover_from_a_server_restart(

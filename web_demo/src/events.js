@@ -18,15 +18,13 @@ export class EventChannel {
    * @param {(event: any) => void} options.onEvent  every server-sent event (it has an `id`)
    * @param {(data: any) => void} options.onResync  `resync_required`: events were lost, reload state
    * @param {(status: string, detail?: string) => void} options.onStatus  connecting, live, reconnecting, refused
-   * @param {(replayed: number) => void} [options.onResumed]  after a reconnect, once the replay is done
    */
-  constructor ({ url, token, onEvent, onResync, onStatus, onResumed = () => {} }) {
+  constructor ({ url, token, onEvent, onResync, onStatus }) {
     this.url = url
     this.token = token
     this.onEvent = onEvent
     this.onResync = onResync
     this.onStatus = onStatus
-    this.onResumed = onResumed
     this.lastEventId = 0
     this.workspaceId = null
     /** @type {Set<string>} */
@@ -128,15 +126,8 @@ export class EventChannel {
     const send = (type, data, requestId) => this.ws.send(JSON.stringify({ type, data, request_id: requestId }))
     if (reconnected) {
       if (this.workspaceId != null) send('join_workspace', { workspace_id: this.workspaceId }, 'restore-workspace')
-      for (const agentId of this.agents) send('subscribe_agent', { agent_id: agentId }, `restore-${agentId}`)
-      if (this.lastEventId > 0) {
-        const requestId = `r${this.nextRequest++}`
-        this.pending.set(requestId, {
-          resolve: (data) => this.onResumed(data.replayed ?? 0),
-          reject: () => this.onResumed(0)
-        })
-        send('resume', { last_event_id: this.lastEventId }, requestId)
-      }
+      for (const agentId of this.agents) send('subscribe_agent', { agent_id: agentId }, 'restore-agent')
+      if (this.lastEventId > 0) send('resume', { last_event_id: this.lastEventId }, 'restore-resume')
     }
     this.failures = 0
     this.live = true

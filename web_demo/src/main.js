@@ -176,6 +176,7 @@ async function loadWorkspaces () {
         type: 'button',
         class: `link${app.workspace?.id === ws.id ? ' current' : ''}`,
         dataset: { workspaceId: ws.id },
+        title: ws.id,
         onclick: () => openWorkspace(ws.id, '')
       }, h('span', { text: ws.name }), h('small', { text: `${ws.visibility}${ws.role ? ` · ${ws.role}` : ''}` })))))
     if (data.length === 0) ui.workspaceList.replaceChildren(h('li', { class: 'muted', text: 'None yet: create one.' }))
@@ -337,17 +338,20 @@ window.addEventListener('popstate', () => {
 
 // -- presence ------------------------------------------------------------------------------------
 
+/** A colour from someone else's awareness state, if it is one (it goes into a style attribute). */
+const safeColor = (color) => (typeof color === 'string' && /^#[0-9a-f]{3,8}$/i.test(color) ? color : '#888888')
+
 function showPeers (peers) {
   const humans = peers.filter((p) => !p.agent).sort((a, b) => Number(b.self) - Number(a.self) || a.user.name.localeCompare(b.user.name))
   const agents = peers.filter((p) => p.agent)
   ui.presenceCount.textContent = String(peers.length)
   ui.presence.replaceChildren(
     ...humans.map((p) => h('li', { class: 'peer', dataset: { kind: 'human', self: p.self ? 'true' : null } },
-      h('span', { class: 'swatch', style: `background:${p.user.color}` }),
+      h('span', { class: 'swatch', style: `background:${safeColor(p.user.color)}` }),
       h('span', { class: 'peer-name', text: String(p.user.name ?? '') }),
       p.self && h('small', { text: 'you' }))),
     ...agents.map((p) => h('li', { class: 'peer', dataset: { kind: 'agent', agentId: p.agent.id } },
-      h('span', { class: 'swatch agent-swatch', style: `background:${p.user.color}` }),
+      h('span', { class: 'swatch agent-swatch', style: `background:${safeColor(p.user.color)}` }),
       h('span', { class: 'peer-name', text: String(p.user.name ?? '') }),
       h('small', { text: `${p.agent.status} · ${Math.round(p.agent.progress ?? 0)} %${p.agent.current_step ? ` · ${p.agent.current_step}` : ''}` })))
   )
@@ -382,7 +386,7 @@ async function watchAgent (agentId, refresh = true) {
 function channelEvent (event) {
   const data = event.data ?? {}
   if (event.type.startsWith('agent_execution_')) {
-    if (!app.workspace || data.workspace_id == null || data.workspace_id === app.workspace.id || app.monitor.has(data.agent_id)) {
+    if (data.workspace_id === app.workspace?.id || app.monitor.has(data.agent_id)) {
       app.monitor.event(event)
     }
     return

@@ -8,9 +8,10 @@ const ANIMALS = [
   'Otter', 'Falcon', 'Panda', 'Lynx', 'Heron', 'Koala', 'Badger', 'Fox', 'Marten', 'Puffin',
   'Gecko', 'Bison', 'Crane', 'Hare', 'Ibis', 'Wren'
 ]
+// Dark enough for the white name labels on remote cursors.
 export const COLORS = [
-  '#30bced', '#6eeb83', '#ffbc42', '#ecd444', '#ee6352', '#9ac2c9', '#8acb88', '#1be7ff',
-  '#f783ac', '#b197fc'
+  '#1971c2', '#2f9e44', '#e8590c', '#c2255c', '#7048e8', '#0c8599', '#9c36b5', '#5c940d',
+  '#d9480f', '#364fc7'
 ]
 
 const pick = (list) => list[Math.floor(Math.random() * list.length)]
