@@ -51,8 +51,10 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def browser(chromium: Path) -> AsyncIterator[Browser]:
+    """One browser for the browser tests, closed once they are done (not kept for the rest of
+    the run)."""
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=str(chromium), headless=True)
         try:

@@ -12,7 +12,9 @@ export function h (tag, attrs = {}, ...children) {
     if (value == null || value === false) continue
     if (key === 'class') el.className = value
     else if (key === 'text') el.textContent = value
-    else if (key === 'dataset') Object.assign(el.dataset, value)
+    else if (key === 'dataset') {
+      for (const [name, data] of Object.entries(value)) if (data != null) el.dataset[name] = data
+    }
     else if (key.startsWith('on')) el.addEventListener(key.slice(2), value)
     else el.setAttribute(key, value === true ? '' : String(value))
   }

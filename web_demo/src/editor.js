@@ -8,6 +8,9 @@ import { EditorView, basicSetup } from 'codemirror'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
 import { WebsocketProvider } from 'y-websocket'
 import * as Y from 'yjs'
+import { safeColor } from './names.js'
+
+const text = (value) => (typeof value === 'string' ? value : '')
 
 /** The room name y-websocket appends to `/ws/workspaces`: the workspace, then the path encoded. */
 export function roomName (workspaceId, path) {
@@ -23,7 +26,7 @@ export class DocumentEditor {
    * @param {string} options.path  '' for the workspace's main document
    * @param {{ userId: string, name: string, token: string, color: string }} options.user
    * @param {(status: string, detail?: string) => void} options.onStatus  connecting, connected, synced, disconnected, refused
-   * @param {(peers: Array<{clientId: number, self: boolean, user: any, agent: any}>) => void} options.onPeers
+   * @param {(peers: Array<{clientId: number, self: boolean, name: string, color: string, agent: ?{id: string, status: string, progress: number, step: string}}>) => void} options.onPeers
    */
   constructor ({ parent, serverUrl, workspaceId, path, user, onStatus, onPeers }) {
     this.onStatus = onStatus
@@ -67,12 +70,27 @@ export class DocumentEditor {
     this.provider.connect()
   }
 
+  /** Everyone in the document's awareness, with what other clients sent them checked: only
+   * strings for names, only colours for colours. */
   peersChanged () {
     const own = this.doc.clientID
     const peers = []
     for (const [clientId, state] of this.provider.awareness.getStates()) {
-      if (state?.user == null) continue
-      peers.push({ clientId, self: clientId === own, user: state.user, agent: state.agent ?? null })
+      const user = state?.user
+      if (user == null || typeof user !== 'object') continue
+      const agent = state.agent != null && typeof state.agent === 'object' ? state.agent : null
+      peers.push({
+        clientId,
+        self: clientId === own,
+        name: text(user.name) || `client ${clientId}`,
+        color: safeColor(user.color),
+        agent: agent && {
+          id: text(agent.id),
+          status: text(agent.status),
+          progress: Number.isFinite(agent.progress) ? agent.progress : 0,
+          step: text(agent.current_step)
+        }
+      })
     }
     this.onPeers(peers)
   }

@@ -80,7 +80,25 @@ async function boot () {
     showSignIn()
     return
   }
+  const refusal = await refusalOf(session)
+  if (refusal != null) { // a saved token that expired since
+    forgetSession()
+    showSignIn()
+    say(ui.signinMessage, `Sign in again: ${refusal}`, 'error')
+    return
+  }
   await start(session, params.get('workspace'), params.get('doc') ?? '')
+}
+
+/** Why the server refuses the session's token, or null when it accepts it. Asked over REST, so
+ * the answer is a message, not a socket that never opens. */
+async function refusalOf (session) {
+  try {
+    await api(session, '/workspaces?limit=1')
+    return null
+  } catch (error) {
+    return error.message
+  }
 }
 
 function showSignIn () {
@@ -108,10 +126,9 @@ ui.tokenForm.addEventListener('submit', (event) => {
 })
 
 async function signIn (session) {
-  try {
-    await api(session, '/workspaces?limit=1') // refused tokens are told here, not by a socket that never opens
-  } catch (error) {
-    say(ui.signinMessage, `The server refused this token: ${error.message}`, 'error')
+  const refusal = await refusalOf(session)
+  if (refusal != null) {
+    say(ui.signinMessage, `The server refused this token: ${refusal}`, 'error')
     return
   }
   const params = new URLSearchParams(location.search)
@@ -338,22 +355,19 @@ window.addEventListener('popstate', () => {
 
 // -- presence ------------------------------------------------------------------------------------
 
-/** A colour from someone else's awareness state, if it is one (it goes into a style attribute). */
-const safeColor = (color) => (typeof color === 'string' && /^#[0-9a-f]{3,8}$/i.test(color) ? color : '#888888')
-
 function showPeers (peers) {
-  const humans = peers.filter((p) => !p.agent).sort((a, b) => Number(b.self) - Number(a.self) || a.user.name.localeCompare(b.user.name))
+  const humans = peers.filter((p) => !p.agent).sort((a, b) => Number(b.self) - Number(a.self) || a.name.localeCompare(b.name))
   const agents = peers.filter((p) => p.agent)
   ui.presenceCount.textContent = String(peers.length)
   ui.presence.replaceChildren(
     ...humans.map((p) => h('li', { class: 'peer', dataset: { kind: 'human', self: p.self ? 'true' : null } },
-      h('span', { class: 'swatch', style: `background:${safeColor(p.user.color)}` }),
-      h('span', { class: 'peer-name', text: String(p.user.name ?? '') }),
+      h('span', { class: 'swatch', style: `background:${p.color}` }),
+      h('span', { class: 'peer-name', text: p.name }),
       p.self && h('small', { text: 'you' }))),
     ...agents.map((p) => h('li', { class: 'peer', dataset: { kind: 'agent', agentId: p.agent.id } },
-      h('span', { class: 'swatch agent-swatch', style: `background:${safeColor(p.user.color)}` }),
-      h('span', { class: 'peer-name', text: String(p.user.name ?? '') }),
-      h('small', { text: `${p.agent.status} · ${Math.round(p.agent.progress ?? 0)} %${p.agent.current_step ? ` · ${p.agent.current_step}` : ''}` })))
+      h('span', { class: 'swatch agent-swatch', style: `background:${p.color}` }),
+      h('span', { class: 'peer-name', text: p.name }),
+      h('small', { text: `${p.agent.status} · ${Math.round(p.agent.progress)} %${p.agent.step ? ` · ${p.agent.step}` : ''}` })))
   )
 }
 

@@ -37,3 +37,8 @@ export function colorFor (id) {
   for (const ch of id) hash = (hash * 31 + ch.codePointAt(0)) >>> 0
   return COLORS[hash % COLORS.length]
 }
+
+/** A colour from someone else's awareness state, if it is one (it goes into a style attribute). */
+export function safeColor (color) {
+  return typeof color === 'string' && /^#[0-9a-f]{3,8}$/i.test(color) ? color : '#888888'
+}
