@@ -1,5 +1,6 @@
 """On a server with JWT_SECRET the demo signs in with a token only: a name alone is not offered,
-a refused token is said so, and a link to an unknown workspace creates it for its owner."""
+a refused token is said so, a link to an unknown workspace creates it for its owner, and a viewer
+watches without being offered to edit."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from playwright.async_api import expect
 
 from server.config import Settings
-from tests.support.auth import SECRET, token
+from tests.support.auth import SECRET, client, token
 
 from .conftest import DemoServer, Pages
 from .demo import expect_text, type_at_end, wait_live
@@ -57,7 +58,10 @@ async def test_token_sign_in_and_a_link_to_a_new_workspace(
     await expect(agent.locator(".bar")).to_have_attribute("aria-valuenow", "100")
     await expect(agent).to_have_attribute("data-status", "completed")
 
-    # A member with a token of their own sees the same document.
+    # A viewer, with a token of their own, sees the same document live and is offered no editing.
+    async with client(token_server.url, "frank", name="Frank") as frank:
+        added = await frank.put(f"/workspaces/{workspace}/members/grace", json={"role": "viewer"})
+        assert added.status_code == 200, added.text
     other = await pages.open("grace", f"{token_server.url}/demo")
     await other.locator("#signin-token").fill(token("grace", name="Grace"))
     await other.locator("#token-form button").click()
@@ -66,4 +70,9 @@ async def test_token_sign_in_and_a_link_to_a_new_workspace(
     await wait_live(other)
     await expect_text(other, "Signed and stored")
     await expect(other.locator("#presence .peer-name")).to_have_text(["Grace", "Frank"])
+    await expect(other.locator(".cm-content")).to_have_attribute("contenteditable", "false")
+    await expect(other.locator("#document-message")).to_contain_text("viewer")
+    await expect(other.locator("#run-agent")).to_be_disabled()
+    await type_at_end(page, ", and seen")
+    await expect_text(other, "Signed and stored, and seen")
     await page.screenshot(path=artifacts / "token-owner.png")

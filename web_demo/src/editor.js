@@ -25,10 +25,11 @@ export class DocumentEditor {
    * @param {string} options.workspaceId
    * @param {string} options.path  '' for the workspace's main document
    * @param {{ userId: string, name: string, token: string, color: string }} options.user
+   * @param {boolean} options.readOnly  a viewer: the server would drop its edits, so none are offered
    * @param {(status: string, detail?: string) => void} options.onStatus  connecting, connected, synced, disconnected, refused
    * @param {(peers: Array<{clientId: number, self: boolean, name: string, color: string, agent: ?{id: string, status: string, progress: number, step: string}}>) => void} options.onPeers
    */
-  constructor ({ parent, serverUrl, workspaceId, path, user, onStatus, onPeers }) {
+  constructor ({ parent, serverUrl, workspaceId, path, user, readOnly, onStatus, onPeers }) {
     this.onStatus = onStatus
     this.onPeers = onPeers
     this.doc = new Y.Doc()
@@ -48,6 +49,8 @@ export class DocumentEditor {
           basicSetup,
           EditorView.lineWrapping,
           EditorView.contentAttributes.of({ 'aria-label': 'shared document' }),
+          EditorState.readOnly.of(readOnly),
+          EditorView.editable.of(!readOnly),
           yCollab(this.text, this.provider.awareness, { undoManager })
         ]
       })

@@ -291,6 +291,7 @@ function openDocument (path, { replace = false } = {}) {
     workspaceId: app.workspace.id,
     path,
     user: userOf(app.session),
+    readOnly: app.workspace.role === 'viewer',
     onStatus: documentStatus,
     onPeers: showPeers
   })
@@ -301,7 +302,7 @@ function documentStatus (state, detail) {
   const text = { synced: 'live', connected: 'syncing', connecting: 'connecting', disconnected: 'reconnecting', refused: 'refused' }[state] ?? state
   setPill(ui.docStatus, state, text)
   if (state === 'refused') say(ui.documentMessage, `The server closed this document: ${detail}`, 'error')
-  else if (state === 'synced') say(ui.documentMessage, '')
+  else if (state === 'synced') say(ui.documentMessage, app.workspace?.role === 'viewer' ? 'You are a viewer here: you see every edit live, and cannot edit.' : '')
 }
 
 function selectDocument (path) {
