@@ -254,6 +254,7 @@ async function openWorkspace (workspaceId, path, { replace = false } = {}) {
     workspace = await joinOrCreate(workspaceId)
   } catch (error) {
     say(ui.workspacesMessage, `Cannot open ${workspaceId}: ${error.message}`, 'error')
+    if (app.workspace != null) app.channel.joinWorkspace(app.workspace.id).catch(() => {}) // stay where we were
     return
   }
   app.workspace = { id: workspace.id, name: workspace.name, role: workspace.role }
