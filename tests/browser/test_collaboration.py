@@ -71,3 +71,26 @@ async def test_a_document_link_opens_that_document_on_a_phone_width_screen(
     width = await phone.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the page scrolls sideways on a phone ({width} px wide)"
     await phone.screenshot(path=artifacts / "phone.png", full_page=True)
+
+
+async def test_a_second_window_of_the_same_browser_is_a_second_person(
+    demo_server: DemoServer, pages: Pages
+) -> None:
+    first = await pages.open("first", f"{demo_server.url}/demo")
+    await sign_in(first, "Alice")
+    link = await create_workspace(first, "Two windows")
+    second = await first.context.new_page()
+    pages.adopt("second", second)
+    await second.goto(link)
+    await wait_live(second)
+    name = await second.locator("#me-name").input_value()
+    assert name not in ("", "Alice")
+    await type_at_end(second, "typed in the second window")
+    await expect_text(first, "typed in the second window")
+    await expect(first.locator(".cm-ySelectionInfo")).to_have_text([name])
+    await expect(presence(first).locator(".peer-name")).to_have_text(["Alice", name])
+
+    # A reload keeps each window's name.
+    await second.reload()
+    await wait_live(second)
+    await expect(second.locator("#me-name")).to_have_value(name)

@@ -54,20 +54,29 @@ export function tokenSession (token) {
   return { kind: 'token', userId: claims.sub, name, token: token.trim() }
 }
 
-/** @returns {Session | null} */
+/**
+ * This window's session; else a token session saved by another window. A name is kept per window
+ * (sessionStorage), so a second window on the same link is a second person; a token is also
+ * remembered for the browser's other windows (localStorage).
+ * @returns {Session | null}
+ */
 export function loadSession () {
-  try {
-    const saved = JSON.parse(localStorage.getItem(STORAGE_KEY) ?? 'null')
-    if (saved && typeof saved.token === 'string' && typeof saved.userId === 'string') return saved
-  } catch {}
+  for (const storage of [sessionStorage, localStorage]) {
+    try {
+      const saved = JSON.parse(storage.getItem(STORAGE_KEY) ?? 'null')
+      if (saved && typeof saved.token === 'string' && typeof saved.userId === 'string') return saved
+    } catch {}
+  }
   return null
 }
 
 export function saveSession (session) {
-  localStorage.setItem(STORAGE_KEY, JSON.stringify(session))
+  sessionStorage.setItem(STORAGE_KEY, JSON.stringify(session))
+  if (session.kind === 'token') localStorage.setItem(STORAGE_KEY, JSON.stringify(session))
 }
 
 export function forgetSession () {
+  sessionStorage.removeItem(STORAGE_KEY)
   localStorage.removeItem(STORAGE_KEY)
 }
 
