@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import httpx
 from playwright.async_api import Locator, Page, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeout
@@ -57,8 +60,18 @@ def presence(page: Page) -> Locator:
     return page.locator("#presence .peer")
 
 
+def development_token(user: str, **claims: object) -> str:
+    """An unsigned token, as a development server (no JWT_SECRET) reads them: claims unverified."""
+
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'sub': user, **claims})}."
+
+
 async def report(base: str, agent_id: str, message_type: str, **data: object) -> None:
-    """An agent service's report over REST (a development server lets anyone report)."""
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    """An agent service's report over REST, as one service identity throughout."""
+    headers = {"Authorization": f"Bearer {development_token('indexer', role='service')}"}
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as client:
         response = await client.post(f"/agents/{agent_id}/events", json={"type": message_type, "data": data})
         assert response.status_code == 202, response.text
