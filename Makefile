@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 JS := tests/interop/js
+DEMO := web_demo
 
-.PHONY: run test lint install install-test bench bench-storage clean
+.PHONY: run test lint install install-test demo bench bench-storage clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,14 @@ $(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json
 	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
 
 install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test $(JS)/node_modules/.package-lock.json
+$(DEMO)/node_modules/.package-lock.json: $(DEMO)/package-lock.json
+	cd $(DEMO) && npm ci --no-audit --no-fund --loglevel=error
+
+install-test: $(VENV)/.installed-test $(JS)/node_modules/.package-lock.json $(DEMO)/node_modules/.package-lock.json
+
+## Rebuild the browser demo (web_demo/src -> web_demo/dist, committed; served at /demo).
+demo: $(DEMO)/node_modules/.package-lock.json
+	cd $(DEMO) && npm run build
 
 ## Run the server on embedded defaults: port 3006, SQLite under ./data, no Redis or PostgreSQL.
 run: install
@@ -46,4 +54,4 @@ bench-storage: install-test
 	$(BIN)/python -m benchmarks.storage $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(JS)/node_modules
+	rm -rf $(VENV) $(JS)/node_modules $(DEMO)/node_modules

@@ -13,6 +13,7 @@ from crdt_store import StoreError
 
 from .close_codes import CLOSE_1012_SERVICE_RESTART
 from .config import Settings, load_settings
+from .endpoints.demo import mount_demo
 from .endpoints.events import event_endpoint, is_event_request
 from .endpoints.handshake import refuse_unknown_endpoint
 from .endpoints.sync import is_sync_request, sync_endpoint
@@ -127,4 +128,5 @@ def create_app(settings: Settings | None = None) -> CollaborationApp:
     from rest import api_router  # the one place the core mounts the REST layer
 
     app.include_router(api_router)
+    mount_demo(app)
     return app
