@@ -16,6 +16,7 @@ from typing import Any
 
 from crdt_store import AgentState, Store, StoredEvent
 
+from . import metrics
 from .access import resolve_access
 from .auth import GlobalRole, Principal
 from .cluster import Cluster, SubscribeUser
@@ -166,6 +167,8 @@ class AgentService:
         else:
             values, payload = self._update(message)
         state = await self.store.agents.save(agent_id=agent_id, values={**values, "updated_at": now})
+        if current is None or current.status != state.status or isinstance(message, AgentExecutionStart):
+            metrics.AGENT_EXECUTIONS.labels(state.status).inc()
         if state.workspace_id is not None:
             payload.setdefault("workspace_id", state.workspace_id)
         event_id = await self.hub.publish(agent_topic(agent_id), message.type, payload)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
+from . import __version__
 from .config import Settings, load_settings
 from .endpoints.events import event_endpoint, is_event_request
 from .endpoints.handshake import refuse_unknown_endpoint
@@ -12,6 +13,7 @@ from .endpoints.sync import is_sync_request, sync_endpoint
 from .errors import install_error_handlers
 from .lifespan import lifespan
 from .limits import BodyLimit
+from .metrics import RequestTimer
 
 
 class CollaborationApp(FastAPI):
@@ -69,12 +71,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Yjs-compatible document sync, presence, agent monitoring and workspace events. "
         "Documents sync over the y-websocket protocol at `ws://HOST/ws/workspaces/{workspace_id}` "
         "and `ws://HOST/ws/workspaces/{workspace_id}/{doc_path}`.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served with their assets (rest.docs), without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_json_body_size, exempt=is_update_upload)
+    app.add_middleware(RequestTimer)
 
     from rest import api_router  # the one place the core mounts the REST layer
 

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 from pydantic import BaseModel, ValidationError
 from starlette.types import Receive, Scope, Send
 
+from .. import metrics
 from ..auth import Principal
 from ..channel import AsgiChannel, ChannelClosed, FrameRejected
 from ..close_codes import CLOSE_1000_NORMAL, CLOSE_1011_INTERNAL_ERROR, CLOSE_4401_TOKEN_EXPIRED
@@ -86,13 +87,14 @@ async def event_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     conn = Connection(channel, max_queue=settings.message_queue_size, user=principal)
     session = EventSession(services, Subscriber(conn, principal, kinds))
     writer = asyncio.create_task(conn.run_writer(), name=f"events-writer-{conn.id}")
-    try:
-        await session.run(query.get("last_event_id", [None])[0])
-    finally:
-        session.close()
-        conn.close(CLOSE_1000_NORMAL)
-        await writer
-        services.connections -= 1
+    with metrics.connection_span(scope["path"].rstrip("/"), conn, principal.user_id):
+        try:
+            await session.run(query.get("last_event_id", [None])[0])
+        finally:
+            session.close()
+            conn.close(CLOSE_1000_NORMAL)
+            await writer
+            services.connections -= 1
 
 
 Handler = Callable[[Any], Awaitable[dict[str, Any] | None]]
@@ -175,6 +177,7 @@ class EventSession:
         self.conn.send(frame(message_type, data, **extra))
 
     def error(self, code: str, message: str, request_id: str | None = None, **details: Any) -> None:
+        metrics.error_sent("events", code)
         self.send(
             "error",
             ErrorData(code=code, message=message, **details).model_dump(exclude_none=True),

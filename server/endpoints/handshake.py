@@ -9,6 +9,7 @@ import logging
 
 from starlette.types import Receive, Scope, Send
 
+from .. import metrics
 from ..auth import Principal, TokenError, authenticate
 from ..close_codes import reason_of, refusal
 from ..errors import NotFoundError, ServerFull, ServiceError, Unauthorized, error_body
@@ -19,6 +20,7 @@ log = logging.getLogger("server.endpoints")
 
 async def refuse(scope: Scope, send: Send, error: ServiceError) -> None:
     """Refuse before the upgrade completes. Logged once, with the reason."""
+    metrics.error_sent("websocket", error.code)
     client = scope.get("client") or ("?", 0)
     log.info(
         "refused WebSocket %s from %s:%s: %d %s: %s",

@@ -21,6 +21,7 @@ from typing import Any
 
 from crdt_store import Store
 
+from .. import metrics
 from ..auth import Principal
 from ..broker import Broker
 from ..connection import Connection
@@ -148,6 +149,15 @@ class EventHub:
             if not users:
                 del self._by_user[sub.user.user_id]
 
+    def endpoints(self) -> dict[str, int]:
+        """Event connections of this instance, by endpoint path (``/ws``, ``/ws/agents``, ...)."""
+        counts: dict[str, int] = {}
+        for subs in self._by_user.values():
+            for sub in subs:
+                path = sub.conn.channel.path.rstrip("/")
+                counts[path] = counts.get(path, 0) + 1
+        return counts
+
     def subscribe(self, sub: Subscriber, topic: str) -> None:
         sub.topics.add(topic)
         self._topics.setdefault(topic, set()).add(sub)
@@ -237,4 +247,5 @@ class EventHub:
                         replayed += 1
         finally:
             sub.release()
+        metrics.REPLAY_EVENTS.observe(replayed)
         return replayed
