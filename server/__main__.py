@@ -1,22 +1,38 @@
-"""``python -m server``: run the service with settings from the environment."""
+"""``python -m server``: run the service, or mint a token.
+
+Every setting of ``config.Settings`` is also a flag (``PORT`` is ``--port``, ``DATABASE_URL``
+``--database-url``, a boolean ``--auto-create-workspaces`` / ``--no-auto-create-workspaces``);
+a flag overrides the environment. ``--help`` lists them all with their variable and default,
+read from the settings model. ``token`` loads ``JWT_SECRET`` and the token helpers only.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from typing import Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any, get_args
 
-import uvicorn
-from fastapi import FastAPI
+from pydantic.fields import FieldInfo
 
-from .app import create_app
-from .auth import GlobalRole, mint_token
-from .config import ConfigError, Settings, load_settings
-from .logs import configure_logging, quiet_refusals
+from .config import ConfigError, Settings, SigningSettings, load_settings
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
+log = logging.getLogger("server")
+
+TOKEN_ROLES = ("service", "admin")  # auth.GlobalRole, but the plain user (not imported: speed)
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """The uvicorn configuration the service runs with (tests use it too, with port 0)."""
+    import uvicorn
+
+    from .logs import quiet_refusals
+
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -38,45 +54,156 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
     return config
 
 
+# -- flags from the settings model ------------------------------------------------------------------
+
+
+def _describe_default(field: FieldInfo) -> str:
+    default = field.get_default(call_default_factory=True)
+    if default is None:
+        return "unset"
+    if isinstance(default, Enum):
+        return str(default.value)
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(default)
+
+
+def _choices(field: FieldInfo) -> list[str] | None:
+    annotation = field.annotation
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, Enum):
+            return [str(member.value) for member in candidate]
+        literal = [arg for arg in get_args(candidate) if isinstance(arg, str)]
+        if literal and getattr(candidate, "__origin__", None) is not None:
+            return literal
+    return None
+
+
+def _is_bool(field: FieldInfo) -> bool:
+    return field.annotation is bool
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of ``Settings``: its help names the variable and the default. Flags
+    left out are absent from the parsed namespace (so the main parser's and the ``serve``
+    command's do not overwrite each other)."""
+    group = parser.add_argument_group(
+        "settings", "each flag overrides its environment variable; see the README's Configuration table"
+    )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        variable = name.upper()
+        choices = _choices(field)
+        shown = f" ({'|'.join(choices)})" if choices else ""
+        text = f"{variable}{shown}, default: {_describe_default(field)}"
+        if _is_bool(field):
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
+            )
+        else:
+            group.add_argument(flag, dest=name, metavar="VALUE", default=argparse.SUPPRESS, help=text)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m server", description="Real-time collaboration service")
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        usage="python -m server [serve] [--SETTING VALUE ...]\n       python -m server token --user ID "
+        "[--name NAME] [--role service|admin] [--ttl SECONDS]",
+        description="Real-time collaboration service: Yjs document sync, presence, agent monitoring "
+        "and events. Settings come from the environment; a flag overrides its variable.",
+    )
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="run the server (the default)")
+    add_setting_flags(parser)
+    serve = commands.add_parser("serve", help="run the server (the default)")
+    add_setting_flags(serve)
     token = commands.add_parser(
         "token", help="mint a token signed with JWT_SECRET (for development and scripts)"
     )
     token.add_argument("--user", required=True, help="user id (the 'sub' claim)")
     token.add_argument("--name", help="display name (defaults to the user id)")
-    token.add_argument(
-        "--role",
-        choices=[r.value for r in GlobalRole if r is not GlobalRole.USER],
-        help="service (agent publishers) or admin",
-    )
+    token.add_argument("--role", choices=TOKEN_ROLES, help="service (agent publishers) or admin")
     token.add_argument(
         "--ttl", type=float, default=24 * 3600, help="seconds until it expires (default: a day)"
     )
     return parser.parse_args(argv)
 
 
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags."""
+    return {name: value for name in Settings.model_fields if (value := getattr(args, name, None)) is not None}
+
+
+# -- commands -----------------------------------------------------------------------------------------
+
+
+def mint(args: argparse.Namespace) -> int:
+    from .auth import mint_token
+
+    try:
+        secret = SigningSettings().jwt_secret
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not secret:
+        print("error: JWT_SECRET is not set: there is nothing to sign tokens with", file=sys.stderr)
+        return 2
+    print(mint_token(secret, user_id=args.user, name=args.name, role=args.role, ttl=args.ttl))
+    return 0
+
+
+def banner(settings: Settings) -> list[str]:
+    """What the start prints: where to connect, the auth mode, the store and the broker."""
+    from crdt_store import describe_database
+
+    from . import __version__
+    from .logs import redact
+
+    host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    http = f"http://{host}:{settings.port}"
+    ws = f"ws://{host}:{settings.port}"
+    auth = (
+        "JWT (HS256): every request needs a token"
+        if settings.auth_enabled
+        else "open (no JWT_SECRET): clients without a token are guests; development only"
+    )
+    broker = f"Redis at {redact(settings.redis_url)}" if settings.redis_url else "in-process (one instance)"
+    return [
+        f"realtime-collaboration {__version__} ({settings.environment.value})",
+        f"  documents: {ws}/ws/workspaces/{{workspace_id}}[/{{path}}]",
+        f"  events:    {ws}/ws, {ws}/ws/agents, {ws}/ws/workspaces",
+        f"  API docs:  {http}/docs",
+        f"  demo:      {http}/demo",
+        f"  metrics:   {http}/metrics, status: {http}/status",
+        f"  auth:      {auth}",
+        f"  store:     {describe_database(settings.database_url)}",
+        f"  broker:    {broker}",
+    ]
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .logs import configure_logging
+
+    configure_logging(settings.log_level, json_lines=settings.json_logs, secrets=[settings.jwt_secret or ""])
+    for line in banner(settings):
+        log.info("%s", line)
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
+    server.run()
+    return 0 if server.started else 3
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    configure_logging("INFO")
+    if args.command == "token":
+        return mint(args)
     try:
-        settings = load_settings()
+        settings = load_settings(**overrides_of(args))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "token":
-        if not settings.jwt_secret:
-            print("error: JWT_SECRET is not set: there is nothing to sign tokens with", file=sys.stderr)
-            return 2
-        print(
-            mint_token(settings.jwt_secret, user_id=args.user, name=args.name, role=args.role, ttl=args.ttl)
-        )
-        return 0
-    configure_logging(settings.log_level, secrets=[settings.jwt_secret or ""])
-    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
-    return 0
+    return serve(settings)
 
 
 if __name__ == "__main__":

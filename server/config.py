@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import logging
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from crdt_store import normalise_database_url
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +28,7 @@ class Environment(StrEnum):
 
 
 LogLevel = Annotated[str, Field(pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")]
+LogFormat = Literal["text", "json"]
 
 
 class Settings(BaseSettings):
@@ -51,6 +50,7 @@ class Settings(BaseSettings):
     message_queue_size: int = Field(default=1_000, ge=1)
 
     # Ours.
+    log_format: LogFormat | None = None  # unset: json when ENVIRONMENT=production, else text
     host: str = "0.0.0.0"
     max_message_size: int = Field(default=32 * MiB, ge=1024)
     max_event_message_size: int = Field(default=1 * MiB, ge=1024)
@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: object) -> object:
+        return (value.lower() or None) if isinstance(value, str) else value
+
     @field_validator("redis_url", "jwt_secret", "ai_agents_url", "ide_bridge_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -85,6 +90,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
+        from crdt_store import normalise_database_url  # here: the token command loads no store
+
         return normalise_database_url(value)
 
     @field_validator("redis_url")
@@ -110,6 +117,27 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return self.jwt_secret is not None
+
+    @property
+    def json_logs(self) -> bool:
+        """Whether log lines are JSON objects: ``LOG_FORMAT``, by default in production only."""
+        if self.log_format is None:
+            return self.environment is Environment.PRODUCTION
+        return self.log_format == "json"
+
+
+class SigningSettings(BaseSettings):
+    """What ``python -m server token`` reads: ``JWT_SECRET`` alone (the other settings are not
+    loaded, so minting a token loads nothing of the server)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    jwt_secret: str | None = None
+
+    @field_validator("jwt_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -207,7 +207,7 @@ def connection_span(endpoint: str, conn: Connection, user_id: str, document: str
     CONNECTIONS_OPENED.labels(endpoint).inc()
     where = f" {document}" if document else ""
     connection_id = conn.id
-    log.info("connection %s opened: %s%s user=%s", connection_id, endpoint, where, user_id)
+    log.info("WebSocket connection %s opened: %s%s user=%s", connection_id, endpoint, where, user_id)
     started = time.monotonic()
     try:
         yield
@@ -215,7 +215,7 @@ def connection_span(endpoint: str, conn: Connection, user_id: str, document: str
         code = conn.close_code.code if conn.close_code is not None else None
         CONNECTIONS_CLOSED.labels(endpoint, str(code)).inc()
         log.info(
-            "connection %s closed: %s%s user=%s duration=%.1fs code=%s",
+            "WebSocket connection %s closed: %s%s user=%s duration=%.1fs code=%s",
             connection_id,
             endpoint,
             where,
