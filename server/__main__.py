@@ -1,9 +1,11 @@
-"""``python -m server``: run the service, or mint a token.
+"""``python -m server``: run the service, mint a token, or check a running one's health.
 
 Every setting of ``config.Settings`` is also a flag (``PORT`` is ``--port``, ``DATABASE_URL``
 ``--database-url``, a boolean ``--auto-create-workspaces`` / ``--no-auto-create-workspaces``);
 a flag overrides the environment. ``--help`` lists them all with their variable and default,
 read from the settings model. ``token`` loads ``JWT_SECRET`` and the token helpers only.
+``healthcheck`` asks ``GET /health`` of the server on this machine (the container's
+``HEALTHCHECK``) and exits 0 when it answers 200, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m server",
         usage="python -m server [serve] [--SETTING VALUE ...]\n       python -m server token --user ID "
-        "[--name NAME] [--role service|admin] [--ttl SECONDS]",
+        "[--name NAME] [--role service|admin] [--ttl SECONDS]\n"
+        "       python -m server healthcheck [--port PORT]",
         description="Real-time collaboration service: Yjs document sync, presence, agent monitoring "
         "and events. Settings come from the environment; a flag overrides its variable.",
     )
@@ -125,6 +128,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     token.add_argument(
         "--ttl", type=float, default=24 * 3600, help="seconds until it expires (default: a day)"
     )
+    check = commands.add_parser(
+        "healthcheck", help="exit 0 if the server on this machine answers GET /health with 200, else 1"
+    )
+    add_setting_flags(check)
     return parser.parse_args(argv)
 
 
@@ -149,6 +156,24 @@ def mint(args: argparse.Namespace) -> int:
         return 2
     print(mint_token(secret, user_id=args.user, name=args.name, role=args.role, ttl=args.ttl))
     return 0
+
+
+def healthcheck(settings: Settings) -> int:
+    import urllib.error
+    import urllib.request
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError as exc:
+        print(f"unhealthy: {url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{url}: {status}")
+    return 0 if status == 200 else 1
 
 
 def banner(settings: Settings) -> list[str]:
@@ -203,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "healthcheck":
+        return healthcheck(settings)
     return serve(settings)
 
 
