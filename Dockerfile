@@ -13,7 +13,7 @@ WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone (empty packages stand in for the source), so this
 # layer is rebuilt only when the dependencies change, not on every source edit.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 RUN mkdir -p server rest crdt_store \
     && touch server/__init__.py rest/__init__.py crdt_store/__init__.py \
     && pip install --no-cache-dir . \
