@@ -123,7 +123,7 @@ async def status(services: ServicesDep) -> dict[str, Any]:
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"}},
+    responses={200: {"content": {"text/plain": {}}, "description": "The Prometheus text exposition format"}},
 )
 async def prometheus_metrics(services: ServicesDep) -> Response:
     body, content_type = metrics.exposition(services)

@@ -277,7 +277,7 @@ def refresh(services: Services) -> None:
 
 
 def exposition(services: Services | None) -> tuple[bytes, str]:
-    """The ``/metrics`` body (Prometheus text format 0.0.4) and its content type."""
+    """The ``/metrics`` body (the Prometheus text exposition format) and its content type."""
     if services is not None:
         refresh(services)
     return generate_latest(), CONTENT_TYPE_LATEST
