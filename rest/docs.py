@@ -27,6 +27,7 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         swagger_js_url=f"{STATIC}/swagger-ui-bundle.js",
         swagger_css_url=f"{STATIC}/swagger-ui.css",
         swagger_favicon_url=f"{STATIC}/favicon.png",
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the validator's site
     )
 
 

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     """The service configuration. Field ``foo_bar`` is read from the variable ``FOO_BAR``; a
     variable set to the empty string counts as unset (its default applies)."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # The spec's variables.
     environment: Environment = Environment.DEVELOPMENT
