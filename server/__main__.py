@@ -120,7 +120,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     serve = commands.add_parser("serve", help="run the server (the default)")
     add_setting_flags(serve)
     token = commands.add_parser(
-        "token", help="mint a token signed with JWT_SECRET (for development and scripts)"
+        "token",
+        help="mint a token signed with JWT_SECRET (for development and scripts; without JWT_SECRET, "
+        "one an open server accepts as naming you)",
     )
     token.add_argument("--user", required=True, help="user id (the 'sub' claim)")
     token.add_argument("--name", help="display name (defaults to the user id)")
@@ -152,8 +154,16 @@ def mint(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not secret:
-        print("error: JWT_SECRET is not set: there is nothing to sign tokens with", file=sys.stderr)
-        return 2
+        # An open server (no JWT_SECRET) reads a token's claims without checking the signature:
+        # the token names the caller, which a tokenless request cannot do.
+        import secrets
+
+        secret = secrets.token_hex(32)
+        print(
+            "note: JWT_SECRET is not set: this token is signed with a throwaway key. A server without "
+            "JWT_SECRET (open, development only) reads it as naming you; one with JWT_SECRET refuses it.",
+            file=sys.stderr,
+        )
     print(mint_token(secret, user_id=args.user, name=args.name, role=args.role, ttl=args.ttl))
     return 0
 

@@ -145,7 +145,24 @@ def test_token_minting_loads_nothing_of_the_server() -> None:
     assert claims["exp"] - claims["iat"] == 60
 
 
-def test_token_without_a_secret_says_so() -> None:
-    result = run_cli("token", "--user", "alice")
-    assert result.returncode == 2
-    assert "JWT_SECRET is not set" in result.stderr
+async def test_token_without_a_secret_names_the_caller_of_an_open_server(tmp_path: Path) -> None:
+    result = run_cli("token", "--user", "alice", "--name", "Alice")
+    assert result.returncode == 0
+    assert "JWT_SECRET is not set" in result.stderr and "throwaway key" in result.stderr
+    minted = result.stdout.strip()
+    open_server = await start_process({"DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}"}, tmp_path / "s.log")
+    try:
+        async with httpx.AsyncClient(
+            base_url=open_server.http_url, headers={"Authorization": f"Bearer {minted}"}
+        ) as http:
+            private = {"id": "ws-a", "name": "A", "visibility": "private"}
+            created = await http.post("/workspaces", json=private)
+            assert created.status_code == 201, created.text
+            mine = await http.get("/workspaces/ws-a")
+            assert mine.status_code == 200 and mine.json()["role"] == "owner"
+        async with httpx.AsyncClient(base_url=open_server.http_url) as guest:
+            refused = await guest.post("/workspaces", json={"name": "B", "visibility": "private"})
+            assert refused.status_code == 400
+            assert "python -m server token" in refused.json()["error"]["message"]
+    finally:
+        await open_server.stop()
