@@ -99,15 +99,18 @@ async def session(
     try:
         yield process
     finally:
-        await end_session(process.pid)
-        process.wait(10)
+        await end_session(process)
 
 
-async def end_session(pgid: int) -> None:
+async def end_session(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process's session, then wait (a poll with a deadline) until none of it is
+    left; SIGKILL what is left after 30 s."""
+    pgid = process.pid
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        process.poll()  # reaps the leader, which would otherwise linger as a zombie of the group
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
@@ -115,6 +118,7 @@ async def end_session(pgid: int) -> None:
         await asyncio.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+    process.wait(10)
 
 
 async def exited(process: subprocess.Popen[bytes], timeout: float = 120) -> int:
