@@ -152,11 +152,16 @@ class JsonFormatter(logging.Formatter):
 
 
 class QuietFrames(logging.Filter):
-    """Drops the WebSocket library's DEBUG trace (every header and frame, which uvicorn routes
-    through its own logger): DEBUG is for the service's lines."""
+    """Drops the WebSocket library's DEBUG trace of every frame and state change (which uvicorn
+    routes through its own logger), keeping its trace of each handshake's headers (redacted):
+    DEBUG shows the service and the upgrades, not every message."""
+
+    _FRAME = re.compile(r"^(?:[<>] (?:TEXT|BINARY|CLOSE|PING|PONG|CONT|EOF)\b|= connection is )")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.INFO or f"{os.sep}websockets{os.sep}" not in record.pathname
+        if record.levelno >= logging.INFO or f"{os.sep}websockets{os.sep}" not in record.pathname:
+            return True
+        return not self._FRAME.match(record.getMessage())
 
 
 def configure_logging(level: str, *, json_lines: bool = False, secrets: Iterable[str] = ()) -> None:
