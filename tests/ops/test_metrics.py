@@ -8,16 +8,19 @@ import re
 from collections.abc import Callable
 
 import httpx
+import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from server import metrics
+from server import metrics, persistence
 from server.config import Settings
 from tests.support.auth import client
 from tests.support.events import event_client
 from tests.support.server import run_server
 from tests.support.wait import wait_until
 from tests.support.yclient import yclient
+from tests.unit.test_writer import FakeDocuments, FakeStore, InstantSleep, writer_for
 
 Scrape = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -142,3 +145,30 @@ async def test_redis_failures_are_counted(make_settings: Callable[..., Settings]
     ):
         samples, _ = await scrape(http)
         assert value(samples, "collab_redis_errors_total") >= 1
+
+
+@pytest.fixture
+def instant_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's retry backoff returns at once (see tests/unit/test_writer.py)."""
+    monkeypatch.setattr(persistence, "asyncio", InstantSleep())
+
+
+@pytest.mark.usefixtures("instant_retries")
+async def test_storage_failures_batches_and_lag_are_counted() -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    failures_before = sample("collab_database_errors_total", operation="store_updates")
+    batches_before = sample("collab_group_commit_batch_updates_count")
+    updates_before = sample("collab_group_commit_batch_updates_sum")
+    documents = FakeDocuments(failures=3)
+    async with writer_for(FakeStore(documents)) as writer:
+        assert writer.lag == 0
+        for n in range(4):
+            writer.append(1, f"update-{n}".encode())
+        assert writer.lag > 0  # waiting since the first append
+        await writer.flush()
+        assert writer.lag == 0
+    assert sample("collab_database_errors_total", operation="store_updates") - failures_before == 3
+    assert sample("collab_group_commit_batch_updates_count") - batches_before == 1
+    assert sample("collab_group_commit_batch_updates_sum") - updates_before == 4
