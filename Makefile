@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 JS := tests/interop/js
 DEMO := web_demo
 
-.PHONY: run test lint install install-test demo bench bench-storage clean
+.PHONY: run test lint check-containers install install-test demo bench bench-storage clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+## The container files: Compose parses the compose file (with and without .env.example; no Docker
+## daemon needed), hadolint lints the Dockerfile. Needs docker-compose (Debian's package).
+COMPOSE := docker-compose -f docker-compose.realtime-collaboration.yml
+check-containers: install-test
+	$(COMPOSE) config -q
+	$(COMPOSE) --env-file .env.example config -q
+	$(BIN)/hadolint Dockerfile
 
 bench: install-test
 	$(BIN)/python -m benchmarks.fanout $(BENCH_ARGS)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from crdt_store import AgentChange, AgentState, Store, StoredEvent
 
+from . import metrics
 from .access import resolve_access
 from .audience import AgentOwners, Audience, Verdict, agent_topic
 from .auth import Principal
@@ -32,6 +34,8 @@ from .workspaces import WorkspaceEvents
 __all__ = ["AgentService", "AgentState", "StoredEvent", "agent_public"]
 
 log = logging.getLogger(__name__)
+
+STATUSES_KEPT = 10_000  # agents whose last status is kept for counting status changes
 
 
 def agent_public(state: AgentState) -> dict[str, Any]:
@@ -118,6 +122,7 @@ class AgentService:
         self.hub = hub
         self.workspace_events = workspace_events
         self.cluster = cluster
+        self._statuses: OrderedDict[str, str] = OrderedDict()  # agent -> the status last stored here
 
     def is_privileged(self, principal: Principal) -> bool:
         return self.audience.is_privileged(principal)
@@ -221,11 +226,25 @@ class AgentService:
         def announce(done: asyncio.Future[int]) -> None:
             if done.cancelled() or done.exception() is not None:
                 self.audience.forget(agent_id)
-            elif owners is not None:
+                return
+            self._count_status(agent_id, message)
+            if owners is not None:
                 self._announce(message, owners, current.workspace_id if current else None)
 
         stored.add_done_callback(announce)
         return stored
+
+    def _count_status(self, agent_id: str, message: AgentEvent) -> None:
+        """Count an execution entering a status (``collab_agent_executions_total``): every start
+        and completion, and an update that changes the status last reported here."""
+        status = message.data.status.value
+        if isinstance(message, AgentExecutionUpdate) and self._statuses.get(agent_id) == status:
+            return
+        metrics.AGENT_EXECUTIONS.labels(status).inc()
+        self._statuses[agent_id] = status
+        self._statuses.move_to_end(agent_id)
+        if len(self._statuses) > STATUSES_KEPT:
+            self._statuses.popitem(last=False)
 
     def _check_authority(
         self, principal: Principal, message: AgentEvent, current: AgentOwners | None

@@ -11,6 +11,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from crdt_store import StoreError
 
+from . import __version__
 from .close_codes import CLOSE_1012_SERVICE_RESTART
 from .config import Settings, load_settings
 from .endpoints.demo import mount_demo
@@ -20,6 +21,7 @@ from .endpoints.sync import is_sync_request, sync_endpoint
 from .errors import install_error_handlers
 from .lifespan import lifespan
 from .limits import BodyLimit, RestRateLimit, cors_options
+from .metrics import RequestTimer
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -115,13 +117,16 @@ def create_app(settings: Settings | None = None) -> CollaborationApp:
         description="Yjs-compatible document sync, presence, agent monitoring and workspace events. "
         "Documents sync over the y-websocket protocol at `ws://HOST/ws/workspaces/{workspace_id}` "
         "and `ws://HOST/ws/workspaces/{workspace_id}/{doc_path}`.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served with their assets (rest.docs), without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
     # Outermost last: CORS (so that refusals carry its headers), the REST rate limits, body sizes.
     app.add_middleware(BodyLimit, limit=settings.max_json_body_size, exempt=is_update_upload)
+    app.add_middleware(RequestTimer)
     app.add_middleware(RestRateLimit, settings=settings)
     app.add_middleware(CORSMiddleware, **cors_options(settings))
 

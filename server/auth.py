@@ -19,13 +19,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import jwt
 
-from .config import Settings
 from .vocabulary import is_id
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 ALGORITHM = "HS256"
 CLOCK_SKEW_SECONDS = 10

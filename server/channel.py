@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from . import metrics
 from .close_codes import CLOSE_1003_UNSUPPORTED_DATA, CLOSE_1009_MESSAGE_TOO_BIG, CloseCode
 
 Receive = Any  # ASGI callables; kept loose to avoid importing a framework here
@@ -66,6 +67,7 @@ class AsgiChannel:
             raise FrameRejected(CLOSE_1003_UNSUPPORTED_DATA)
         if len(data) > self.max_message_size:
             raise FrameRejected(CLOSE_1009_MESSAGE_TOO_BIG, f"{len(data)} > {self.max_message_size} bytes")
+        metrics.message_in(data)
         return data
 
     async def recv_any(self) -> bytes | str:
@@ -79,9 +81,11 @@ class AsgiChannel:
             data = message.get("bytes") or b""
         if len(data) > self.max_message_size:
             raise FrameRejected(CLOSE_1009_MESSAGE_TOO_BIG, f"{len(data)} > {self.max_message_size} bytes")
+        metrics.message_in(data)
         return data
 
     async def send(self, data: bytes | str) -> None:
+        metrics.message_out(data)
         try:
             if isinstance(data, str):
                 await self._send({"type": "websocket.send", "text": data})

@@ -8,13 +8,11 @@ from __future__ import annotations
 import logging
 import re
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from limits import parse_many
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from crdt_store import normalise_database_url
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +31,16 @@ class Environment(StrEnum):
 
 
 LogLevel = Annotated[str, Field(pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")]
+LogFormat = Literal["text", "json"]
 
 
 class Settings(BaseSettings):
-    """The service configuration. Field ``foo_bar`` is read from the variable ``FOO_BAR``."""
+    """The service configuration. Field ``foo_bar`` is read from the variable ``FOO_BAR``; a
+    variable set to the empty string counts as unset (its default applies)."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # The spec's variables.
     environment: Environment = Environment.DEVELOPMENT
@@ -54,6 +56,7 @@ class Settings(BaseSettings):
     message_queue_size: int = Field(default=1_000, ge=1)
 
     # Ours.
+    log_format: LogFormat | None = None  # unset: json when ENVIRONMENT=production, else text
     host: str = "0.0.0.0"
     max_message_size: int = Field(default=32 * MiB, ge=1024)
     max_event_message_size: int = Field(default=1 * MiB, ge=1024)
@@ -157,6 +160,11 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: object) -> object:
+        return (value.lower() or None) if isinstance(value, str) else value
+
     @field_validator(
         "redis_url", "jwt_secret", "ai_agents_url", "ide_bridge_url", "cors_origins", mode="before"
     )
@@ -167,6 +175,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
+        from crdt_store import normalise_database_url  # here: the token command loads no store
+
         return normalise_database_url(value)
 
     @field_validator("redis_url")
@@ -232,6 +242,27 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return self.jwt_secret is not None
+
+    @property
+    def json_logs(self) -> bool:
+        """Whether log lines are JSON objects: ``LOG_FORMAT``, by default in production only."""
+        if self.log_format is None:
+            return self.environment is Environment.PRODUCTION
+        return self.log_format == "json"
+
+
+class SigningSettings(BaseSettings):
+    """What ``python -m server token`` reads: ``JWT_SECRET`` alone (the other settings are not
+    loaded, so minting a token loads nothing of the server)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    jwt_secret: str | None = None
+
+    @field_validator("jwt_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 def load_settings(**overrides: object) -> Settings:

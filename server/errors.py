@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crdt_store import Conflict, NotFound, StoreError
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -156,6 +158,7 @@ def service_error_of(exc: StoreError) -> ServiceError:
     if isinstance(exc, Conflict):
         return ConflictError(str(exc))
     log.warning("database call failed: %s", exc)
+    metrics.DATABASE_ERRORS.labels("request").inc()
     return StorageUnavailable()
 
 
@@ -186,6 +189,7 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        metrics.error_sent("rest", exc.code)
         return JSONResponse({"error": exc.body()}, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(StoreError)
@@ -195,11 +199,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
+        metrics.error_sent("rest", code)
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected_error(_: Request, _exc: Exception) -> JSONResponse:
         # Starlette logs the exception and re-raises it after this response is sent.
+        metrics.error_sent("rest", "internal_error")
         return JSONResponse(error_body("internal_error", "internal server error"), 500)
 
     @app.exception_handler(RequestValidationError)
@@ -208,4 +214,5 @@ def install_error_handlers(app: FastAPI) -> None:
             {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
             for err in exc.errors()
         ]
+        metrics.error_sent("rest", "invalid_request")
         return JSONResponse(error_body("invalid_request", "request validation failed", details=details), 422)

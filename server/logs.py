@@ -1,8 +1,11 @@
-"""Logging: one handler for the service's lines and uvicorn's, and no secret in any line.
+"""Logging: one handler for the service's lines and uvicorn's, in one format, and no secret in
+any line.
 
-``configure_logging`` gives the root logger one handler; uvicorn runs with ``log_config=None``, so
-its loggers propagate to it. The handler's ``RedactSecrets`` filter sees every record, whatever
-logger it came from and at every level (uvicorn's DEBUG lines print request headers).
+``configure_logging`` gives the root logger one handler, writing text lines or JSON objects
+(``LOG_FORMAT``); uvicorn's loggers lose any handler of their own and propagate to it, whether
+uvicorn was started by ``python -m server`` (``log_config=None``) or as ``uvicorn server.main:app``.
+The handler's ``RedactSecrets`` filter sees every record, whatever logger it came from and at
+every level (uvicorn's DEBUG lines print request headers).
 
 ``QuietRefusals`` keeps uvicorn's own lines about an upgrade the service refused out of the log:
 the service logs each refusal once, with its reason (``handshake.refuse``).
@@ -10,16 +13,33 @@ the service logs each refusal once, with its reason (``handshake.refuse``).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from urllib.parse import unquote
 
 REDACTED = "[redacted]"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# Libraries that log every operation at DEBUG; they stay at INFO so that DEBUG shows the service.
-CHATTY = ("aiosqlite", "asyncio", "httpcore", "httpx", "multipart", "hpack")
+# Libraries that log every operation (or every frame) at DEBUG, and the least level they log at,
+# so that DEBUG shows the service. SQLAlchemy logs every statement at INFO: WARNING.
+CHATTY = {
+    "aiosqlite": logging.INFO,
+    "asyncio": logging.INFO,
+    "asyncpg": logging.INFO,
+    "httpcore": logging.INFO,
+    "httpx": logging.INFO,
+    "multipart": logging.INFO,
+    "python_multipart": logging.INFO,
+    "hpack": logging.INFO,
+    "websockets": logging.INFO,
+    "redis": logging.INFO,
+    "sqlalchemy": logging.WARNING,
+}
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Header values: "authorization: Bearer <token>", "cookie: ...", as uvicorn prints them.
@@ -111,19 +131,61 @@ class QuietRefusals(logging.Filter):
         return record.msg not in self._DROPPED
 
 
-def configure_logging(level: str, *, secrets: Iterable[str] = ()) -> None:
-    """One stderr handler on the root logger, redacting ``secrets`` and every token."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (ISO 8601, UTC, with ``Z``), ``level``, ``logger``,
+    ``message``, and ``exception`` (the traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class QuietFrames(logging.Filter):
+    """Drops the WebSocket library's DEBUG trace of every frame and state change (which uvicorn
+    routes through its own logger), keeping its trace of each handshake's headers (redacted):
+    DEBUG shows the service and the upgrades, not every message."""
+
+    _FRAME = re.compile(r"^(?:[<>] (?:TEXT|BINARY|CLOSE|PING|PONG|CONT|EOF)\b|= connection is )")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.INFO or f"{os.sep}websockets{os.sep}" not in record.pathname:
+            return True
+        return not self._FRAME.match(record.getMessage())
+
+
+def configure_logging(level: str, *, json_lines: bool = False, secrets: Iterable[str] = ()) -> None:
+    """One stderr handler on the root logger, writing text lines (or JSON objects with
+    ``json_lines``), redacting ``secrets`` and every token; uvicorn's loggers write through it."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(FORMAT))
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    for name in UVICORN_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+    if not any(isinstance(f, QuietFrames) for f in handler.filters):
+        handler.addFilter(QuietFrames())
     numeric = logging.getLevelName(level)
-    for name in CHATTY:
-        logging.getLogger(name).setLevel(max(numeric, logging.INFO))
+    for name, least in CHATTY.items():
+        logging.getLogger(name).setLevel(max(numeric, least))
 
 
 def quiet_refusals() -> None:

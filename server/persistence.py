@@ -25,6 +25,8 @@ from typing import Any
 
 from crdt_store import Store, StoreError, StoreUnavailable
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -65,6 +67,11 @@ class UpdateWriter:
         self._compact_again: set[int] = set()  # unloaded while a compaction ran: once more after it
         self._task: asyncio.Task[None] | None = None
         self._held: deque[tuple[int, Callable[[], None]]] = deque()  # synchronous mode: (seq, relay)
+        # When the first update appended after the last batch was taken arrived (perf_counter),
+        # for the group-commit delay metric; ``_stamp_next``: the next append sets it.
+        self._oldest_at = 0.0
+        self._stamp_next = True
+        self._writing_since: float | None = None  # ``_oldest_at`` of the batch being written
         self.last_error: str | None = None
 
     async def __aenter__(self) -> UpdateWriter:
@@ -88,6 +95,14 @@ class UpdateWriter:
     @property
     def pending(self) -> int:
         return self._appended - self._stored
+
+    @property
+    def lag(self) -> float:
+        """Seconds the oldest update not yet stored has waited (0 when everything is stored)."""
+        if not self.pending:
+            return 0.0
+        since = self._writing_since if self._writing_since is not None else self._oldest_at
+        return max(0.0, time.perf_counter() - since)
 
     async def health(self) -> dict[str, Any]:
         """The ``/health/database`` body: ``status`` is ``ok``, ``down`` (the database cannot be
@@ -157,6 +172,9 @@ class UpdateWriter:
     def append(self, document_id: int, update: bytes) -> int:
         """Buffer an update for storage; returns its sequence number (1, 2, ...). Updates are
         stored in that order: once ``on_stored`` reports ``n``, updates 1 to ``n`` are stored."""
+        if self._stamp_next:
+            self._stamp_next = False
+            self._oldest_at = time.perf_counter()
         self._buffer.append((document_id, update))
         self._appended += 1
         self._has_items.set()
@@ -187,10 +205,14 @@ class UpdateWriter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hurry.wait(), timeout=self.interval)
             batch = self._buffer[:]
+            if self._writing_since is None:
+                self._writing_since = self._oldest_at
+            self._stamp_next = True
             rows = [(doc, update) for doc, update in batch if update is not None]
             try:
                 await self.store.documents.append(rows)
             except Exception as exc:
+                metrics.DATABASE_ERRORS.labels("store_updates").inc()
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
                 log.error(
                     "storing %d updates failed, retrying in %.2fs: %s",
@@ -204,6 +226,10 @@ class UpdateWriter:
                 continue
             delay = 0.05
             self.last_error = None
+            if rows:
+                metrics.GROUP_COMMIT_BATCH.observe(len(rows))
+                metrics.GROUP_COMMIT_DELAY.observe(time.perf_counter() - self._writing_since)
+            self._writing_since = None
             del self._buffer[: len(batch)]
             if not self._buffer:
                 self._has_items.clear()
@@ -244,10 +270,13 @@ class UpdateWriter:
         try:
             result = await self.store.documents.compact(document_id)
         except StoreError as exc:
+            metrics.COMPACTIONS.labels("failed").inc()
             log.error("compacting document %s failed (will retry after more updates): %s", document_id, exc)
         except Exception:
+            metrics.COMPACTIONS.labels("failed").inc()
             log.exception("compacting document %s failed", document_id)
         else:
+            metrics.COMPACTIONS.labels("ok").inc()
             tail = self._tails.get(document_id)
             if tail is not None:
                 # Rows stored while compaction ran may or may not be merged; counting them again

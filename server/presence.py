@@ -29,6 +29,10 @@ class Presence:
         """Users connected to the workspace on this instance."""
         return {user for (workspace, user) in self._counts if workspace == workspace_id}
 
+    def online_here(self) -> int:
+        """How many (workspace, user) pairs have a connection on this instance."""
+        return len(self._counts)
+
     async def online(self, workspace_id: str) -> set[str]:
         """Users connected to the workspace on any instance (this one's, when the others'
         cannot be known: Redis is down)."""

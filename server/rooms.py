@@ -12,6 +12,7 @@ from pycrdt import Doc
 
 from crdt_store import Store, StoreError
 
+from . import metrics
 from .auth import Principal
 from .channel import Channel, ChannelClosed, FrameRejected
 from .close_codes import (
@@ -154,7 +155,15 @@ class RoomManager:
         """An update accepted from a client (or REST): store it, relay it to this instance's
         other clients and tell the other instances, at once or, in synchronous mode, once stored."""
         seq = self.writer.append(document_id, update)
-        self.writer.when_relayable(seq, relay)
+        fanned_out = metrics.fanout_timer()
+
+        def relay_timed() -> None:
+            relay()
+            # The room relays what a turn accepted in one callback, scheduled by ``relay`` or
+            # earlier: this one runs after it.
+            asyncio.get_running_loop().call_soon(fanned_out)
+
+        self.writer.when_relayable(seq, relay_timed)
         if self.replication is not None:
             replication = self.replication
             self.writer.when_relayable(seq, lambda: replication.local_update(document_id, update, seq))
@@ -211,17 +220,18 @@ class RoomManager:
         if user is not None and self.on_enter is not None:
             self.on_enter(key.workspace_id, user)
         writer = asyncio.create_task(conn.run_writer(), name=f"writer-{conn.id}")
-        try:
-            await self._read(room, conn, channel)
-        finally:
-            conn.close_at(None)
-            room.leave(conn)
-            if user is not None and self.on_leave is not None:
-                self.on_leave(key.workspace_id, user)
-            conn.close(CLOSE_1000_NORMAL)  # no-op when a close code was already chosen
-            await writer
-            if not room.connections:
-                self._schedule_unload(room)
+        with metrics.connection_span("sync", conn, user.user_id if user else "-", str(key)):
+            try:
+                await self._read(room, conn, channel)
+            finally:
+                conn.close_at(None)
+                room.leave(conn)
+                if user is not None and self.on_leave is not None:
+                    self.on_leave(key.workspace_id, user)
+                conn.close(CLOSE_1000_NORMAL)  # no-op when a close code was already chosen
+                await writer
+                if not room.connections:
+                    self._schedule_unload(room)
 
     async def exists(self, key: RoomKey) -> bool:
         """Whether the document exists (loaded here, or stored)."""

@@ -94,7 +94,14 @@ class WorkspaceService:
         self, principal: Principal, *, workspace_id: str, name: str, visibility: Visibility = Visibility.OPEN
     ) -> Workspace:
         """Create a workspace with ``principal`` as its owner. Raises ``ConflictError`` if the id
-        is taken."""
+        is taken, ``BadRequest`` for a private workspace asked for by a guest (a caller without a
+        token, in open mode: the next request is another guest, whom it would refuse)."""
+        if principal.guest and visibility is not Visibility.OPEN:
+            raise BadRequest(
+                "without a token every request is a new guest, so a private workspace created now "
+                "would refuse your next request; send a token (with no JWT_SECRET set, any token "
+                "names you: python -m server token --user NAME)"
+            )
         try:
             workspace = await self.store.workspaces.create(
                 workspace_id=workspace_id,

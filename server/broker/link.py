@@ -12,6 +12,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from .. import metrics
+
 log = logging.getLogger("server.broker")
 
 FAILURES = (RedisError, OSError)
@@ -80,6 +82,7 @@ class RedisLink:
 
     def failed(self, exc: BaseException) -> None:
         """Redis did not answer: this instance serves its own clients alone meanwhile."""
+        metrics.REDIS_ERRORS.inc()
         self.last_error = f"{exc.__class__.__name__}: {exc}"
         if self.up:
             self.up = False

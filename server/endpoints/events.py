@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 from pydantic import BaseModel, ValidationError
 from starlette.types import Receive, Scope, Send
 
+from .. import metrics
 from ..audience import Verdict, topic_parts
 from ..auth import Principal
 from ..channel import AsgiChannel, ChannelClosed, FrameRejected
@@ -121,7 +122,8 @@ async def _serve(scope: Scope, receive: Receive, send: Send, services: Services,
         if services.draining:  # began before the accept was sent
             conn.close(CLOSE_1012_SERVICE_RESTART)
         else:
-            await session.run(query.get("last_event_id", [None])[0])
+            with metrics.connection_span(scope["path"].rstrip("/"), conn, admitted.principal.user_id):
+                await session.run(query.get("last_event_id", [None])[0])
     finally:
         heartbeat.stop()
         session.close()
@@ -273,6 +275,7 @@ class EventSession:
         self.conn.send(frame(message_type, data, **extra))
 
     def error(self, code: str, message: str, request_id: str | None = None, **details: Any) -> None:
+        metrics.error_sent("events", code)
         self.send(
             "error",
             ErrorData(code=code, message=message, **details).model_dump(exclude_none=True),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
 
+from .. import metrics
 from ..auth import Principal, TokenError, authenticate
 from ..close_codes import reason_of, refusal
 from ..errors import (
@@ -35,6 +36,7 @@ log = logging.getLogger("server.endpoints")
 
 async def refuse(scope: Scope, send: Send, error: ServiceError) -> None:
     """Refuse before the upgrade completes. Logged once, with the reason."""
+    metrics.error_sent("websocket", error.code)
     client = scope.get("client") or ("?", 0)
     log.info(
         "refused WebSocket %s from %s:%s: %d %s: %s",

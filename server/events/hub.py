@@ -35,9 +35,11 @@ from typing import Any, Protocol
 
 from crdt_store import AgentChange, NewEvent, Store, StoreUnavailable
 
+from .. import metrics
 from ..audience import Audience, Verdict, agent_topic, topic_parts, workspace_topic
 from ..auth import Principal
 from ..broker import Broker
+from ..channel import Channel
 
 __all__ = ["EventHub", "Subscriber", "agent_id_of", "agent_topic", "event_frame", "frame", "workspace_topic"]
 
@@ -66,6 +68,9 @@ def event_frame(event_id: int, message_type: str, data_json: str) -> str:
 
 class Outbox(Protocol):
     """What a subscriber needs of its connection."""
+
+    @property
+    def channel(self) -> Channel: ...
 
     @property
     def max_queue(self) -> int: ...
@@ -230,6 +235,15 @@ class EventHub:
             users.discard(sub)
             if not users:
                 del self._by_user[sub.user.user_id]
+
+    def endpoints(self) -> dict[str, int]:
+        """Event connections of this instance, by endpoint path (``/ws``, ``/ws/agents``, ...)."""
+        counts: dict[str, int] = {}
+        for subs in self._by_user.values():
+            for sub in subs:
+                path = sub.conn.channel.path.rstrip("/")
+                counts[path] = counts.get(path, 0) + 1
+        return counts
 
     def subscribe(self, sub: Subscriber, topic: str, verdict: Verdict | None = None) -> None:
         """Follow ``topic``; ``verdict`` is a decision already made for it."""
@@ -445,4 +459,5 @@ class EventHub:
             for offer in held:
                 if offer[1] not in replayed:
                     self._offer(sub, offer)
+        metrics.REPLAY_EVENTS.observe(len(replayed))
         return len(replayed)
