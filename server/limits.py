@@ -21,6 +21,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import MemoryStorage as SyncMemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 
+from . import metrics
 from .auth import TokenError, authenticate
 from .channel import Channel, FrameRejected
 from .close_codes import CLOSE_4429_RATE_LIMITED, CloseCode
@@ -107,10 +108,20 @@ class ConnectionRate:
     how long it may stay over either before it is closed with 4429. A frame larger than the
     byte rate counts as one second's worth."""
 
-    __slots__ = ("_items", "_key", "_last_over", "_loop", "close_after", "description", "over_since")
+    __slots__ = (
+        "_items",
+        "_key",
+        "_last_over",
+        "_loop",
+        "close_after",
+        "description",
+        "over_since",
+        "transport",
+    )
 
-    def __init__(self, *, messages: int, size: int, close_after: float) -> None:
+    def __init__(self, *, messages: int, size: int, close_after: float, transport: str = "websocket") -> None:
         self._loop = asyncio.get_running_loop()
+        self.transport = transport  # for the rate_limited metric: "websocket" or "events"
         self._key = f"connection-{next(_connection_keys)}"
         self._items: list[tuple[RateLimitItem, bool]] = []  # (one second's allowance, counts bytes)
         if messages > 0:
@@ -126,8 +137,9 @@ class ConnectionRate:
     def _cost(self, item: RateLimitItem, counts_bytes: bool, size: int) -> int:
         return min(size, item.amount) if counts_bytes else 1
 
-    def _over(self, item: RateLimitItem) -> float:
+    def _over(self, item: RateLimitItem, counts_bytes: bool) -> float:
         """Note that the client is over ``item``; the seconds until its window allows again."""
+        metrics.rate_limited("connection_bytes" if counts_bytes else "connection_messages", self.transport)
         now = self._loop.time()
         self._last_over = now
         if self.over_since is None:
@@ -144,7 +156,7 @@ class ConnectionRate:
         until the first that does not would (the frame is refused)."""
         for item, counts_bytes in self._items:
             if not _CONNECTION_WINDOWS.hit(item, self._key, cost=self._cost(item, counts_bytes, size)):
-                return self._over(item)
+                return self._over(item, counts_bytes)
         self._within()
         return 0.0
 
@@ -154,7 +166,7 @@ class ConnectionRate:
         for item, counts_bytes in self._items:
             cost = self._cost(item, counts_bytes, size)
             while not _CONNECTION_WINDOWS.hit(item, self._key, cost=cost):
-                wait = self._over(item)
+                wait = self._over(item, counts_bytes)
                 if self.persisting:
                     raise FrameRejected(self.closing())
                 await asyncio.sleep(wait)
@@ -287,6 +299,7 @@ class RestRateLimit:
         if limiter is not None:
             wait = await self._check(limiter, scope)
             if wait is not None:
+                metrics.rate_limited("rest_requests", "rest")
                 error = RateLimited(
                     "too many requests; retry after the number of seconds in Retry-After", retry_in=wait
                 )
@@ -341,6 +354,7 @@ class Admission:
         if self.open >= self.total:
             raise ServerFull("too many connections; try again later")
         if self.per_ip and self._ips[ip] >= self.per_ip:
+            metrics.rate_limited("connections_per_ip", "connection")
             raise TooManyConnections(f"too many connections from this address (at most {self.per_ip})")
         self.open += 1
         self._ips[ip] += 1
@@ -350,6 +364,7 @@ class Admission:
 
     def _claim(self, user_id: str) -> None:
         if self.per_user and self._users[user_id] >= self.per_user:
+            metrics.rate_limited("connections_per_user", "connection")
             raise TooManyConnections(f"too many connections for this user (at most {self.per_user})")
         self._users[user_id] += 1
 

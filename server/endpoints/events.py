@@ -179,6 +179,7 @@ class EventSession:
                 messages=settings.rate_limit_event_messages,
                 size=settings.rate_limit_event_bytes,
                 close_after=settings.rate_limit_close_after,
+                transport="events",
             )
             if settings.rate_limit_event_messages or settings.rate_limit_event_bytes
             else None

@@ -86,6 +86,7 @@ async def _admit(scope: Scope, services: Services) -> Admitted:
     limiter = services.limiter
     wait = await limiter.hit(limiter.connect_ip, "connect-ip", ip)
     if wait is not None:
+        metrics.rate_limited("connect_ip", "websocket")
         raise RateLimited("too many connection attempts from this address; retry later", retry_in=wait)
     if services.draining:  # began during the await
         raise Draining()

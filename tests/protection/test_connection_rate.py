@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
 from server.channel import FrameRejected
 from server.limits import ConnectionRate
@@ -63,3 +64,16 @@ async def test_a_client_that_keeps_within_its_rate_for_two_seconds_is_no_longer_
     await asyncio.sleep(2.05)
     assert rate.try_take(1) == 0.0
     assert rate.over_since is None
+
+
+async def test_each_refusal_is_counted_in_the_rate_limited_metric() -> None:
+    def counted() -> float:
+        labels = {"limit": "connection_messages", "transport": "events"}
+        return REGISTRY.get_sample_value("collab_rate_limited_total", labels) or 0.0
+
+    before = counted()
+    rate = ConnectionRate(messages=1, size=0, close_after=10, transport="events")
+    rate.try_take(1)
+    rate.try_take(1)
+    rate.try_take(1)
+    assert counted() == before + 2
