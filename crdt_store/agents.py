@@ -18,6 +18,7 @@ class AgentState:
     workspace_id: str | None
     started_by: str | None
     user_id: str | None
+    start_event_id: int | None
     task: str | None
     status: str
     progress: float

@@ -29,11 +29,13 @@ class StoredEvent:
 @dataclass(frozen=True, slots=True)
 class AgentChange:
     """Columns of an agent's row that an event sets. With ``upsert`` the row is created when
-    there is none (a start sets every column); otherwise only an existing row is updated."""
+    there is none (a start sets every column); otherwise only an existing row is updated. A
+    ``start`` also records its event's id as ``start_event_id``."""
 
     agent_id: str
     values: dict[str, Any]
     upsert: bool = False
+    start: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,14 @@ class EventLog:
                     insert(events).returning(events.c.id, sort_by_parameter_order=True), rows
                 )
                 ids = [int(event_id) for event_id in result.scalars()]
-            for change in _merged(e.agent for e in batch if e.agent is not None):
+            changes = [
+                AgentChange(e.agent.agent_id, {**e.agent.values, "start_event_id": event_id}, e.agent.upsert)
+                if e.agent.start
+                else e.agent
+                for e, event_id in zip(batch, ids, strict=True)
+                if e.agent is not None
+            ]
+            for change in _merged(changes):
                 await _save_agent(conn, change)
         return ids
 
@@ -114,10 +123,11 @@ class EventLog:
             return [StoredEvent(**row._mapping) for row in (await conn.execute(query)).all()]
 
     @translate_errors
-    async def recent(self, *, topic: str, limit: int = 50) -> list[StoredEvent]:
+    async def recent(self, *, topic: str, limit: int = 50, since_id: int = 0) -> list[StoredEvent]:
+        """The ``limit`` newest events of ``topic`` with ids from ``since_id``, oldest first."""
         query = (
             select(events.c.id, events.c.topic, events.c.type, events.c.data)
-            .where(events.c.topic == topic)
+            .where(events.c.topic == topic, events.c.id >= since_id)
             .order_by(events.c.id.desc())
             .limit(limit)
         )

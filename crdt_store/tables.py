@@ -103,6 +103,7 @@ agents = Table(
     Column("workspace_id", String(255), nullable=True, index=True),
     Column("started_by", String(255), nullable=True),  # who sent agent_execution_start
     Column("user_id", String(255), nullable=True),  # who the execution runs for
+    Column("start_event_id", BigId, nullable=True),  # the event that started the execution
     Column("task", Text, nullable=True),
     Column("status", String(16), nullable=False),
     Column("progress", Float, nullable=False, server_default="0"),

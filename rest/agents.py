@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.agents import agent_public, event_json
-from server.errors import BadRequest
+from server.errors import BadRequest, ValidationFailed
 from server.events.models import AGENT_EVENT_TYPES, CLIENT_MESSAGE, AgentEvent
 from server.vocabulary import ID_PATTERN, MAX_ID_LENGTH, WORKSPACE_ID_PATTERN, AgentStatus
 
@@ -79,10 +79,9 @@ async def report_event(
     try:
         message: AgentEvent = CLIENT_MESSAGE.validate_python({"type": body.type, "data": data})  # type: ignore[assignment]
     except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise BadRequest(f"invalid {body.type}: {details}") from None
+        details = [{"loc": list(e["loc"][1:]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
+        summary = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details)
+        raise ValidationFailed(f"invalid {body.type}: {summary}", details=details) from None
     event_id = await services.agents.report(user, message)
     return AgentEventAccepted(id=event_id, agent_id=agent_id, type=body.type)
 

@@ -171,7 +171,7 @@ class EventStream(EventStreamResponse):
         return ResyncRequired(
             reason="events after last_event_id are older than retention",
             last_event_id=self.last_event_id or 0,
-            agents=await self.services.agents.states(agent_ids),
+            agents=await self.services.agents.states(self.principal, agent_ids),
         ).model_dump()
 
     @staticmethod

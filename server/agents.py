@@ -160,14 +160,22 @@ class AgentService:
         """The agent's state and its ``limit`` most recent events. Raises ``NotFoundError`` when
         it has not reported or the caller may not see it."""
         state = await self.store.agents.get(agent_id=agent_id)
-        if state is None or not (await self.audience.agent(principal, AgentOwners.of(state))).allowed:
+        verdict = None if state is None else await self.audience.agent(principal, AgentOwners.of(state))
+        if state is None or verdict is None or not verdict.allowed:
             raise NotFoundError(f"agent {agent_id!r} has not reported (or you may not see it)")
-        return state, await self.store.events.recent(topic=agent_topic(agent_id), limit=limit)
+        recent = await self.store.events.recent(
+            topic=agent_topic(agent_id), limit=limit, since_id=verdict.since
+        )
+        return state, recent
 
-    async def states(self, agent_ids: list[str]) -> list[dict[str, Any]]:
-        """The public state of each of the agents that has reported."""
-        states = [await self.store.agents.get(agent_id=agent_id) for agent_id in agent_ids]
-        return [agent_public(state) for state in states if state is not None]
+    async def states(self, principal: Principal, agent_ids: list[str]) -> list[dict[str, Any]]:
+        """The public state of each of the agents that has reported and ``principal`` may see."""
+        found = []
+        for agent_id in agent_ids:
+            state = await self.store.agents.get(agent_id=agent_id)
+            if state is not None and (await self.audience.agent(principal, AgentOwners.of(state))).allowed:
+                found.append(agent_public(state))
+        return found
 
     # -- subscribing ------------------------------------------------------------------------------
 
@@ -218,7 +226,8 @@ class AgentService:
         if owners is not None and owners.workspace_id is not None:
             payload.setdefault("workspace_id", owners.workspace_id)
         values["updated_at"] = utcnow()
-        change = AgentChange(agent_id, values, upsert=current is None or owners is not current)
+        started = isinstance(message, AgentExecutionStart)
+        change = AgentChange(agent_id, values, upsert=current is None or started, start=started)
         stored = self.hub.submit(agent_topic(agent_id), message.type, payload, agent=change)
         if owners is not current:
             self.audience.remember(agent_id, owners)  # what this publisher sends next is judged by it

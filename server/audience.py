@@ -9,8 +9,9 @@ An agent is visible to:
 
 The events of a workspace are visible to whoever may read it (``access.resolve_access``).
 
-An agent's owners change only when an execution starts; a later start by someone else replaces
-them (nothing is inherited from an earlier execution of the same id). Decisions are cached by
+An agent's owners change only when an execution starts; a later start replaces them, and its
+owners see the events from that start on: nothing passes between executions of the same id, in
+either direction (privileged callers see every execution). Decisions are cached by
 their users (each event connection keeps its own) and forgotten when what they depended on
 changes: the agent restarts, or its workspace's membership or visibility changes.
 """
@@ -39,19 +40,27 @@ class AgentOwners:
     user_id: str | None
     workspace_id: str | None
     started_at: datetime | None = None
+    start_event_id: int | None = None  # events before it belong to earlier executions
 
     @classmethod
     def of(cls, state: AgentState) -> AgentOwners:
-        return cls(state.started_by, state.user_id, state.workspace_id, state.started_at)
+        return cls(
+            state.started_by, state.user_id, state.workspace_id, state.started_at, state.start_event_id
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """Whether a principal may see a topic's events, and the workspace that answer depends on
-    (forgotten when that workspace's access changes)."""
+    """Whether a principal may see a topic's events (those with ids from ``since``: an agent's
+    owners see its current execution, not earlier ones), and the workspace that answer depends
+    on (forgotten when that workspace's access changes)."""
 
     allowed: bool
     workspace_id: str | None = None
+    since: int = 0
+
+    def admits(self, event_id: int) -> bool:
+        return self.allowed and event_id >= self.since
 
 
 ALLOWED = Verdict(True)
@@ -113,6 +122,10 @@ class Audience:
         """The agent restarted somewhere: read its owners again when next needed."""
         self._owners.pop(agent_id, None)
 
+    def forget_all(self) -> None:
+        """Read every agent's owners again (what other instances did may have been missed)."""
+        self._owners.clear()
+
     # -- decisions --------------------------------------------------------------------------------
 
     async def may_read_workspace(self, principal: Principal, workspace_id: str) -> bool:
@@ -127,12 +140,13 @@ class Audience:
         nothing, so watching it is allowed (its events are judged when they come)."""
         if owners is None or self.is_privileged(principal):
             return ALLOWED
+        since = owners.start_event_id or 0
         if principal.user_id in (owners.started_by, owners.user_id):
-            return ALLOWED
+            return Verdict(True, since=since)
         if owners.workspace_id is None:
             return REFUSED
         allowed = await self.may_read_workspace(principal, owners.workspace_id)
-        return Verdict(allowed, owners.workspace_id)
+        return Verdict(allowed, owners.workspace_id, since)
 
     async def agent_events(self, principal: Principal, agent_id: str) -> Verdict:
         """May ``principal`` receive the events of ``agent_id``? Unlike ``agent``, nothing is

@@ -174,6 +174,8 @@ class Inbound:
         self.presence.announce(workspace_id, user_id, name, present)
 
     def reconnected(self) -> None:
+        # Cluster commands and agent starts of other instances may have been missed meanwhile.
+        self.hub.forget_decisions()
         self.replication.check_all()
 
     async def orphaned_updates(self, rows: list[tuple[int, bytes]]) -> None:

@@ -93,7 +93,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         audience = Audience(store, settings)
         hub = EventHub(
-            store, broker, audience, retention=settings.event_retention, listeners=[agent_presence.event]
+            store,
+            broker,
+            audience,
+            retention=settings.event_retention,
+            max_batch=settings.message_queue_size // 4,  # a batch fills at most a quarter of a queue
+            listeners=[agent_presence.event],
         )
         workspace_events = WorkspaceEvents(hub)
         presence = Presence(hub, broker)

@@ -415,7 +415,7 @@ class EventSession:
             return ResyncRequired(
                 reason="events after last_event_id are older than retention",
                 last_event_id=last_event_id,
-                agents=await self.services.agents.states(agent_ids),
+                agents=await self.services.agents.states(self.user, agent_ids),
             ).model_dump()
 
         return await self.services.events.resume(self.sub, last_event_id, on_gap=current_agents)

@@ -169,6 +169,8 @@ class EventHub:
         retention: events kept in the log; older ones cannot be resumed from.
         trim_every: events stored between trims of the log (default: a tenth of ``retention``,
             at least 100).
+        max_batch: events stored (then delivered) at once; kept well under a connection's send
+            queue, so that a reader that keeps up is never cut off by one batch arriving at once.
         listeners: told ``(topic, type, event frame)`` of every event delivered here.
     """
 
@@ -180,6 +182,7 @@ class EventHub:
         *,
         retention: int = 100_000,
         trim_every: int | None = None,
+        max_batch: int = MAX_BATCH,
         listeners: Sequence[Callable[[str, str, str], None]] = (),
     ) -> None:
         self.store = store
@@ -187,6 +190,7 @@ class EventHub:
         self.audience = audience
         self.retention = retention
         self.trim_every = trim_every or max(100, retention // 10)
+        self.max_batch = max(1, min(max_batch, MAX_BATCH))
         self.listeners = tuple(listeners)
         self._topics: dict[str, set[Subscriber]] = {}
         self._by_user: dict[str, set[Subscriber]] = {}
@@ -282,6 +286,15 @@ class EventHub:
                 sub.verdicts.pop(topic, None)
                 self._offer(sub, (topic, 0, None))
 
+    def forget_decisions(self) -> None:
+        """Every decision is made again (workspaces' subscribers at once): after a Redis outage,
+        other instances' access changes and agent starts may not have reached this one."""
+        self.audience.forget_all()
+        for sub in list(self._subscribers):
+            sub.verdicts.clear()
+            for topic in [t for t in sub.topics if topic_parts(t)[0] == "workspace"]:
+                self._offer(sub, (topic, 0, None))
+
     # -- publishing -------------------------------------------------------------------------------
 
     async def publish(
@@ -323,7 +336,7 @@ class EventHub:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
                 await self._commit(batch)
             self._idle.set()
 
@@ -383,7 +396,7 @@ class EventHub:
             topic, event_id, text = offer
             verdict = sub.verdicts.get(topic)
             if verdict is not None:
-                if verdict.allowed and text is not None:
+                if text is not None and verdict.admits(event_id):
                     sub.send_event(event_id, text)
                 return
         sub.waiting.append(offer)
@@ -396,7 +409,7 @@ class EventHub:
             topic, event_id, text = sub.waiting[0]
             verdict = await self.verdict(sub, topic)
             sub.waiting.popleft()
-            if verdict.allowed and text is not None and topic in sub.topics:
+            if text is not None and verdict.admits(event_id) and topic in sub.topics:
                 sub.send_event(event_id, text)
 
     async def verdict(self, sub: Subscriber, topic: str) -> Verdict:
@@ -437,6 +450,7 @@ class EventHub:
             sub.conn.send(frame("resync_required", await on_gap()))
             return 0
         page = max(1, min(MAX_PAGE, sub.conn.max_queue // 2))
+        already = set(sub._recent)  # sent live on this connection before the replay
         replayed: set[int] = set()
         cursor = after_id
         sub._held = []
@@ -445,7 +459,9 @@ class EventHub:
                 events = await self.store.events.after(after_id=cursor, topics=sub.topics, limit=page)
                 for event in events:
                     cursor = event.id
-                    if (await self.verdict(sub, event.topic)).allowed and event.topic in sub.topics:
+                    if event.id in already:
+                        continue
+                    if (await self.verdict(sub, event.topic)).admits(event.id) and event.topic in sub.topics:
                         text = event_frame(event.id, event.type, event.data)
                         if sub.send_event(event.id, text):
                             replayed.add(event.id)

@@ -5,11 +5,12 @@ squatting and revocation cases, over WebSocket and REST."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
 
 from server.config import Settings
-from tests.support.auth import client, token
+from tests.support.auth import SECRET, client, token
 from tests.support.events import EventClient, event_client
 from tests.support.server import RunningServer, run_server
 
@@ -254,3 +255,72 @@ async def test_an_admin_sees_every_agent(auth_server: RunningServer) -> None:
         await ack(alice, START, {"agent_id": agent_id})
         async with client(auth_server.http_url, "root", role="admin") as admin:
             assert (await admin.get(f"/agents/{agent_id}")).status_code == 200
+
+
+async def test_resync_required_lists_only_agents_you_may_see(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(jwt_secret=SECRET, event_retention=10, rate_limit_event_messages=0)
+    async with run_server(settings) as server:
+        hidden, own = new_id("hidden"), new_id("own")
+        async with (
+            event_client(ws(server, "mallory")) as mallory,
+            event_client(ws(server, "svc", "/ws/agents", role="service")) as service,
+        ):
+            first = (await ack(mallory, START, {"agent_id": own}))["event_id"]
+            await ack(mallory, "subscribe_agent", {"agent_id": own})
+            await ack(mallory, "subscribe_agent", {"agent_id": hidden})  # before it exists
+            await ack(service, START, {"agent_id": hidden, "task": "secret task"})
+            for n in range(120):  # the log is trimmed past `first`
+                await ack(service, UPDATE, {"agent_id": hidden, "progress": n % 100})
+            await ack(mallory, "resume", {"last_event_id": first - 1})
+            resync = await mallory.wait_for(lambda m: m["type"] == "resync_required")
+        assert [a["agent_id"] for a in resync["data"]["agents"]] == [own]
+        assert "secret" not in str(mallory.messages)
+
+
+async def test_a_new_executions_owners_do_not_get_the_earlier_executions_events(
+    auth_server: RunningServer,
+) -> None:
+    agent_id = new_id("reused")
+    ursula, vic = new_id("ursula"), new_id("vic")
+    async with event_client(ws(auth_server, ursula, "/ws/agents")) as first_owner:
+        await ack(first_owner, START, {"agent_id": agent_id, "task": "ursula's private task"})
+        await ack(first_owner, COMPLETE, {"agent_id": agent_id, "result": "ursula's private result"})
+    async with event_client(ws(auth_server, "svc", "/ws/agents", role="service")) as service:
+        started = await ack(service, START, {"agent_id": agent_id, "user_id": vic, "task": "vic's"})
+        async with client(auth_server.http_url, vic) as vic_http:
+            detail = (await vic_http.get(f"/agents/{agent_id}")).json()
+        assert [e["id"] for e in detail["events"]] == [started["event_id"]]
+        async with event_client(ws(auth_server, vic)) as vic_events:
+            await ack(vic_events, "subscribe_agent", {"agent_id": agent_id})
+            replay = await ack(vic_events, "resume", {"last_event_id": 0})
+            await vic_events.wait_for(lambda m: m.get("id") == started["event_id"])
+            assert replay["replayed"] == 1
+            assert "ursula" not in str(vic_events.messages)
+        async with client(auth_server.http_url, ursula) as ursula_http:
+            assert (await ursula_http.get(f"/agents/{agent_id}")).status_code == 404
+
+
+async def test_a_reader_that_keeps_up_gets_a_burst_larger_than_its_send_queue(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with run_server(make_settings(rate_limit_event_messages=0, rate_limit_event_bytes=0)) as server:
+        agent_id = new_id("burst")
+        queue = server.services.settings.message_queue_size
+        async with (
+            event_client(f"{server.ws_url}/ws/agents") as publisher,
+            event_client(f"{server.ws_url}/ws/agents") as reader,
+        ):
+            await ack(reader, "subscribe_agent", {"agent_id": agent_id})
+            await ack(publisher, START, {"agent_id": agent_id})
+            count = 2 * queue
+            for n in range(count):  # pipelined: no waiting for acks
+                await publisher.ws.send(
+                    json.dumps({"type": UPDATE, "data": {"agent_id": agent_id, "progress": n % 100}})
+                )
+            await reader.wait_for(lambda _: len(reader.events(UPDATE)) == count, timeout=60)
+            await publisher.wait_for(
+                lambda _: sum(m["type"] == "ack" for m in publisher.messages) == count + 1
+            )
+            ids = [m["id"] for m in reader.events()]
+            assert ids == sorted(ids) and len(set(ids)) == count + 1
+            assert reader.ws.close_code is None and publisher.ws.close_code is None

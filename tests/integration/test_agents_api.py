@@ -57,16 +57,34 @@ async def test_reports_are_validated_and_authorised(auth_server: RunningServer, 
     agent = f"agent-{uuid.uuid4().hex[:8]}"
     async with client(auth_server.http_url, "alice") as alice, client(auth_server.http_url, "bob") as bob:
         await alice.post("/workspaces", json={"id": workspace, "name": "p", "visibility": "private"})
-        bad = [
-            {"type": "agent_execution_explode", "data": {}},
-            {"type": "agent_execution_update", "data": {"progress": -1}},
-            {"type": "agent_execution_start", "data": {"agent_id": "someone-else"}},
-            {"type": "agent_execution_start", "data": {"unknown_field": 1}},
+        bad = [  # (body, status, code, the field named in details)
+            ({"type": "agent_execution_explode", "data": {}}, 400, "bad_request", None),
+            (
+                {"type": "agent_execution_start", "data": {"agent_id": "someone-else"}},
+                400,
+                "bad_request",
+                None,
+            ),
+            (
+                {"type": "agent_execution_update", "data": {"progress": -1}},
+                422,
+                "validation_failed",
+                "progress",
+            ),
+            (
+                {"type": "agent_execution_start", "data": {"unknown_field": 1}},
+                422,
+                "validation_failed",
+                "unknown_field",
+            ),
         ]
-        for body in bad:
+        for body, status, code, field in bad:
             response = await alice.post(f"/agents/{agent}/events", json=body)
-            assert response.status_code == 400, response.text
-            assert response.json()["error"]["code"] == "bad_request"
+            assert response.status_code == status, response.text
+            error = response.json()["error"]
+            assert error["code"] == code
+            if field is not None:
+                assert [d["loc"] for d in error["details"]] == [["data", field]]
         # bob may not attach an agent to a private workspace he is not in
         refused = await bob.post(
             f"/agents/{agent}/events",

@@ -95,6 +95,7 @@ class OpenAudience:
         self.gates: dict[str, asyncio.Event] = {}
         self.asked: list[str] = []
         self.forgotten: list[str] = []
+        self.forgot_all = False
 
     async def topic(self, _principal: Principal, topic: str) -> Verdict:
         self.asked.append(topic)
@@ -106,6 +107,9 @@ class OpenAudience:
 
     def forget(self, agent_id: str) -> None:
         self.forgotten.append(agent_id)
+
+    def forget_all(self) -> None:
+        self.forgot_all = True
 
 
 def make_hub(store: Any, broker: Broker, audience: OpenAudience | None = None, **options: Any) -> EventHub:
@@ -497,3 +501,36 @@ async def test_live_events_beyond_a_page_during_a_resume_are_read_from_the_log(
         assert conn.ids() == [*missed, *live]
         after = await hub.publish(topic, "x", {})
         assert conn.ids() == [*missed, *live, after]
+
+
+async def test_events_sent_live_before_a_resume_are_not_sent_again_however_long_the_replay(
+    hub: EventHub,
+) -> None:
+    topic = agent_topic(unique("agent"))
+    seen = await hub.publish(topic, "x", {})
+    missed = [await hub.publish(topic, "x", {"n": n}) for n in range(400)]  # more than RECENT_IDS
+    sub = subscriber(topic, hub=hub)
+    live = await hub.publish(topic, "x", {"n": "live"})  # arrives before the client asks to resume
+    assert sent(sub).ids() == [live]
+    assert await hub.resume(sub, seen, on_gap=no_gap) == len(missed)
+    assert sent(sub).ids() == [live, *missed]
+
+
+async def test_after_a_redis_outage_every_decision_is_made_again(
+    store: Store, broker: RecordingBroker
+) -> None:
+    audience = OpenAudience()
+    workspace_id = unique("ws")
+    topic, agent = workspace_topic(workspace_id), agent_topic(unique("agent"))
+    lost: list[str] = []
+    hub = make_hub(store, broker, audience)
+    sub = Subscriber(FakeConnection(), Principal("bob", "Bob"), BOTH_KINDS, on_topic_lost=lost.append)  # type: ignore[arg-type]
+    hub.add(sub)
+    hub.subscribe(sub, topic, Verdict(True, workspace_id))
+    hub.subscribe(sub, agent, Verdict(True))
+    audience.refused.add(topic)  # bob was removed while this instance could not hear of it
+    hub.forget_decisions()
+    assert audience.forgot_all
+    assert agent not in sub.verdicts
+    await wait_until(lambda: lost == [topic])
+    assert sub.topics == {agent}

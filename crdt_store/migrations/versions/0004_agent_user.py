@@ -1,4 +1,5 @@
-"""Agents: the user an execution runs for (``user_id`` of ``agent_execution_start``).
+"""Agents: the user an execution runs for (``user_id`` of ``agent_execution_start``), and the
+id of the event that started it (events before it belong to earlier executions).
 
 Revision ID: 0004
 Revises: 0003
@@ -16,10 +17,15 @@ branch_labels = None
 depends_on = None
 
 
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
 def upgrade() -> None:
     op.add_column("agents", sa.Column("user_id", sa.String(255), nullable=True))
+    op.add_column("agents", sa.Column("start_event_id", BigId, nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("agents") as batch:
+        batch.drop_column("start_event_id")
         batch.drop_column("user_id")
