@@ -20,10 +20,11 @@ class Connection:
     """Queues frames for one client and writes them in order from one task.
 
     ``send`` never blocks and never creates a task: it appends to the queue and wakes the writer.
-    A client whose queue reaches ``max_queue`` frames, or would pass ``max_queue_bytes`` bytes, is
-    closed with 1013: it can reconnect and resync, which costs less than buffering without bound.
-    (Bytes count until written. A frame larger than ``max_queue_bytes`` is still queued when
-    nothing else waits: a large document's state must reach a client that reads.)
+    A client whose queue holds ``max_queue`` frames, or ``max_queue_bytes`` bytes, when another
+    frame comes is closed with 1013: it can reconnect and resync, which costs less than buffering
+    without bound. (Bytes count until written; the queue never holds more than ``max_queue_bytes``
+    plus one frame, so a frame of any size, such as a large document's state, reaches a client
+    that reads.)
     """
 
     __slots__ = (
@@ -100,9 +101,7 @@ class Connection:
         if self.close_code is not None:
             return
         size = len(data)
-        if len(self._queue) >= self._max_queue or (
-            self._queued_bytes > 0 and self._queued_bytes + size > self._max_queue_bytes
-        ):
+        if len(self._queue) >= self._max_queue or self._queued_bytes >= self._max_queue_bytes:
             log.warning(
                 "connection %s: send queue full (%d frames, %d bytes), closing",
                 self.id,
