@@ -1,0 +1,654 @@
+"""Peers benchmark: this server beside the Node servers and a bare Python relay, in one run, on one
+raw-protocol load generator.
+
+    python -m benchmarks.peers                 # full run
+    python -m benchmarks.peers --quick         # one repeat, short steps, 1,000 joins
+
+Servers, each a separate process pinned to one core (``--server-cpu``, taskset), the load on the
+other (``--load-cpus``):
+- ``@y/websocket-server`` and ``@hocuspocus/server`` from npm (``benchmarks/peers/package-lock.json``),
+  unmodified, default settings, in memory;
+- a bare Python WebSocket relay (``benchmarks/relay_server.py``): the ceiling for a Python server;
+- ours: ``python -m server`` with tokens, every update stored (group commit) on SQLite, or on
+  PostgreSQL with ``--database postgresql``.
+
+The load generator (``benchmarks/peers/loadgen.mjs``, one or more Node processes: ``--procs``) speaks
+the raw y-websocket protocol (Hocuspocus' framing for Hocuspocus: the document name before each
+message, an auth message first): sync step 1, then hand-encoded Yjs updates that carry their sender,
+sequence number and send time, timed on arrival before any decoding. Figures:
+- fan-out, per shape (10 rooms x 10 clients, 1 x 100, 100 x 10): the per-room rate climbs a ladder;
+  every server gets each step in turn, ``--repeats`` times; a step passes when the median p99 is under
+  100 ms and no run lost anything. Reported: the highest passing step's delivered updates/s, and
+  p50/p99 at 10 updates/s per room;
+- joins: 5,000 clients (50 rooms of 100) connect 100 at a time (connect, sync step 1, step 2) on a
+  fresh server: joins per second and sync p50/p99; then the server's RSS per idle connection;
+- restart (ours, PostgreSQL): a 10,000-update document served to a new client after a restart, and
+  to a second client (warm).
+Medians over repeats; the load generator's and the server's CPU are reported with every step.
+Results: benchmarks/results/peers.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import websockets
+from pycrdt import write_var_uint
+
+from benchmarks.cluster import create_database, drop_database
+from benchmarks.fanout import RESULTS, ROOT, Server, free_port, wait_for_port
+from server.auth import mint_token
+
+PEERS = Path(__file__).resolve().parent / "peers"
+LADDER = [10, 20, 40, 70, 100, 150, 250, 400, 600, 900, 1300, 2000, 3000]
+SHAPES = {"10x10": (10, 10), "1x100": (1, 100), "100x10": (100, 10)}
+SERVER_NAMES = ["y-websocket", "hocuspocus", "relay", "ours"]
+NODE_PEERS = ("y-websocket", "hocuspocus")
+P99_LIMIT_MS = 100.0
+USERS = 100
+BUCKETS_PER_OCTAVE = 32  # loadgen.mjs histogram: bucket = floor(log2(1 + us) * 32)
+MARKER = re.compile(rb"~\d+\.\d+\.\d+~")
+
+
+# -- servers ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Peer:
+    """A server under test and how its clients address a room."""
+
+    name: str
+    server: Server
+    framing: str  # "yws" or "hocuspocus"
+    secret: str | None = None
+    workspace: str = ""
+    tokens: list[str] = field(default_factory=list)
+
+    def client(self, room: str, user: int) -> dict[str, str]:
+        port = self.server.port
+        if self.name.startswith("ours"):
+            token = self.tokens[user % len(self.tokens)]
+            return {"url": f"ws://127.0.0.1:{port}/ws/workspaces/{self.workspace}/{room}?token={token}"}
+        if self.framing == "hocuspocus":
+            return {"url": f"ws://127.0.0.1:{port}", "doc": f"{self.workspace}-{room}"}
+        return {"url": f"ws://127.0.0.1:{port}/{self.workspace}-{room}"}
+
+    def new_workspace(self) -> None:
+        """A fresh namespace for rooms; for ours a workspace every benchmark user is a member of."""
+        self.workspace = f"b{uuid.uuid4().hex[:8]}"
+        if not self.name.startswith("ours"):
+            return
+        base = f"http://127.0.0.1:{self.server.port}"
+        with httpx.Client(base_url=base, timeout=30) as http:
+            owner = {"Authorization": f"Bearer {self.tokens[0]}"}
+            body = {"id": self.workspace, "name": self.workspace, "visibility": "open"}
+            http.post("/workspaces", json=body, headers=owner).raise_for_status()
+            for token in self.tokens[1:]:
+                auth = {"Authorization": f"Bearer {token}"}
+                http.post(f"/workspaces/{self.workspace}/join", headers=auth).raise_for_status()
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the server and its child processes so far."""
+        total = 0.0
+        process = psutil.Process(self.server.process.pid)
+        for member in [process, *process.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = member.cpu_times()
+                total += times.user + times.system
+        return total
+
+
+def _spawn(name: str, command: list[str], cpu: str, port: int, env: dict[str, str], cwd: Path) -> Server:
+    process = subprocess.Popen(
+        ["taskset", "-c", cpu, *command],
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for_port(port, process)
+    return Server(name, process, port)
+
+
+def start_peer(name: str, cpu: str, database_url: str) -> Peer:
+    """Start one server pinned to ``cpu`` (taskset's list syntax)."""
+    port = free_port()
+    if name == "y-websocket":
+        script = str(PEERS / "node_modules" / "@y" / "websocket-server" / "src" / "server.js")
+        env = {"HOST": "127.0.0.1", "PORT": str(port)}
+        return Peer(name, _spawn(name, ["node", script], cpu, port, env, PEERS), "yws")
+    if name == "hocuspocus":
+        env = {"PORT": str(port)}
+        return Peer(name, _spawn(name, ["node", "hocuspocus.mjs"], cpu, port, env, PEERS), "hocuspocus")
+    if name == "relay":
+        command = [sys.executable, "-m", "benchmarks.relay_server", str(port)]
+        return Peer(name, _spawn(name, command, cpu, port, {}, ROOT), "yws")
+    secret = secrets.token_hex(32)
+    env = {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "DATABASE_URL": database_url,
+        "LOG_LEVEL": "WARNING",
+        "JWT_SECRET": secret,
+        "MESSAGE_QUEUE_SIZE": "100000",
+        "MAX_CONNECTIONS": "20000",
+    }
+    label = "ours (PostgreSQL)" if database_url.startswith("postgresql") else "ours (SQLite)"
+    peer = Peer(label, _spawn(label, [sys.executable, "-m", "server"], cpu, port, env, ROOT), "yws", secret)
+    peer.tokens = [mint_token(secret, user_id=f"u{n}", ttl=6 * 3600) for n in range(USERS)]
+    return peer
+
+
+# -- load generator --------------------------------------------------------------------------------
+
+
+class LoadGroup:
+    """Node worker processes (``loadgen.mjs``) holding the clients of one run between them."""
+
+    def __init__(
+        self, peer: Peer, specs: list[dict[str, Any]], rooms: int, per_room: int, procs: int, cpus: str
+    ):
+        self.procs: list[subprocess.Popen[str]] = []
+        base = random.randrange(1, 2**20) * 2**16
+        for w in range(procs):
+            process = subprocess.Popen(
+                ["taskset", "-c", cpus, "node", "loadgen.mjs"],
+                cwd=PEERS,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            self.procs.append(process)
+            config = {
+                "framing": peer.framing,
+                "clients": specs[w::procs],
+                "rooms": rooms,
+                "perRoom": per_room,
+                "clientIdBase": base + w * 8192,
+            }
+            self._write(process, config)
+        for process in self.procs:
+            self._read(process)
+
+    @staticmethod
+    def _write(process: subprocess.Popen[str], message: dict[str, Any]) -> None:
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(message) + "\n")
+        process.stdin.flush()
+
+    @staticmethod
+    def _read(process: subprocess.Popen[str]) -> dict[str, Any]:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"load generator exited with {process.wait()}")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def ask(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        for process in self.procs:
+            self._write(process, message)
+        return [self._read(process) for process in self.procs]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            self.ask({"cmd": "close"})
+        for process in self.procs:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def percentile_ms(hist: list[int], p: float) -> float | None:
+    total = sum(hist)
+    if not total:
+        return None
+    rank = min(total - 1, math.floor(p * total))
+    seen = 0
+    for bucket, count in enumerate(hist):
+        seen += count
+        if seen > rank:
+            return (2 ** ((bucket + 0.5) / BUCKETS_PER_OCTAVE) - 1) / 1000
+    return None
+
+
+def merged_hist(replies: list[dict[str, Any]]) -> list[int]:
+    return [sum(column) for column in zip(*(r["hist"] for r in replies), strict=True)]
+
+
+def fanout_specs(peer: Peer, rooms: int, per_room: int) -> list[dict[str, Any]]:
+    return [
+        {**peer.client(f"r{r}", index), "room": r, "index": index}
+        for r in range(rooms)
+        for index in range(per_room)
+    ]
+
+
+def run_step(peer: Peer, group: LoadGroup, rate: int, duration: float, drain: float) -> dict[str, Any]:
+    start_us = time.monotonic_ns() // 1000 + 300_000
+    cpu_before = peer.cpu_seconds()
+    replies = group.ask(
+        {
+            "cmd": "run",
+            "rate": rate,
+            "startUs": start_us,
+            "durationMs": int(duration * 1000),
+            "drainMs": int(drain * 1000),
+        }
+    )
+    cpu_after = peer.cpu_seconds()
+    write_seconds = max(r["write_seconds"] for r in replies)
+    hist = merged_hist(replies)
+    received = sum(r["received"] for r in replies)
+    return {
+        "sent": sum(r["sent"] for r in replies),
+        "received": received,
+        "lost": sum(r["lost"] for r in replies),
+        "deliveries_per_second": received / write_seconds,
+        "p50_ms": percentile_ms(hist, 0.5),
+        "p99_ms": percentile_ms(hist, 0.99),
+        "loadgen_cpu": max(r["cpu_write_seconds"] for r in replies) / write_seconds,
+        # Over the write window and the drain: the server's share of its core.
+        "server_cpu_seconds": cpu_after - cpu_before,
+    }
+
+
+def summarise(rate: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def median(key: str) -> float:
+        values = [r[key] for r in runs if r[key] is not None]
+        return statistics.median(values) if values else float("inf")
+
+    return {
+        "rate_per_room": rate,
+        "deliveries_per_second": median("deliveries_per_second"),
+        "p50_ms": median("p50_ms"),
+        "p99_ms": median("p99_ms"),
+        "lost": max(r["lost"] for r in runs),
+        "loadgen_cpu": max(r["loadgen_cpu"] for r in runs),
+        "server_cpu_seconds": median("server_cpu_seconds"),
+        "runs": len(runs),
+    }
+
+
+def passes(summary: dict[str, Any]) -> bool:
+    return summary["p99_ms"] < P99_LIMIT_MS and summary["lost"] == 0
+
+
+def fanout_shape(peers: list[Peer], shape: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Climb the ladder on every server, step by step, servers taking turns within a step."""
+    rooms, per_room = SHAPES[shape]
+    groups: dict[str, LoadGroup] = {}
+    steps: dict[str, list[dict[str, Any]]] = {p.name: [] for p in peers}
+    try:
+        for peer in peers:
+            peer.new_workspace()
+            group = LoadGroup(
+                peer, fanout_specs(peer, rooms, per_room), rooms, per_room, args.procs, args.load_cpus
+            )
+            groups[peer.name] = group
+            replies = group.ask({"cmd": "connect", "batch": 10})
+            failed = sum(r["failed"] for r in replies)
+            if failed:
+                raise RuntimeError(f"{peer.name}: {failed} clients could not connect: {replies[0]['errors']}")
+        alive = [p for p in peers]
+        for rate in args.ladder:
+            if not alive:
+                break
+            runs: dict[str, list[dict[str, Any]]] = {p.name: [] for p in alive}
+            for _ in range(args.repeats):
+                for peer in alive:
+                    runs[peer.name].append(run_step(peer, groups[peer.name], rate, args.duration, args.drain))
+            for peer in list(alive):
+                summary = summarise(rate, runs[peer.name])
+                steps[peer.name].append(summary)
+                print(shape, peer.name, _brief(summary), flush=True)
+                if not passes(summary):
+                    alive.remove(peer)
+    finally:
+        for group in groups.values():
+            group.close()
+    return {
+        name: {
+            "steps": s,
+            "at_10_per_room": next((x for x in s if x["rate_per_room"] == 10), None),
+            "sustained": max((x for x in s if passes(x)), key=lambda x: x["rate_per_room"], default=None),
+        }
+        for name, s in steps.items()
+    }
+
+
+def _brief(summary: dict[str, Any]) -> str:
+    return (
+        f"rate {summary['rate_per_room']}/room: {summary['deliveries_per_second']:,.0f}/s, "
+        f"p50 {summary['p50_ms']:.1f} p99 {summary['p99_ms']:.1f} ms, lost {summary['lost']}, "
+        f"loadgen {summary['loadgen_cpu']:.0%}"
+    )
+
+
+# -- joins and idle memory -------------------------------------------------------------------------
+
+
+def joins_once(name: str, args: argparse.Namespace, database_url: str) -> dict[str, Any]:
+    peer = start_peer(name, args.server_cpu, database_url)
+    try:
+        peer.new_workspace()
+        rooms, per_room = 50, 100
+        clients = args.joins
+        specs = [
+            {**peer.client(f"r{j % rooms}", j // rooms), "room": j % rooms, "index": j // rooms}
+            for j in range(clients)
+        ]
+        time.sleep(1)
+        rss_before = peer.server.rss()
+        group = LoadGroup(peer, specs, rooms, per_room, args.procs, args.load_cpus)
+        try:
+            replies = group.ask({"cmd": "connect", "batch": max(1, 100 // args.procs)})
+            time.sleep(2)  # let the server finish its handshakes before reading its memory
+            rss_after = peer.server.rss()
+        finally:
+            group.close()
+        connected = sum(r["connected"] for r in replies)
+        seconds = max(r["seconds"] for r in replies)
+        hist = merged_hist(replies)
+        return {
+            "server": peer.name,
+            "connected": connected,
+            "failed": sum(r["failed"] for r in replies),
+            "joins_per_second": connected / seconds,
+            "sync_p50_ms": percentile_ms(hist, 0.5),
+            "sync_p99_ms": percentile_ms(hist, 0.99),
+            "loadgen_cpu": max(r["cpu_seconds"] for r in replies) / seconds,
+            "rss_before_mb": rss_before / 2**20,
+            "rss_after_mb": rss_after / 2**20,
+            "kb_per_connection": (rss_after - rss_before) / max(1, connected) / 1024,
+        }
+    finally:
+        peer.server.stop()
+
+
+def joins(names: list[str], args: argparse.Namespace, database_url: str) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for _ in range(args.join_repeats):
+        for name in names:
+            result = joins_once(name, args, database_url)
+            print(
+                "joins",
+                {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()},
+                flush=True,
+            )
+            runs[name].append(result)
+    return {
+        results[0]["server"]: {
+            key: statistics.median(r[key] for r in results) for key in results[0] if key != "server"
+        }
+        | {"runs": len(results)}
+        for results in runs.values()
+    }
+
+
+# -- restart: a 10,000-update document from PostgreSQL -----------------------------------------------
+
+
+def encode_insert(client_id: int, clock: int, text: str) -> bytes:
+    """The Yjs v1 update ``loadgen.mjs`` writes: one ASCII insert into the root text ``text``,
+    after the client's own previous character."""
+    data = text.encode()
+    head = write_var_uint(1) + write_var_uint(1) + write_var_uint(client_id) + write_var_uint(clock)
+    if clock == 0:
+        head += bytes((4,)) + write_var_uint(1) + write_var_uint(4) + b"text"
+    else:
+        head += bytes((0x84,)) + write_var_uint(client_id) + write_var_uint(clock - 1)
+    return head + write_var_uint(len(data)) + data + b"\x00"
+
+
+def sync_update_frame(update: bytes) -> bytes:
+    return bytes((0, 2)) + write_var_uint(len(update)) + update
+
+
+async def _first_state(url: str) -> tuple[float, int]:
+    """Seconds from connecting to the sync step 2, and how many markers it holds."""
+    started = time.perf_counter()
+    async with websockets.connect(url, compression=None, max_size=None) as ws:
+        await ws.send(bytes((0, 0, 1, 0)))
+        while True:
+            frame = await ws.recv()
+            if isinstance(frame, bytes) and frame[:2] == b"\x00\x01":
+                return time.perf_counter() - started, len(MARKER.findall(frame))
+
+
+async def _write_document(url: str, updates: int) -> None:
+    async with websockets.connect(url, compression=None, max_size=None) as ws:
+        await ws.send(bytes((0, 0, 1, 0)))
+        clock = 0
+        client_id = random.randrange(1, 2**31)
+        for seq in range(1, updates + 1):
+            text = f"~0.{seq}.{time.monotonic_ns() // 1000}~"
+            await ws.send(sync_update_frame(encode_insert(client_id, clock, text)))
+            clock += len(text)
+            if seq % 500 == 0:
+                await asyncio.sleep(0.05)  # paced like a busy editor, not one 10,000-frame burst
+
+
+def restart(args: argparse.Namespace) -> dict[str, Any]:
+    name, database_url = asyncio.run(create_database())
+    try:
+        peer = start_peer("ours", args.server_cpu, database_url)
+        secret, tokens = peer.secret, peer.tokens
+        peer.new_workspace()
+        workspace = peer.workspace
+        url = peer.client("big", 1)["url"]
+        asyncio.run(_write_document(url, args.restart_updates))
+        peer.server.stop()  # SIGTERM: every accepted update is stored first
+        cold: list[float] = []
+        warm: list[float] = []
+        markers = 0
+        for _ in range(args.repeats):
+            # The same secret and tokens: the restarted server keeps the workspace and its members.
+            assert secret is not None
+            port = free_port()
+            env = {
+                "HOST": "127.0.0.1",
+                "PORT": str(port),
+                "DATABASE_URL": database_url,
+                "LOG_LEVEL": "WARNING",
+                "JWT_SECRET": secret,
+            }
+            server = _spawn("ours", [sys.executable, "-m", "server"], args.server_cpu, port, env, ROOT)
+            try:
+                peer = Peer("ours", server, "yws", secret, workspace, tokens)
+                url = peer.client("big", 1)["url"]
+                seconds, markers = asyncio.run(_first_state(url))
+                cold.append(seconds)
+                warm.append(asyncio.run(_first_state(peer.client("big", 2)["url"]))[0])
+            finally:
+                server.stop()
+        return {
+            "updates": args.restart_updates,
+            "markers_served": markers,
+            "cold_ms": statistics.median(cold) * 1000,
+            "warm_ms": statistics.median(warm) * 1000,
+            "cold_runs_ms": [round(s * 1000, 1) for s in cold],
+            "warm_runs_ms": [round(s * 1000, 1) for s in warm],
+        }
+    finally:
+        asyncio.run(drop_database(name))
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="1 repeat, 2 s steps, 1,000 joins")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds of writing per step")
+    parser.add_argument("--drain", type=float, default=3.0, help="seconds to wait for late deliveries")
+    parser.add_argument("--servers", default=",".join(SERVER_NAMES), help="comma-separated subset")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset")
+    parser.add_argument("--ladder", default=",".join(map(str, LADDER)), help="updates/s per room")
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--procs", type=int, default=1, help="load generator processes")
+    parser.add_argument("--server-cpu", default="0")
+    parser.add_argument("--load-cpus", default="1")
+    parser.add_argument("--joins", type=int, default=5000)
+    parser.add_argument("--join-repeats", type=int, default=3)
+    parser.add_argument("--restart-updates", type=int, default=10_000)
+    parser.add_argument("--skip", default="", help="comma-separated: fanout, joins, restart")
+    parser.add_argument("--output", default="peers", help="results/<output>.{json,md}")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.duration, args.drain, args.joins, args.join_repeats = 1, 2.0, 2.0, 1000, 1
+    args.ladder = [int(x) for x in args.ladder.split(",")]
+    names = [n for n in args.servers.split(",") if n]
+    skip = set(args.skip.split(","))
+    if shutil.which("node") is None or not (PEERS / "node_modules" / "@hocuspocus").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PEERS, check=True)
+
+    data_dir = Path(tempfile.mkdtemp(prefix="rtc-peers-"))
+    pg_name = None
+    if args.database == "postgresql":
+        pg_name, database_url = asyncio.run(create_database())
+    else:
+        database_url = f"sqlite:///{data_dir / 'bench.db'}"
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "node": _node_version()},
+        "settings": {
+            "repeats": args.repeats,
+            "duration_s": args.duration,
+            "p99_limit_ms": P99_LIMIT_MS,
+            "procs": args.procs,
+            "server_cpu": args.server_cpu,
+            "load_cpus": args.load_cpus,
+            "database": args.database,
+        },
+        "shapes": {},
+    }
+    try:
+        if "fanout" not in skip:
+            peers = [start_peer(name, args.server_cpu, database_url) for name in names]
+            try:
+                for shape in args.shapes.split(","):
+                    report["shapes"][shape] = fanout_shape(peers, shape, args)
+            finally:
+                for peer in peers:
+                    peer.server.stop()
+        if "joins" not in skip:
+            report["joins"] = joins(names, args, database_url)
+        if "restart" not in skip and any(n.startswith("ours") for n in names):
+            report["restart"] = restart(args)
+            print("restart", report["restart"], flush=True)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        if pg_name is not None:
+            asyncio.run(drop_database(pg_name))
+
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.output}.json").write_text(json.dumps(report, indent=2))
+    markdown = render(report)
+    (RESULTS / f"{args.output}.md").write_text(markdown)
+    print(markdown)
+    return 0
+
+
+def _node_version() -> str:
+    return subprocess.run(["node", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def _best_node(figures: dict[str, float]) -> float:
+    return max((v for k, v in figures.items() if k in NODE_PEERS), default=0.0)
+
+
+def render(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    m = report["machine"]
+    lines = [
+        f"Run of {report['date']} ({m['cpus']} CPUs, Python {m['python']}, Node {m['node']}; server on CPU "
+        f"{s['server_cpu']}, {s['procs']} load generator process(es) on CPU {s['load_cpus']}; {s['repeats']} "
+        f"repeats of {s['duration_s']} s per step, medians).",
+        "",
+    ]
+    if report["shapes"]:
+        lines += [
+            "| shape | server | sustained rate / room | delivered updates/s | vs best Node | p50 / p99 there "
+            "| p50 / p99 at 10/s per room | load generator CPU | server CPU s per 1,000 deliveries |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+    for shape, servers in report["shapes"].items():
+        figures = {
+            name: (data["sustained"]["deliveries_per_second"] if data["sustained"] else 0.0)
+            for name, data in servers.items()
+        }
+        best = _best_node(figures)
+        for name, data in servers.items():
+            sus, low = data["sustained"], data["at_10_per_room"]
+            ratio = f"{figures[name] / best:.2f}x" if best else "-"
+            if sus:
+                per_k = (
+                    sus["server_cpu_seconds"]
+                    / max(1.0, sus["deliveries_per_second"] * s["duration_s"])
+                    * 1000
+                )
+                there = (
+                    f"{sus['rate_per_room']} | {sus['deliveries_per_second']:,.0f} | {ratio} | "
+                    f"{sus['p50_ms']:.1f} / {sus['p99_ms']:.1f} ms"
+                )
+                cpu = f"{sus['loadgen_cpu']:.0%} | {per_k:.3f}"
+            else:
+                there, cpu = "none | - | - | -", "- | -"
+            at10 = f"{low['p50_ms']:.1f} / {low['p99_ms']:.1f} ms" if low else "-"
+            lines.append(f"| {shape} | {name} | {there} | {at10} | {cpu} |")
+    if "joins" in report:
+        joins_report = report["joins"]
+        best_rate = max(
+            (v["joins_per_second"] for k, v in joins_report.items() if k in NODE_PEERS), default=0
+        )
+        lines += [
+            "",
+            "| server | clients joined | joins/s | vs best Node | sync p50 / p99 | load generator CPU "
+            "| RSS before / after | RSS per idle connection |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, j in joins_report.items():
+            ratio = f"{j['joins_per_second'] / best_rate:.2f}x" if best_rate else "-"
+            lines.append(
+                f"| {name} | {j['connected']:.0f} | {j['joins_per_second']:,.0f} | {ratio} | "
+                f"{j['sync_p50_ms']:.1f} / {j['sync_p99_ms']:.1f} ms | {j['loadgen_cpu']:.0%} | "
+                f"{j['rss_before_mb']:.1f} / {j['rss_after_mb']:.1f} MB | {j['kb_per_connection']:.1f} KB |"
+            )
+    if "restart" in report:
+        r = report["restart"]
+        lines += [
+            "",
+            f"A {r['updates']:,}-update document after a restart (PostgreSQL): first client "
+            f"{r['cold_ms']:.1f} ms "
+            f"(runs: {r['cold_runs_ms']}), second client {r['warm_ms']:.1f} ms (runs: {r['warm_runs_ms']}); "
+            f"{r['markers_served']:,} of its updates in the state served.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
