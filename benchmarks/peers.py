@@ -129,8 +129,18 @@ def _spawn(name: str, command: list[str], cpu: str, port: int, env: dict[str, st
     return Server(name, process, port)
 
 
+def source_tree(ref: str) -> Path:
+    """The project's files at git ``ref``, exported to a temporary directory (``ours@REF``: the same
+    server at another commit, for before/after figures in one run)."""
+    target = Path(tempfile.mkdtemp(prefix=f"rtc-{ref.replace('/', '-')}-"))
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
 def start_peer(name: str, cpu: str, database_url: str) -> Peer:
-    """Start one server pinned to ``cpu`` (taskset's list syntax)."""
+    """Start one server pinned to ``cpu`` (taskset's list syntax): ``y-websocket``, ``hocuspocus``,
+    ``relay``, ``ours`` or ``ours@REF`` (this server at git ``REF``)."""
     port = free_port()
     if name == "y-websocket":
         script = str(PEERS / "node_modules" / "@y" / "websocket-server" / "src" / "server.js")
@@ -153,7 +163,13 @@ def start_peer(name: str, cpu: str, database_url: str) -> Peer:
         "MAX_CONNECTIONS": "20000",
     }
     label = "ours (PostgreSQL)" if database_url.startswith("postgresql") else "ours (SQLite)"
-    peer = Peer(label, _spawn(label, [sys.executable, "-m", "server"], cpu, port, env, ROOT), "yws", secret)
+    cwd = ROOT
+    if "@" in name:
+        ref = name.split("@", 1)[1]
+        label = f"{label[:-1]}, {ref})"
+        cwd = source_tree(ref)
+        env["DATABASE_URL"] = database_url.replace("bench.db", f"bench-{ref.replace('/', '-')}.db")
+    peer = Peer(label, _spawn(label, [sys.executable, "-m", "server"], cpu, port, env, cwd), "yws", secret)
     peer.tokens = [mint_token(secret, user_id=f"u{n}", ttl=6 * 3600) for n in range(USERS)]
     return peer
 
@@ -494,6 +510,57 @@ def restart(args: argparse.Namespace) -> dict[str, Any]:
         asyncio.run(drop_database(name))
 
 
+# -- profile -------------------------------------------------------------------------------------
+
+
+def profile(spec: str, args: argparse.Namespace, database_url: str) -> None:
+    """Hold one shape at one rate on ours while py-spy samples the server (``--profile 10x10:400``):
+    collapsed stacks, idle time included, to results/profile-<shape>-<rate>.txt."""
+    shape, rate = spec.split(":")
+    rooms, per_room = SHAPES[shape]
+    peer = start_peer("ours", args.server_cpu, database_url)
+    out = RESULTS / f"profile-{shape}-{rate}.txt"
+    RESULTS.mkdir(exist_ok=True)
+    try:
+        peer.new_workspace()
+        group = LoadGroup(
+            peer, fanout_specs(peer, rooms, per_room), rooms, per_room, args.procs, args.load_cpus
+        )
+        try:
+            group.ask({"cmd": "connect", "batch": 10})
+            run_step(peer, group, int(rate), 2.0, args.drain)  # warm up
+            spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    "record",
+                    "--pid",
+                    str(peer.server.process.pid),
+                    "--rate",
+                    "250",
+                    "--idle",
+                    "--threads",
+                    "--format",
+                    "raw",
+                    "--duration",
+                    str(int(args.duration)),
+                    "--output",
+                    str(out),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            print(
+                "profile",
+                _brief(summarise(int(rate), [run_step(peer, group, int(rate), args.duration, args.drain)])),
+            )
+            spy.wait(60)
+        finally:
+            group.close()
+    finally:
+        peer.server.stop()
+    print(f"collapsed stacks: {out}")
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -517,6 +584,9 @@ def main() -> int:
     parser.add_argument("--restart-updates", type=int, default=10_000)
     parser.add_argument("--skip", default="", help="comma-separated: fanout, joins, restart")
     parser.add_argument("--output", default="peers", help="results/<output>.{json,md}")
+    parser.add_argument(
+        "--profile", help="SHAPE:RATE: hold it on ours for --duration s under py-spy, nothing else"
+    )
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.duration, args.drain, args.joins, args.join_repeats = 1, 2.0, 2.0, 1000, 1
@@ -532,6 +602,14 @@ def main() -> int:
         pg_name, database_url = asyncio.run(create_database())
     else:
         database_url = f"sqlite:///{data_dir / 'bench.db'}"
+    if args.profile:
+        try:
+            profile(args.profile, args, database_url)
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+            if pg_name is not None:
+                asyncio.run(drop_database(pg_name))
+        return 0
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "node": _node_version()},

@@ -13,6 +13,7 @@ from .app import create_app
 from .auth import GlobalRole, mint_token
 from .config import ConfigError, Settings, load_settings
 from .logs import configure_logging, quiet_refusals
+from .websocket import CollabWebSocketProtocol
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -21,7 +22,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
-        "ws": "websockets-sansio",
+        "ws": CollabWebSocketProtocol,  # uvicorn's "websockets-sansio", with a direct frame path
         # The frame limit sits above MAX_MESSAGE_SIZE so that the service, not the protocol
         # layer, decides, and answers with close code 1009 and a reason.
         "ws_max_size": settings.max_message_size + 1024,

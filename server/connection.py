@@ -19,9 +19,11 @@ _ids = itertools.count(1)
 class Connection:
     """Queues frames for one client and writes them in order from one task.
 
-    ``send`` never blocks and never creates a task: it appends to the queue and wakes the writer.
-    A client whose queue reaches ``max_queue`` frames is closed with 1013: it can reconnect and
-    resync, which costs less than buffering without bound.
+    ``send`` never blocks and never creates a task: when nothing is queued or being written and the
+    channel can write at once (``send_now``, offered by ``AsgiChannel``), the frame goes straight to
+    the transport; otherwise it is queued and the writer woken. A client whose queue reaches
+    ``max_queue`` frames is closed with 1013: it can reconnect and resync, which costs less than
+    buffering without bound.
     """
 
     __slots__ = (
@@ -29,7 +31,9 @@ class Connection:
         "_max_queue",
         "_overflowed",
         "_queue",
+        "_send_now",
         "_wakeup",
+        "_writing",
         "awareness_ids",
         "can_write",
         "channel",
@@ -54,6 +58,8 @@ class Connection:
         self._overflowed = False
         self._max_queue = max_queue
         self._wakeup: asyncio.Future[None] | None = None
+        self._writing = False  # the writer holds a batch it has not finished sending
+        self._send_now = getattr(channel, "send_now", None)
 
     @property
     def is_closing(self) -> bool:
@@ -61,6 +67,9 @@ class Connection:
 
     def send(self, data: bytes | str) -> None:
         if self.close_code is not None:
+            return
+        if not self._queue and not self._writing and self._send_now is not None and self._send_now(data):
+            self.last_sent = self._loop.time()
             return
         if len(self._queue) >= self._max_queue:
             log.warning("connection %s: send queue full (%d frames), closing", self.id, self._max_queue)
@@ -100,10 +109,12 @@ class Connection:
                 while self._queue:
                     # Take everything queued at once: one swap instead of a pop per frame.
                     batch, self._queue = self._queue, []
+                    self._writing = True
                     for data in batch:
                         if self._overflowed:
                             break  # cut off: close now rather than after the backlog
                         await channel.send(data)
+                    self._writing = False
                     self.last_sent = self._loop.time()
                 if self.close_code is not None:
                     await channel.close(self.close_code)

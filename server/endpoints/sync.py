@@ -10,7 +10,7 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import Receive, Scope, Send
 
-from ..channel import AsgiChannel
+from ..channel import AsgiChannel, frame_writer
 from ..errors import BadRequest, NotFoundError, ServiceError, store_errors_as_service_errors
 from ..room import RoomKey
 from ..services import Services
@@ -66,7 +66,11 @@ async def sync_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     services.connections += 1
     try:
         channel = AsgiChannel(
-            receive, send, path=scope["path"], max_message_size=services.settings.max_message_size
+            receive,
+            send,
+            path=scope["path"],
+            max_message_size=services.settings.max_message_size,
+            frames=frame_writer(scope),
         )
         await services.rooms.serve(key, channel, user=principal, can_write=access.role.can_write)
     finally:
