@@ -364,16 +364,21 @@ def _brief(summary: dict[str, Any]) -> str:
 # -- joins and idle memory -------------------------------------------------------------------------
 
 
+def join_specs(peer: Peer, clients: int, rooms: int = 50) -> list[dict[str, Any]]:
+    """``clients`` spread over ``rooms`` rooms: client j joins room j mod ``rooms``, so every batch
+    of 100 reaches every room."""
+    return [
+        {**peer.client(f"r{j % rooms}", j // rooms), "room": j % rooms, "index": j // rooms}
+        for j in range(clients)
+    ]
+
+
 def joins_once(name: str, args: argparse.Namespace, database_url: str) -> dict[str, Any]:
     peer = start_peer(name, args.server_cpu, database_url)
     try:
         peer.new_workspace()
         rooms, per_room = 50, 100
-        clients = args.joins
-        specs = [
-            {**peer.client(f"r{j % rooms}", j // rooms), "room": j % rooms, "index": j // rooms}
-            for j in range(clients)
-        ]
+        specs = join_specs(peer, args.joins)
         time.sleep(1)
         rss_before = peer.server.rss()
         group = LoadGroup(peer, specs, rooms, per_room, args.procs, args.load_cpus)
@@ -513,49 +518,49 @@ def restart(args: argparse.Namespace) -> dict[str, Any]:
 # -- profile -------------------------------------------------------------------------------------
 
 
+def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    command = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--rate", "250"]
+    command += ["--idle", "--threads", "--format", "raw", "--duration", str(max(1, round(seconds)))]
+    return subprocess.Popen(
+        [*command, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
 def profile(spec: str, args: argparse.Namespace, database_url: str) -> None:
-    """Hold one shape at one rate on ours while py-spy samples the server (``--profile 10x10:400``):
-    collapsed stacks, idle time included, to results/profile-<shape>-<rate>.txt."""
-    shape, rate = spec.split(":")
-    rooms, per_room = SHAPES[shape]
-    peer = start_peer("ours", args.server_cpu, database_url)
-    out = RESULTS / f"profile-{shape}-{rate}.txt"
+    """Hold one shape at one rate on ours while py-spy samples the server (``--profile 10x10:400``),
+    or sample ``--joins`` joins (``--profile joins``): collapsed stacks, idle time included, to
+    results/profile-<spec>.txt."""
     RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"profile-{spec.replace(':', '-')}.txt"
+    peer = start_peer("ours", args.server_cpu, database_url)
     try:
         peer.new_workspace()
-        group = LoadGroup(
-            peer, fanout_specs(peer, rooms, per_room), rooms, per_room, args.procs, args.load_cpus
-        )
-        try:
-            group.ask({"cmd": "connect", "batch": 10})
-            run_step(peer, group, int(rate), 2.0, args.drain)  # warm up
-            spy = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("py-spy")),
-                    "record",
-                    "--pid",
-                    str(peer.server.process.pid),
-                    "--rate",
-                    "250",
-                    "--idle",
-                    "--threads",
-                    "--format",
-                    "raw",
-                    "--duration",
-                    str(int(args.duration)),
-                    "--output",
-                    str(out),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            print(
-                "profile",
-                _brief(summarise(int(rate), [run_step(peer, group, int(rate), args.duration, args.drain)])),
-            )
-            spy.wait(60)
-        finally:
-            group.close()
+        if spec == "joins":
+            group = LoadGroup(peer, join_specs(peer, args.joins), 50, 100, args.procs, args.load_cpus)
+            try:
+                spy = _py_spy(peer.server.process.pid, args.duration, out)
+                time.sleep(1)  # py-spy attaches
+                replies = group.ask({"cmd": "connect", "batch": max(1, 100 // args.procs)})
+                print(
+                    "profile joins", sum(r["connected"] for r in replies), max(r["seconds"] for r in replies)
+                )
+                spy.wait(120)
+            finally:
+                group.close()
+        else:
+            shape, rate = spec.split(":")
+            rooms, per_room = SHAPES[shape]
+            specs = fanout_specs(peer, rooms, per_room)
+            group = LoadGroup(peer, specs, rooms, per_room, args.procs, args.load_cpus)
+            try:
+                group.ask({"cmd": "connect", "batch": 10})
+                run_step(peer, group, int(rate), 2.0, args.drain)  # warm up
+                spy = _py_spy(peer.server.process.pid, args.duration, out)
+                summary = summarise(int(rate), [run_step(peer, group, int(rate), args.duration, args.drain)])
+                print("profile", _brief(summary))
+                spy.wait(60)
+            finally:
+                group.close()
     finally:
         peer.server.stop()
     print(f"collapsed stacks: {out}")

@@ -12,6 +12,7 @@ what each message is handed to.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,9 @@ class Cluster:
         self.broker = broker
         self.rooms = rooms
         self.hub = hub
+        # Called with (workspace id, user id) when a member's access changes, (workspace id, None)
+        # when the workspace is deleted: caches of access decisions forget them.
+        self.access_listeners: list[Callable[[str, str | None], None]] = []
 
     def run(self, command: Command) -> None:
         """Apply ``command`` here and on every other instance."""
@@ -119,13 +123,20 @@ class Cluster:
             return
         self.apply(command)
 
+    def _access_changed(self, workspace_id: str, user_id: str | None) -> None:
+        for listener in self.access_listeners:
+            listener(workspace_id, user_id)
+
     def apply(self, command: Command) -> None:
         match command:
             case RevokeAccess(workspace_id, user_id):
+                self._access_changed(workspace_id, user_id)
                 self.rooms.revoke_access(workspace_id, user_id)
             case SetWriteAccess(workspace_id, user_id, can_write):
+                self._access_changed(workspace_id, user_id)
                 self.rooms.set_write_access(workspace_id, user_id, can_write)
             case CloseWorkspace(workspace_id, document_ids):
+                self._access_changed(workspace_id, None)
                 self.rooms.close_workspace(workspace_id, list(document_ids))
             case CloseDocument(workspace_id, path, document_id):
                 self.rooms.close_document(workspace_id, path, document_id)

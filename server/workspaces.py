@@ -8,6 +8,7 @@ on every instance, then its ``workspace_update`` event. Deciding who may do what
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from crdt_store import Conflict, DocumentInfo, Member, Store, Workspace
@@ -51,11 +52,29 @@ class WorkspaceService:
         cluster: applies access changes to live connections on every instance.
     """
 
+    # Members' access as ``open`` found it, so that a member's next connection (reconnects, more
+    # documents, other tabs) reads nothing: forgotten when the member's access changes or the
+    # workspace is deleted (cluster commands, applied on every instance), and after
+    # ``ACCESS_CACHE_SECONDS`` in case such a command was lost.
+    ACCESS_CACHE_SECONDS = 60.0
+    ACCESS_CACHE_SIZE = 100_000
+
     def __init__(self, store: Store, settings: Settings, events: WorkspaceEvents, cluster: Cluster) -> None:
         self.store = store
         self.settings = settings
         self.events = events
         self.cluster = cluster
+        self._opened: dict[tuple[str, str], tuple[float, Access]] = {}  # (workspace, user) -> (until, access)
+        self._access_version = 0  # counts access changes: a read that overlapped one is not cached
+        cluster.access_listeners.append(self._forget_access)
+
+    def _forget_access(self, workspace_id: str, user_id: str | None) -> None:
+        self._access_version += 1
+        if user_id is not None:
+            self._opened.pop((workspace_id, user_id), None)
+        else:
+            for key in [key for key in self._opened if key[0] == workspace_id]:
+                del self._opened[key]
 
     @property
     def may_create(self) -> bool:
@@ -212,7 +231,22 @@ class WorkspaceService:
         """Access for a client opening one of the workspace's documents. Opening an unknown
         workspace creates it (the caller its owner) on a server without tokens or with
         ``AUTO_CREATE_WORKSPACES=true``, as stock Yjs servers do; a user opening an open
-        workspace becomes an editor member. Raises ``UnknownWorkspace`` or ``Forbidden``."""
+        workspace becomes an editor member. Raises ``UnknownWorkspace`` or ``Forbidden``.
+        A member's access is cached (see ``ACCESS_CACHE_SECONDS``): only its role is current, the
+        workspace's name and visibility are as they were when it was read."""
+        key = (workspace_id, principal.user_id)
+        cached = self._opened.get(key)
+        if cached is not None and cached[0] > time.monotonic() and principal.role is GlobalRole.USER:
+            return cached[1]
+        version = self._access_version
+        access = await self._open(principal, workspace_id)
+        if access.member and principal.role is GlobalRole.USER and version == self._access_version:
+            if len(self._opened) >= self.ACCESS_CACHE_SIZE:
+                self._opened.clear()
+            self._opened[key] = (time.monotonic() + self.ACCESS_CACHE_SECONDS, access)
+        return access
+
+    async def _open(self, principal: Principal, workspace_id: str) -> Access:
         try:
             access = await resolve_access(self.store, principal, workspace_id)
         except UnknownWorkspace:
