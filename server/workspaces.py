@@ -7,6 +7,7 @@ on every instance, then its ``workspace_update`` event. Deciding who may do what
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -66,6 +67,7 @@ class WorkspaceService:
         self.cluster = cluster
         self._opened: dict[tuple[str, str], tuple[float, Access]] = {}  # (workspace, user) -> (until, access)
         self._access_version = 0  # counts access changes: a read that overlapped one is not cached
+        self._opening: dict[tuple[str, str], asyncio.Future[Access]] = {}  # reads under way, per member
         cluster.access_listeners.append(self._forget_access)
 
     def _forget_access(self, workspace_id: str, user_id: str | None) -> None:
@@ -235,15 +237,28 @@ class WorkspaceService:
         A member's access is cached (see ``ACCESS_CACHE_SECONDS``): only its role is current, the
         workspace's name and visibility are as they were when it was read."""
         key = (workspace_id, principal.user_id)
+        if principal.role is not GlobalRole.USER:
+            return await self._open(principal, workspace_id)
         cached = self._opened.get(key)
-        if cached is not None and cached[0] > time.monotonic() and principal.role is GlobalRole.USER:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        # One read per member at once: a user whose tabs all reconnect together waits for one.
+        opening = self._opening.get(key)
+        if opening is None:
+            opening = asyncio.ensure_future(self._read_access(principal, workspace_id))
+            self._opening[key] = opening
+            opening.add_done_callback(lambda _: self._opening.pop(key, None))
+        # shield: one waiter leaving (its client went away) must not cancel the others' read.
+        return await asyncio.shield(opening)
+
+    async def _read_access(self, principal: Principal, workspace_id: str) -> Access:
         version = self._access_version
         access = await self._open(principal, workspace_id)
-        if access.member and principal.role is GlobalRole.USER and version == self._access_version:
+        if access.member and version == self._access_version:
             if len(self._opened) >= self.ACCESS_CACHE_SIZE:
                 self._opened.clear()
-            self._opened[key] = (time.monotonic() + self.ACCESS_CACHE_SECONDS, access)
+            until = time.monotonic() + self.ACCESS_CACHE_SECONDS
+            self._opened[(workspace_id, principal.user_id)] = (until, access)
         return access
 
     async def _open(self, principal: Principal, workspace_id: str) -> Access:
