@@ -8,7 +8,7 @@ The cast, in an ``open`` and a ``private`` workspace alike: alice (owner), bob (
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,11 +57,19 @@ class RecordingEvents:
 
 
 class RecordingCluster:
+    """Records commands; tells access listeners of access changes, as ``Cluster.apply`` does."""
+
     def __init__(self) -> None:
         self.commands: list[object] = []
+        self.access_listeners: list[Callable[[str, str | None], None]] = []
 
     def run(self, command: object) -> None:
         self.commands.append(command)
+        if isinstance(command, RevokeAccess | SetWriteAccess | CloseWorkspace):
+            for listener in self.access_listeners:
+                listener(
+                    command.workspace_id, None if isinstance(command, CloseWorkspace) else command.user_id
+                )
 
 
 @dataclass
