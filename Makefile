@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 JS := tests/interop/js
 
-.PHONY: run test lint install install-test bench bench-storage clean
+.PHONY: run test lint install install-test install-bench bench bench-storage bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,16 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 $(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json
 	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.installed $(VENV)/.installed-test
+
+benchmarks/peers/node_modules/.package-lock.json: benchmarks/peers/package-lock.json
+	cd benchmarks/peers && npm ci --no-audit --no-fund --loglevel=error
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test $(JS)/node_modules/.package-lock.json
+install-bench: install-test $(VENV)/.installed-bench benchmarks/peers/node_modules/.package-lock.json
 
 ## Run the server on embedded defaults: port 3006, SQLite under ./data, no Redis or PostgreSQL.
 run: install
@@ -44,6 +52,10 @@ bench: install-test
 
 bench-storage: install-test
 	$(BIN)/python -m benchmarks.storage $(BENCH_ARGS)
+
+## This server beside @y/websocket-server, Hocuspocus and a bare Python relay (benchmarks/README.md).
+bench-peers: install-bench
+	$(BIN)/python -m benchmarks.peers $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(JS)/node_modules
