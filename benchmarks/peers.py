@@ -544,15 +544,13 @@ PROFILE_CATEGORIES: list[tuple[str, Any]] = [
         lambda fs: _has(fs, "WebSocketsSansIOProtocol.data_received"),
     ),
     (
-        "relay: send system call (transport.write), one per receiver and turn",
-        lambda fs: (
-            _has(fs, "Room._relay_pending")
-            and fs[-1].startswith(("FrameWriter.write", "WebSocketsSansIOProtocol.send"))
-        ),
+        # The innermost Python frame is the one calling transport.write: time in the system call.
+        "send: system call (transport.write), one per receiver and turn",
+        lambda fs: fs[-1].startswith(("FrameWriter.write", "WebSocketsSansIOProtocol.send")),
     ),
     ("relay: merge a turn's updates (pycrdt merge_updates)", lambda fs: _has(fs, "merge_updates")),
     (
-        "relay: frame headers, connection queues, ASGI sends",
+        "send: frames built, connection queues, writer tasks, ASGI sends",
         lambda fs: _has(fs, "Room._relay_pending") or _has(fs, "Connection.run_writer"),
     ),
     (
@@ -603,12 +601,13 @@ def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
 
 
 def profile(spec: str, args: argparse.Namespace, database_url: str) -> None:
-    """Hold one shape at one rate on ours while py-spy samples the server (``--profile 10x10:400``),
-    or sample ``--joins`` joins (``--profile joins``): collapsed stacks, idle time included, to
-    results/profile-<spec>.txt."""
+    """Hold one shape at one rate on ours (the first ``ours...`` of ``--servers``) while py-spy
+    samples the server (``--profile 10x10:400``), or sample ``--joins`` joins (``--profile joins``):
+    collapsed stacks, idle time included, to results/profile-<server>-<spec>.txt."""
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"profile-{spec.replace(':', '-')}.txt"
-    peer = start_peer("ours", args.server_cpu, database_url)
+    server = next((name for name in args.servers.split(",") if name.startswith("ours")), "ours")
+    out = RESULTS / f"profile-{server.replace('@', '-')}-{spec.replace(':', '-')}.txt"
+    peer = start_peer(server, args.server_cpu, database_url)
     try:
         peer.new_workspace()
         if spec == "joins":

@@ -10,13 +10,15 @@
 //   {cmd: "connect", batch}                    connect and sync every client, `batch` at a time
 //   {cmd: "run", rate, startUs, durationMs, drainMs}   one load step (rate: updates/s per room)
 //   {cmd: "close"}
-// Each command is answered with one JSON line on standard output.
+// Each command is answered with one JSON line on standard output. Once connected, every client renews
+// its presence (an awareness update) every 10 s, as providers do.
 import WebSocket from 'ws'
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 import readline from 'node:readline'
 
 const nowUs = () => Number(process.hrtime.bigint() / 1000n)
+const AWARENESS_MS = 10_000
 const TILDE = 0x7e
 const DOT = 0x2e
 // Latency histogram: bucket = floor(log2(1 + us) * 32), about 2 % wide.
@@ -139,6 +141,20 @@ class Client {
     }
   }
 
+  // Presence, as a provider renews it (every 15 s by default; here every AWARENESS_MS): servers
+  // may close connections that send nothing for a while (Hocuspocus: after 30 s).
+  renewAwareness () {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return
+    this.awarenessClock = (this.awarenessClock ?? 0) + 1
+    const state = JSON.stringify({ user: { name: `c${this.spec.index}` } })
+    const update = encoding.createEncoder()
+    encoding.writeVarUint(update, 1)
+    encoding.writeVarUint(update, this.clientId)
+    encoding.writeVarUint(update, this.awarenessClock)
+    encoding.writeVarString(update, state)
+    this.ws.send(this.frame(1, (e) => encoding.writeVarUint8Array(e, encoding.toUint8Array(update))))
+  }
+
   write () {
     this.seq++
     const text = `~${this.spec.index}.${this.seq}.${nowUs()}~`
@@ -167,6 +183,10 @@ async function connectAll (batch) {
   }
   const seconds = (nowUs() - t0) / 1e6
   const cpu = process.cpuUsage(cpu0)
+  // Spread over the period, as independent clients would be.
+  for (const c of clients) {
+    setTimeout(() => setInterval(() => c.renewAwareness(), AWARENESS_MS).unref(), Math.random() * AWARENESS_MS).unref()
+  }
   return {
     connected: clients.length - failed,
     failed,
