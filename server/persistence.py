@@ -86,7 +86,11 @@ class UpdateWriter:
             # compaction, so that after a restart their first client is not kept waiting while the
             # log is applied. Bounded by ``SHUTDOWN_COMPACT_SECONDS``; what is left stays in the log.
             for document_id, tail in list(self._tails.items()):
-                if tail.count:
+                if not tail.count:
+                    continue
+                if document_id in self._compacting:
+                    self._compact_again.add(document_id)  # rows stored while it runs are not in it
+                else:
                     self._start_compaction(document_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SHUTDOWN_COMPACT_SECONDS
