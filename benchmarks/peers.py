@@ -141,7 +141,7 @@ def source_tree(ref: str) -> Path:
     return target
 
 
-def start_peer(name: str, cpu: str, database_url: str, secret: str | None = None) -> Peer:
+def start_peer(name: str, cpu: str, database_url: str, secret: str | None = None, **settings: str) -> Peer:
     """Start one server pinned to ``cpu`` (taskset's list syntax): ``y-websocket``, ``hocuspocus``,
     ``relay``, ``ours`` or ``ours@REF`` (this server at git ``REF``)."""
     port = free_port()
@@ -164,6 +164,7 @@ def start_peer(name: str, cpu: str, database_url: str, secret: str | None = None
         "JWT_SECRET": secret,
         "MESSAGE_QUEUE_SIZE": "100000",
         "MAX_CONNECTIONS": "20000",
+        **settings,
     }
     label = "ours (PostgreSQL)" if database_url.startswith("postgresql") else "ours (SQLite)"
     cwd = ROOT
@@ -501,7 +502,10 @@ def restart(args: argparse.Namespace, server: str) -> dict[str, Any]:
     client each time their sync step 2."""
     name, database_url = asyncio.run(create_database())
     try:
-        peer = start_peer(server, args.server_cpu, database_url)
+        settings = (
+            {"COMPACT_AFTER_UPDATES": str(args.restart_compact_after)} if args.restart_compact_after else {}
+        )
+        peer = start_peer(server, args.server_cpu, database_url, **settings)
         secret, workspace = peer.secret, ""
         peer.new_workspace()
         workspace = peer.workspace
@@ -513,7 +517,7 @@ def restart(args: argparse.Namespace, server: str) -> dict[str, Any]:
         markers = 0
         for _ in range(args.repeats):
             # The same secret: the restarted server keeps the workspace and its members.
-            again = start_peer(server, args.server_cpu, database_url, secret=secret)
+            again = start_peer(server, args.server_cpu, database_url, secret=secret, **settings)
             again.workspace = workspace
             try:
                 seconds, markers = asyncio.run(_first_state(again.client("big", 1)["url"]))
@@ -673,6 +677,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--joins", type=int, default=5000)
     parser.add_argument("--join-repeats", type=int, default=3)
     parser.add_argument("--restart-updates", type=int, default=10_000)
+    parser.add_argument(
+        "--restart-compact-after",
+        type=int,
+        default=0,
+        help="COMPACT_AFTER_UPDATES for the restart case (0: the default), e.g. above --restart-updates to "
+        "stop with the whole document in the log",
+    )
     parser.add_argument("--skip", default="", help="comma-separated: fanout, joins, restart")
     parser.add_argument("--output", default="peers", help="results/<output>.{json,md}")
     parser.add_argument(
