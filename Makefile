@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 JS := tests/interop/js
 DEMO := web_demo
 
-.PHONY: run test lint check-containers install install-test demo bench bench-storage clean
+.PHONY: run test lint check-containers install install-test install-bench demo bench bench-storage bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,19 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 $(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json
 	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.installed $(VENV)/.installed-test
+
+benchmarks/peers/node_modules/.package-lock.json: benchmarks/peers/package-lock.json
+	cd benchmarks/peers && npm ci --no-audit --no-fund --loglevel=error
+
 install: $(VENV)/.installed
 $(DEMO)/node_modules/.package-lock.json: $(DEMO)/package-lock.json
 	cd $(DEMO) && npm ci --no-audit --no-fund --loglevel=error
 
 install-test: $(VENV)/.installed-test $(JS)/node_modules/.package-lock.json $(DEMO)/node_modules/.package-lock.json
+install-bench: install-test $(VENV)/.installed-bench benchmarks/peers/node_modules/.package-lock.json
 
 ## Rebuild the browser demo (web_demo/src -> web_demo/dist, committed; served at /demo).
 demo: $(DEMO)/node_modules/.package-lock.json
@@ -60,6 +68,10 @@ bench: install-test
 
 bench-storage: install-test
 	$(BIN)/python -m benchmarks.storage $(BENCH_ARGS)
+
+## This server beside @y/websocket-server, Hocuspocus and a bare Python relay (benchmarks/README.md).
+bench-peers: install-bench
+	$(BIN)/python -m benchmarks.peers $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(JS)/node_modules $(DEMO)/node_modules

@@ -40,7 +40,6 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
-        "ws": "websockets-sansio",
         # The frame limit sits above MAX_MESSAGE_SIZE so that the service, not the protocol
         # layer, decides, and answers with close code 1009 and a reason.
         "ws_max_size": settings.max_message_size + 1024,
@@ -217,6 +216,17 @@ def banner(settings: Settings) -> list[str]:
     ]
 
 
+def tune_garbage_collector() -> None:
+    """Collect less often, and never scan what exists once the service is built. The service keeps
+    many long-lived objects per connection (protocol, queues, tasks): with Python's default
+    thresholds, the collections triggered by each connection's allocations walk all of them again,
+    which was about 40 % of the CPU a join costs (``benchmarks/README.md``)."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 def serve(settings: Settings) -> int:
     from .app import create_app
     from .logs import configure_logging
@@ -227,6 +237,7 @@ def serve(settings: Settings) -> int:
         log.info("%s", line)
     app = create_app(settings)
     server = DrainingServer(uvicorn_config(app, settings), drain=app.drain, timeout=settings.shutdown_timeout)
+    tune_garbage_collector()
     server.run()
     return 0 if server.started else 3
 

@@ -69,8 +69,29 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+# Verified tokens and their principals, so that a client reconnecting with the same token (a deploy's
+# reconnect storm) costs no signature check; the expiry rule is applied at every use.
+TOKEN_CACHE_SIZE = 10_000
+_verified: dict[tuple[str, str | None], Principal] = {}
+
+
 def decode_token(token: str, settings: Settings) -> Principal:
-    """Verify a token and return its principal, or raise ``TokenError`` saying what is wrong."""
+    """Verify a token and return its principal, or raise ``TokenError`` saying what is wrong.
+    A token verified before is not verified again; its expiry is checked at every call."""
+    key = (token, settings.jwt_secret)
+    known = _verified.get(key)
+    if known is not None:
+        if known.expires_at is not None and time.time() >= known.expires_at:
+            raise TokenError("token expired")
+        return known
+    principal = _decode_token(token, settings)
+    if len(_verified) >= TOKEN_CACHE_SIZE:
+        _verified.clear()
+    _verified[key] = principal
+    return principal
+
+
+def _decode_token(token: str, settings: Settings) -> Principal:
     if not _JWT_SHAPE.fullmatch(token):
         raise TokenError("malformed token")
     try:

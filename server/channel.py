@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from . import metrics
 from .close_codes import CLOSE_1003_UNSUPPORTED_DATA, CLOSE_1009_MESSAGE_TOO_BIG, CloseCode
+from .websocket import FRAMES_EXTENSION, FrameWriter
 
 Receive = Any  # ASGI callables; kept loose to avoid importing a framework here
 Send = Any
@@ -44,16 +45,33 @@ class Channel(Protocol):
     async def close(self, close: CloseCode) -> None: ...
 
 
+def frame_writer(scope: Any) -> FrameWriter | None:
+    """The connection's direct frame writer, when the server runs under ``CollabWebSocketProtocol``."""
+    writer: FrameWriter | None = scope.get("extensions", {}).get(FRAMES_EXTENSION)
+    return writer
+
+
 class AsgiChannel:
-    """A WebSocket connection as ASGI ``receive``/``send``, after the handshake."""
+    """A WebSocket connection as ASGI ``receive``/``send``, after the handshake. With a
+    ``FrameWriter`` (``frame_writer(scope)``), binary frames bypass ASGI and are written to the
+    transport directly."""
 
-    __slots__ = ("_open", "_receive", "_send", "max_message_size", "path")
+    __slots__ = ("_frames", "_open", "_receive", "_send", "max_message_size", "path")
 
-    def __init__(self, receive: Receive, send: Send, *, path: str, max_message_size: int) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        send: Send,
+        *,
+        path: str,
+        max_message_size: int,
+        frames: FrameWriter | None = None,
+    ) -> None:
         self.path = path
         self.max_message_size = max_message_size
         self._receive = receive
         self._send = send
+        self._frames = frames
         self._open = True
 
     async def recv(self) -> bytes:
@@ -84,8 +102,28 @@ class AsgiChannel:
         metrics.message_in(data)
         return data
 
+    def send_now(self, data: bytes | str) -> bool:
+        """Write a binary frame at once, if the transport takes it without waiting. False when it
+        cannot (no frame writer, a text frame, the transport paused, or closed): send it with
+        ``send`` instead."""
+        frames = self._frames
+        if frames is None or isinstance(data, str) or not frames.writable.is_set():
+            return False
+        if not frames.write(data):
+            return False
+        metrics.message_out(data)
+        return True
+
     async def send(self, data: bytes | str) -> None:
         metrics.message_out(data)
+        frames = self._frames
+        if frames is not None and not isinstance(data, str):
+            if not frames.writable.is_set():
+                await frames.writable.wait()
+            if not frames.write(data):
+                self._open = False
+                raise ChannelClosed(1006)
+            return
         try:
             if isinstance(data, str):
                 await self._send({"type": "websocket.send", "text": data})

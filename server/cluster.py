@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .presence import Presence
     from .replication import Replication
     from .rooms import RoomManager
+    from .workspaces import MemberAccess
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,16 @@ class Cluster:
         broker: relays commands to the other instances.
         rooms: the document connections commands apply to.
         hub: the event connections commands apply to.
+        member_access: members' access kept for their next connections, forgotten as it changes.
     """
 
-    def __init__(self, broker: Broker, rooms: RoomManager, hub: EventHub) -> None:
+    def __init__(
+        self, broker: Broker, rooms: RoomManager, hub: EventHub, member_access: MemberAccess
+    ) -> None:
         self.broker = broker
         self.rooms = rooms
         self.hub = hub
+        self.member_access = member_access
 
     def run(self, command: Command) -> None:
         """Apply ``command`` here and on every other instance."""
@@ -132,12 +137,15 @@ class Cluster:
     def apply(self, command: Command) -> None:
         match command:
             case RevokeAccess(workspace_id, user_id):
+                self.member_access.forget(workspace_id, user_id)
                 self.rooms.revoke_access(workspace_id, user_id)
                 self.hub.access_changed(workspace_id, user_id, narrowed=True)
             case SetWriteAccess(workspace_id, user_id, can_write):
+                self.member_access.forget(workspace_id, user_id)
                 self.rooms.set_write_access(workspace_id, user_id, can_write)
                 self.hub.access_changed(workspace_id, user_id, narrowed=False)
             case CloseWorkspace(workspace_id, document_ids):
+                self.member_access.forget(workspace_id, None)
                 self.rooms.close_workspace(workspace_id, list(document_ids))
                 self.hub.access_changed(workspace_id, None, narrowed=False)
             case VisibilityChanged(workspace_id, private):
@@ -175,6 +183,7 @@ class Inbound:
 
     def reconnected(self) -> None:
         # Cluster commands and agent starts of other instances may have been missed meanwhile.
+        self.cluster.member_access.forget_all()
         self.hub.forget_decisions()
         self.replication.check_all()
 

@@ -19,12 +19,13 @@ _ids = itertools.count(1)
 class Connection:
     """Queues frames for one client and writes them in order from one task.
 
-    ``send`` never blocks and never creates a task: it appends to the queue and wakes the writer.
-    A client whose queue holds ``max_queue`` frames, or ``max_queue_bytes`` bytes, when another
-    frame comes is closed with 1013: it can reconnect and resync, which costs less than buffering
-    without bound. (Bytes count until written; the queue never holds more than ``max_queue_bytes``
-    plus one frame, so a frame of any size, such as a large document's state, reaches a client
-    that reads.)
+    ``send`` never blocks and never creates a task: when nothing is queued or being written and the
+    channel can write at once (``send_now``, offered by ``AsgiChannel``), the frame goes straight to
+    the transport; otherwise it is queued and the writer woken. A client whose queue holds
+    ``max_queue`` frames, or ``max_queue_bytes`` bytes, when another frame comes is closed with
+    1013: it can reconnect and resync, which costs less than buffering without bound. (Bytes count
+    until written; the queue never holds more than ``max_queue_bytes`` plus one frame, so a frame of
+    any size, such as a large document's state, reaches a client that reads.)
     """
 
     __slots__ = (
@@ -35,8 +36,10 @@ class Connection:
         "_overflowed",
         "_queue",
         "_queued_bytes",
+        "_send_now",
         "_wakeup",
         "_writer_done",
+        "_writing",
         "awareness_ids",
         "can_write",
         "channel",
@@ -73,6 +76,8 @@ class Connection:
         self._wakeup: asyncio.Future[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._writer_done = False
+        self._writing = False  # the writer holds a batch it has not finished sending
+        self._send_now = getattr(channel, "send_now", None)
 
     @property
     def is_closing(self) -> bool:
@@ -85,7 +90,7 @@ class Connection:
 
     async def drained(self) -> None:
         """Wait until every frame queued so far is written (or the connection is closing)."""
-        if self.close_code is not None or self._writer_done or (not self._queue and self._wakeup is not None):
+        if self.close_code is not None or self._writer_done or (not self._queue and not self._writing):
             return
         waiter = self._loop.create_future()
         self._drain_waiters.append(waiter)
@@ -99,6 +104,9 @@ class Connection:
 
     def send(self, data: bytes | str) -> None:
         if self.close_code is not None:
+            return
+        if not self._queue and not self._writing and self._send_now is not None and self._send_now(data):
+            self.last_sent = self._loop.time()
             return
         size = len(data)
         if len(self._queue) >= self._max_queue or self._queued_bytes >= self._max_queue_bytes:
@@ -147,11 +155,13 @@ class Connection:
                 while self._queue:
                     # Take everything queued at once: one swap instead of a pop per frame.
                     batch, self._queue = self._queue, []
+                    self._writing = True
                     for data in batch:
                         if self._overflowed:
                             break  # cut off: close now rather than after the backlog
                         await channel.send(data)
                         self._queued_bytes -= len(data)  # counted until written
+                    self._writing = False
                     self.last_sent = self._loop.time()
                 self._drained()
                 if self.close_code is not None:

@@ -26,7 +26,7 @@ from .presence import Presence
 from .replication import Replication
 from .rooms import RoomManager
 from .services import Services
-from .workspaces import WorkspaceEvents, WorkspaceService
+from .workspaces import MemberAccess, WorkspaceEvents, WorkspaceService
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             on_enter=presence.enter,
             on_leave=presence.leave,
         )
-        cluster = Cluster(broker, rooms, hub)
+        member_access = MemberAccess()
+        cluster = Cluster(broker, rooms, hub, member_access)
         services = Services(
             settings=settings,
             store=store,
@@ -128,7 +129,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             replication=replication,
             rooms=rooms,
             cluster=cluster,
-            workspaces=WorkspaceService(store, settings, workspace_events, cluster),
+            workspaces=WorkspaceService(store, settings, workspace_events, cluster, member_access),
             agents=AgentService(store, audience, TextLimits.of(settings), hub, workspace_events, cluster),
             views=DocumentViews(timeout=settings.document_view_timeout),
             limiter=RateLimiter(settings),

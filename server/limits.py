@@ -187,17 +187,22 @@ class PacedChannel:
     stops reading the socket, so a flooding client is held back by TCP and costs nothing). One
     that stays over its rate for ``close_after`` seconds is closed with 4429."""
 
-    __slots__ = ("_channel", "_rate", "path")
+    __slots__ = ("_channel", "_rate", "_send_now", "path")
 
     def __init__(self, channel: Channel, rate: ConnectionRate) -> None:
         self._channel = channel
         self._rate = rate
+        self._send_now = getattr(channel, "send_now", None)
         self.path = channel.path
 
     async def recv(self) -> bytes:
         data = await self._channel.recv()
         await self._rate.pace(len(data))
         return data
+
+    def send_now(self, data: bytes | str) -> bool:
+        """The wrapped channel's direct write (``AsgiChannel.send_now``), when it has one."""
+        return self._send_now is not None and bool(self._send_now(data))
 
     async def send(self, data: bytes | str) -> None:
         await self._channel.send(data)

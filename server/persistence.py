@@ -29,6 +29,9 @@ from . import metrics
 
 log = logging.getLogger(__name__)
 
+# How long stopping waits for the compaction of the loaded documents' logs.
+SHUTDOWN_COMPACT_SECONDS = 5.0
+
 
 @dataclass(slots=True)
 class _Tail:
@@ -85,8 +88,28 @@ class UpdateWriter:
             await asyncio.wait_for(self.flush(), timeout=max(30.0, self.retry_max * 3))
         except TimeoutError:
             log.error("shutdown: %d document updates could not be stored: %s", self.pending, self.last_error)
+        else:
+            # Every update is stored: compact what the loaded documents logged since their last
+            # compaction, so that after a restart their first client is not kept waiting while the
+            # log is applied. Bounded by ``SHUTDOWN_COMPACT_SECONDS``; what is left stays in the log.
+            for document_id, tail in list(self._tails.items()):
+                if not tail.count:
+                    continue
+                if document_id in self._compacting:
+                    self._compact_again.add(document_id)  # rows stored while it runs are not in it
+                else:
+                    self._start_compaction(document_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_COMPACT_SECONDS
         while self._compacting:  # a finishing compaction may start the one it owes
-            await asyncio.gather(*self._compacting.values(), return_exceptions=True)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self._compact_again.clear()
+                for task in self._compacting.values():
+                    task.cancel()
+                await asyncio.gather(*self._compacting.values(), return_exceptions=True)
+                break
+            await asyncio.wait(list(self._compacting.values()), timeout=remaining)
         assert self._task is not None
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)

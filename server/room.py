@@ -122,7 +122,7 @@ class Room:
         self._remote_awareness: dict[int, float] = {}  # client id -> when last renewed
         self._server_ids: set[int] = set()  # awareness client ids the server owns (agents)
         self._owners: dict[int, Connection] = {}  # awareness client id -> the connection that set it
-        self._pending: list[tuple[Connection | None, bytes]] = []
+        self._pending: list[tuple[Connection | None, bytes, bytes | None]] = []  # origin, update, frame
         self._full_state: bytes | None = None
         self._full_state_step2: bytes | None = None
         self.version = 0  # counts the updates applied, so that views of the document can be cached
@@ -174,7 +174,8 @@ class Room:
                 conn.send(self._sync_step2(message.payload))
             elif conn.can_write:
                 assert facts is not None
-                await self.apply_update(message.payload, facts, origin=conn)
+                relayable = frame if message.sync_type is SyncType.UPDATE else None
+                await self.apply_update(message.payload, facts, origin=conn, frame=relayable)
             elif message.payload != protocol.EMPTY_UPDATE:
                 # Read-only: not applied, stored or relayed, and the client is told (y-protocols auth).
                 conn.send(READ_ONLY)
@@ -186,10 +187,17 @@ class Room:
         # AUTH messages are server-to-client only; a client sending one is ignored.
 
     async def apply_update(
-        self, update: bytes, facts: UpdateFacts, *, origin: Connection | None = None
+        self,
+        update: bytes,
+        facts: UpdateFacts,
+        *,
+        origin: Connection | None = None,
+        frame: bytes | None = None,
     ) -> None:
         """Apply a client's update (checked with ``yjs_format.check_update``, which gave
-        ``facts``), log it for storage, and relay it to every other connection. An update that
+        ``facts``), log it for storage, and relay it to every other connection (``frame``: the
+        client's sync-update frame carrying it, relayed as received when the update is alone in
+        its turn). An update that
         names a parent type the document does not hold is refused (``ProtocolError``): Yrs would
         keep it waiting and fail the update that later fills the gap. A large update is applied
         in parts, each in its own event-loop turn. The ``on_update`` listener gets the relay as a
@@ -206,7 +214,7 @@ class Room:
             await apply_in_parts(update, self._apply)
         else:
             self._apply(update)
-        self._on_update(self.document_id, update, lambda: self._relay(update, origin))
+        self._on_update(self.document_id, update, lambda: self._relay(update, origin, frame))
 
     def apply_remote(self, update: bytes) -> None:
         """Apply an update another instance accepted (and stores): relay it to every
@@ -214,7 +222,7 @@ class Room:
         if update == protocol.EMPTY_UPDATE:
             return
         self._apply(update)
-        self._relay(update, None)
+        self._relay(update, None, None)
 
     def _apply(self, update: bytes) -> None:
         try:
@@ -237,10 +245,10 @@ class Room:
             self.broken = True
             self._on_broken(self)
 
-    def _relay(self, update: bytes, origin: Connection | None) -> None:
+    def _relay(self, update: bytes, origin: Connection | None, frame: bytes | None) -> None:
         if not self._pending:
             self._loop.call_soon(self._relay_pending)
-        self._pending.append((origin, update))
+        self._pending.append((origin, update, frame))
 
     def full_state(self) -> bytes:
         """The whole document as one update, encoded once per version: many joiners at once (a
@@ -363,18 +371,18 @@ class Room:
         if not pending:
             return
         if len(pending) == 1:
-            origin, update = pending[0]
-            self._broadcast(protocol.sync_update(update), origin)
+            origin, update, frame = pending[0]
+            self._broadcast(frame or protocol.sync_update(update), origin)
             return
-        senders = {origin for origin, _ in pending}
-        everything = protocol.sync_update(merge_updates(*(update for _, update in pending)))
+        senders = {origin for origin, _, _ in pending}
+        everything = protocol.sync_update(merge_updates(*(update for _, update, _ in pending)))
         for conn in self.connections:
             if conn not in senders:
                 conn.send(everything)
         for sender in senders:
             if sender is None or sender not in self.connections:
                 continue
-            others = [update for origin, update in pending if origin is not sender]
+            others = [update for origin, update, _ in pending if origin is not sender]
             if others:
                 merged = others[0] if len(others) == 1 else merge_updates(*others)
                 sender.send(protocol.sync_update(merged))

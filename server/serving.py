@@ -27,10 +27,10 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .config import Settings
 from .errors import error_body
+from .websocket import CollabWebSocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ def guarded_http(settings: Settings) -> type[GuardedHttpProtocol]:
     )
 
 
-class AnsweringWebSocketProtocol(WebSocketsSansIOProtocol):
-    """See the module docstring."""
+class AnsweringWebSocketProtocol(CollabWebSocketProtocol):
+    """See the module docstring (and ``websocket.CollabWebSocketProtocol``, the frame path)."""
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -7,7 +7,9 @@ on every instance, then its ``workspace_update`` event. Deciding who may do what
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 from crdt_store import Conflict, DocumentInfo, Member, Store, Workspace
@@ -41,6 +43,46 @@ class WorkspaceEvents:
         self.announce(key.workspace_id, "document_created", path=key.path)
 
 
+class MemberAccess:
+    """Members' access as ``WorkspaceService.open`` found it, so that a member's next connection
+    (reconnects, more documents, other tabs) reads nothing. Forgotten when the member's access
+    changes or the workspace is deleted (cluster commands, applied on every instance: the
+    ``Cluster`` is given this cache), entirely after a Redis outage (commands may have been
+    missed), and after ``SECONDS`` in any case."""
+
+    SECONDS = 60.0
+    SIZE = 100_000
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], tuple[float, Access]] = {}  # (workspace, user) -> (until, access)
+        self.version = 0  # counts changes: a read that overlapped one is not kept
+
+    def get(self, workspace_id: str, user_id: str) -> Access | None:
+        cached = self.entries.get((workspace_id, user_id))
+        return cached[1] if cached is not None and cached[0] > time.monotonic() else None
+
+    def keep(self, workspace_id: str, user_id: str, access: Access, version: int) -> None:
+        """Keep ``access``, read when the cache was at ``version``, unless it changed since."""
+        if version != self.version:
+            return
+        if len(self.entries) >= self.SIZE:
+            self.entries.clear()
+        self.entries[(workspace_id, user_id)] = (time.monotonic() + self.SECONDS, access)
+
+    def forget(self, workspace_id: str, user_id: str | None) -> None:
+        """A member's access changed (``user_id``), or the workspace was deleted (None)."""
+        self.version += 1
+        if user_id is not None:
+            self.entries.pop((workspace_id, user_id), None)
+        else:
+            for key in [key for key in self.entries if key[0] == workspace_id]:
+                del self.entries[key]
+
+    def forget_all(self) -> None:
+        self.version += 1
+        self.entries.clear()
+
+
 class WorkspaceService:
     """Creates, joins, changes and deletes workspaces, their members and documents.
 
@@ -49,13 +91,23 @@ class WorkspaceService:
         settings: ``AUTO_CREATE_WORKSPACES``, and whether tokens are required.
         events: announces each change.
         cluster: applies access changes to live connections on every instance.
+        member_access: members' access found by ``open``, kept for their next connections.
     """
 
-    def __init__(self, store: Store, settings: Settings, events: WorkspaceEvents, cluster: Cluster) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        events: WorkspaceEvents,
+        cluster: Cluster,
+        member_access: MemberAccess,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.events = events
         self.cluster = cluster
+        self.member_access = member_access
+        self._opening: dict[tuple[str, str], asyncio.Future[Access]] = {}  # reads under way, per member
 
     @property
     def may_create(self) -> bool:
@@ -220,7 +272,32 @@ class WorkspaceService:
         """Access for a client opening one of the workspace's documents. Opening an unknown
         workspace creates it (the caller its owner) on a server without tokens or with
         ``AUTO_CREATE_WORKSPACES=true``, as stock Yjs servers do; a user opening an open
-        workspace becomes an editor member. Raises ``UnknownWorkspace`` or ``Forbidden``."""
+        workspace becomes an editor member. Raises ``UnknownWorkspace`` or ``Forbidden``.
+        A member's access is kept (``MemberAccess``): only its role is current, the workspace's
+        name and visibility are as they were when it was read."""
+        key = (workspace_id, principal.user_id)
+        if principal.role is not GlobalRole.USER:
+            return await self._open(principal, workspace_id)
+        cached = self.member_access.get(workspace_id, principal.user_id)
+        if cached is not None:
+            return cached
+        # One read per member at once: a user whose tabs all reconnect together waits for one.
+        opening = self._opening.get(key)
+        if opening is None:
+            opening = asyncio.ensure_future(self._read_access(principal, workspace_id))
+            self._opening[key] = opening
+            opening.add_done_callback(lambda _: self._opening.pop(key, None))
+        # shield: one waiter leaving (its client went away) must not cancel the others' read.
+        return await asyncio.shield(opening)
+
+    async def _read_access(self, principal: Principal, workspace_id: str) -> Access:
+        version = self.member_access.version
+        access = await self._open(principal, workspace_id)
+        if access.member:
+            self.member_access.keep(workspace_id, principal.user_id, access, version)
+        return access
+
+    async def _open(self, principal: Principal, workspace_id: str) -> Access:
         try:
             access = await resolve_access(self.store, principal, workspace_id)
         except UnknownWorkspace:

@@ -11,7 +11,7 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import Receive, Scope, Send
 
-from ..channel import AsgiChannel, Channel
+from ..channel import AsgiChannel, Channel, frame_writer
 from ..errors import BadRequest, Draining, NotFoundError, ServiceError, store_errors_as_service_errors
 from ..limits import ConnectionRate, PacedChannel
 from ..room import RoomKey
@@ -76,7 +76,11 @@ async def _serve(scope: Scope, receive: Receive, send: Send, services: Services,
         return
     await send({"type": "websocket.accept", "subprotocol": admitted.subprotocol})
     channel: Channel = AsgiChannel(
-        receive, send, path=scope["path"], max_message_size=settings.max_message_size
+        receive,
+        send,
+        path=scope["path"],
+        max_message_size=settings.max_message_size,
+        frames=frame_writer(scope),
     )
     if settings.rate_limit_sync_messages or settings.rate_limit_sync_bytes:
         rate = ConnectionRate(

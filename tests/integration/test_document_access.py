@@ -130,6 +130,31 @@ async def test_removed_member_is_disconnected_and_downgraded_member_loses_writes
         assert "carol" not in str(owner.text())
 
 
+async def test_a_members_next_connection_follows_a_change_of_access(
+    auth_server: RunningServer, workspace: str
+) -> None:
+    # Each member connects once first, so that their access is known (and may be cached).
+    async with client(auth_server.http_url, "alice") as alice:
+        await alice.post("/workspaces", json={"id": workspace, "name": "p", "visibility": "private"})
+        for user in ("bob", "carol"):
+            await alice.put(f"/workspaces/{workspace}/members/{user}", json={"role": "editor"})
+            async with raw_client(auth_server.doc_url(workspace) + f"?token={token(user)}") as first:
+                await first.next_frame(kind=0)
+        assert (await alice.delete(f"/workspaces/{workspace}/members/bob")).status_code == 204
+        status, body = await refused_status(auth_server.doc_url(workspace) + f"?token={token('bob')}")
+        assert status == 403 and b"private" in body
+        await alice.put(f"/workspaces/{workspace}/members/carol", json={"role": "viewer"})
+        async with raw_client(auth_server.doc_url(workspace) + f"?token={token('carol')}") as carol:
+            attempt = Doc()
+            attempt.get("text", type=Text).insert(0, "carol as a viewer")
+            await carol.send(create_update_message(attempt.get_update()))
+            denied = await carol.next_frame(kind=2)
+            assert b"read-only" in denied
+        assert (await alice.delete(f"/workspaces/{workspace}")).status_code == 204
+        status, _ = await refused_status(auth_server.doc_url(workspace) + f"?token={token('alice')}")
+        assert status == 404
+
+
 async def test_reads_never_create_and_creation_is_announced(
     make_settings: Callable[..., Settings], workspace: str
 ) -> None:
@@ -154,9 +179,15 @@ async def test_reads_never_create_and_creation_is_announced(
         async with event_client(f"{server.ws_url}/ws?token={token('alice')}") as watcher:
             await watcher.command("join_workspace", {"workspace_id": workspace})
             await watcher.command("resume", {"last_event_id": 0})
-            created = await watcher.wait_for(lambda m: m.get("type") == "workspace_update")
-        assert created["data"]["update_type"] == "workspace_created"
+            # document_created may come first: live, between the join and the resume
+            created = await watcher.wait_for(
+                lambda m: (
+                    m.get("type") == "workspace_update" and m["data"]["update_type"] == "workspace_created"
+                )
+            )
         assert created["data"]["owner_id"] == "alice"
+        updates = [m["data"]["update_type"] for m in watcher.messages if m.get("type") == "workspace_update"]
+        assert sorted(updates) == ["document_created", "workspace_created"]  # each once
 
 
 async def test_a_visitor_joining_an_open_workspace_is_announced(
@@ -197,6 +228,12 @@ async def test_a_viewer_cannot_create_a_document_by_opening_it(
                 editor.text().insert(0, "made by an editor")
             async with yclient(auth_server.doc_url(workspace, "new.md") + f"?token={token('vic')}") as viewer:
                 assert str(viewer.text()) == "made by an editor"
+            # Events are stored before they are sent: wait for the announcement, then count.
+            await watcher.wait_for(
+                lambda m: (
+                    m.get("type") == "workspace_update" and m["data"]["update_type"] == "document_created"
+                )
+            )
             created = [
                 m
                 for m in watcher.events("workspace_update")

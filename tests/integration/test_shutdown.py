@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,10 @@ async def test_signal_flushes_every_room_before_exit(tmp_path: Path, workspace: 
     stored = r"[1-9]\d* of [1-9]\d* pending updates stored|flushing [1-9]\d* pending updates"
     assert re.search(stored, log), log
     assert "Application shutdown complete" in log
+    # Stopping also compacted the loaded documents' logs: a restart loads each from its snapshot.
+    with sqlite3.connect(tmp_path / "collab.db") as db:
+        assert db.execute("SELECT count(*) FROM document_updates").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM document_snapshots").fetchone() == (2,)
 
     second = await start_process(env, tmp_path / "second.log")
     try:

@@ -29,7 +29,7 @@ from server.errors import (
     service_error_of,
 )
 from server.vocabulary import Role, Visibility
-from server.workspaces import WorkspaceService
+from server.workspaces import MemberAccess, WorkspaceService
 
 SECRET = "s" * 32
 
@@ -57,11 +57,19 @@ class RecordingEvents:
 
 
 class RecordingCluster:
+    """Records commands; makes members' kept access forget access changes, as ``Cluster.apply``
+    does."""
+
     def __init__(self) -> None:
         self.commands: list[object] = []
+        self.member_access = MemberAccess()
 
     def run(self, command: object) -> None:
         self.commands.append(command)
+        if isinstance(command, RevokeAccess | SetWriteAccess | CloseWorkspace):
+            self.member_access.forget(
+                command.workspace_id, None if isinstance(command, CloseWorkspace) else command.user_id
+            )
 
 
 @dataclass
@@ -82,7 +90,13 @@ class World:
             auto_create_workspaces=auto_create,
             redis_url=None,
         )
-        return WorkspaceService(self.store, settings, self.events, self.cluster)  # type: ignore[arg-type]
+        return WorkspaceService(
+            self.store,
+            settings,
+            self.events,  # type: ignore[arg-type]
+            self.cluster,  # type: ignore[arg-type]
+            self.cluster.member_access,
+        )
 
     async def access(self, who: str, visibility: str) -> Access:
         return await resolve_access(self.store, PEOPLE[who], self.workspace(visibility))
