@@ -53,8 +53,8 @@ def frame_writer(scope: Any) -> FrameWriter | None:
 
 class AsgiChannel:
     """A WebSocket connection as ASGI ``receive``/``send``, after the handshake. With a
-    ``FrameWriter`` (``frame_writer(scope)``), binary frames bypass ASGI and are written to the
-    transport directly."""
+    ``FrameWriter`` (``frame_writer(scope)``), data frames (binary and text) bypass ASGI and are
+    written to the transport directly."""
 
     __slots__ = ("_frames", "_open", "_receive", "_send", "max_message_size", "path")
 
@@ -103,11 +103,10 @@ class AsgiChannel:
         return data
 
     def send_now(self, data: bytes | str) -> bool:
-        """Write a binary frame at once, if the transport takes it without waiting. False when it
-        cannot (no frame writer, a text frame, the transport paused, or closed): send it with
-        ``send`` instead."""
+        """Write a frame at once, if the transport takes it without waiting. False when it cannot
+        (no frame writer, the transport paused, or closed): send it with ``send`` instead."""
         frames = self._frames
-        if frames is None or isinstance(data, str) or not frames.writable.is_set():
+        if frames is None or not frames.writable.is_set():
             return False
         if not frames.write(data):
             return False
@@ -117,7 +116,7 @@ class AsgiChannel:
     async def send(self, data: bytes | str) -> None:
         metrics.message_out(data)
         frames = self._frames
-        if frames is not None and not isinstance(data, str):
+        if frames is not None:
             if not frames.writable.is_set():
                 await frames.writable.wait()
             if not frames.write(data):

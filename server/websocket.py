@@ -1,11 +1,12 @@
 """The WebSocket protocol the server runs under uvicorn: uvicorn's ``websockets-sansio`` protocol, plus
-a direct path for binary frames.
+a direct path for data frames.
 
 Sending a frame through ASGI costs a message dict, a coroutine, the ``websockets`` frame machinery
-and its output buffer, for every frame and every receiver. Server frames are unmasked, so a binary
-frame is a two-to-ten-byte header and the payload: ``FrameWriter`` (offered to the application in
-``scope["extensions"]["collab.frames"]``) writes it to the transport at once. Everything else
-(handshake, text frames, pings, close) goes the ordinary way, through the same transport, in order.
+and its output buffer, for every frame and every receiver. Server frames are unmasked, so a data
+frame (binary, or text: the JSON event channel's messages) is a two-to-ten-byte header and the
+payload: ``FrameWriter`` (offered to the application in ``scope["extensions"]["collab.frames"]``)
+writes it to the transport at once. Everything else (handshake, pings, close) goes the ordinary
+way, through the same transport, in order.
 
 Received frames are queued for the application as uvicorn does, but reading from the socket pauses
 only when ``READ_QUEUE_FRAMES`` frames wait or a large one (``READ_QUEUE_LARGE`` bytes) arrives, not
@@ -25,18 +26,25 @@ READ_QUEUE_FRAMES = 32
 READ_QUEUE_LARGE = 64 * 1024  # so a paused application holds at most 2 MiB of small frames, or one large
 
 
-def binary_frame(payload: bytes) -> bytes:
-    """An unmasked, final, binary WebSocket frame (RFC 6455 5.2) carrying ``payload``."""
+def binary_frame(payload: bytes, opcode: int = 0x82) -> bytes:
+    """An unmasked, final WebSocket frame (RFC 6455 5.2) carrying ``payload``: binary (``0x82``),
+    or text (``0x81``, the payload UTF-8)."""
     size = len(payload)
     if size < 126:
-        return bytes((0x82, size)) + payload
+        return bytes((opcode, size)) + payload
     if size < 65536:
-        return bytes((0x82, 126)) + size.to_bytes(2, "big") + payload
-    return bytes((0x82, 127)) + size.to_bytes(8, "big") + payload
+        return bytes((opcode, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((opcode, 127)) + size.to_bytes(8, "big") + payload
+
+
+def text_frame(text: str) -> bytes:
+    """An unmasked, final text frame carrying ``text`` (UTF-8, RFC 6455 5.6)."""
+    return binary_frame(text.encode(), 0x81)
 
 
 class FrameWriter:
-    """Writes binary frames of one accepted WebSocket connection to its transport."""
+    """Writes data frames (binary, or text for a ``str``) of one accepted WebSocket connection to
+    its transport."""
 
     __slots__ = ("_protocol", "writable")
 
@@ -44,9 +52,10 @@ class FrameWriter:
         self._protocol = protocol
         self.writable: asyncio.Event = protocol.writable  # cleared while the transport is paused
 
-    def write(self, payload: bytes) -> bool:
-        """Write ``payload`` as one binary frame now. False when the connection cannot send any
-        more (closed, closing, or not accepted yet); nothing is written then."""
+    def write(self, payload: bytes | str) -> bool:
+        """Write ``payload`` as one frame now (binary; text for a ``str``). False when the
+        connection cannot send any more (closed, closing, or not accepted yet); nothing is
+        written then."""
         protocol = self._protocol
         if (
             protocol.disconnected
@@ -56,7 +65,7 @@ class FrameWriter:
             or protocol.transport.is_closing()
         ):
             return False
-        protocol.transport.write(binary_frame(payload))
+        protocol.transport.write(text_frame(payload) if isinstance(payload, str) else binary_frame(payload))
         return True
 
 

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from .. import metrics
 from ..audience import Verdict, topic_parts
 from ..auth import Principal
-from ..channel import AsgiChannel, ChannelClosed, FrameRejected
+from ..channel import AsgiChannel, ChannelClosed, FrameRejected, frame_writer
 from ..close_codes import (
     CLOSE_1000_NORMAL,
     CLOSE_1011_INTERNAL_ERROR,
@@ -107,7 +107,13 @@ async def _serve(scope: Scope, receive: Receive, send: Send, services: Services,
     kinds = ENDPOINTS[scope["path"].rstrip("/")]
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     await send({"type": "websocket.accept", "subprotocol": admitted.subprotocol})
-    channel = AsgiChannel(receive, send, path=scope["path"], max_message_size=settings.max_event_message_size)
+    channel = AsgiChannel(
+        receive,
+        send,
+        path=scope["path"],
+        max_message_size=settings.max_event_message_size,
+        frames=frame_writer(scope),
+    )
     conn = Connection(
         channel,
         max_queue=settings.message_queue_size,
