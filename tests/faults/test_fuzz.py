@@ -131,7 +131,15 @@ def round_trip(ws: ClientConnection) -> None:
 
 @pytest.fixture
 def fuzz_settings(make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(persist_interval_ms=5)
+    # Hundreds of frames a second from one connection: rate limits (tested in tests/protection)
+    # would answer some of them with rate_limited instead of the reply each case checks.
+    return make_settings(
+        persist_interval_ms=5,
+        rate_limit_sync_messages=0,
+        rate_limit_sync_bytes=0,
+        rate_limit_event_messages=0,
+        rate_limit_event_bytes=0,
+    )
 
 
 @pytest.fixture
