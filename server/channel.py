@@ -136,6 +136,8 @@ class AsgiChannel:
         if not self._open:
             return
         self._open = False
+        if self._frames is not None:
+            self._frames.flush()  # the frames written directly go before the close frame
         try:
             await self._send({"type": "websocket.close", "code": close.code, "reason": close.reason})
         except (OSError, RuntimeError) as exc:

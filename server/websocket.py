@@ -44,18 +44,22 @@ def text_frame(text: str) -> bytes:
 
 class FrameWriter:
     """Writes data frames (binary, or text for a ``str``) of one accepted WebSocket connection to
-    its transport."""
+    its transport. The frames written during one turn of the event loop go out in one transport
+    write at the end of that turn (``flush``): one system call for a whole batch of events or
+    updates to this connection, not one per frame."""
 
-    __slots__ = ("_protocol", "writable")
+    __slots__ = ("_loop", "_pending", "_protocol", "writable")
 
     def __init__(self, protocol: CollabWebSocketProtocol) -> None:
         self._protocol = protocol
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[bytes] | None = None
         self.writable: asyncio.Event = protocol.writable  # cleared while the transport is paused
 
     def write(self, payload: bytes | str) -> bool:
-        """Write ``payload`` as one frame now (binary; text for a ``str``). False when the
-        connection cannot send any more (closed, closing, or not accepted yet); nothing is
-        written then."""
+        """Write ``payload`` as one frame (binary; text for a ``str``), at the end of this turn of
+        the loop. False when the connection cannot send any more (closed, closing, or not
+        accepted yet); nothing is written then."""
         protocol = self._protocol
         if (
             protocol.disconnected
@@ -65,8 +69,20 @@ class FrameWriter:
             or protocol.transport.is_closing()
         ):
             return False
-        protocol.transport.write(text_frame(payload) if isinstance(payload, str) else binary_frame(payload))
+        frame = text_frame(payload) if isinstance(payload, str) else binary_frame(payload)
+        if self._pending is None:
+            self._pending = [frame]
+            self._loop.call_soon(self.flush)
+        else:
+            self._pending.append(frame)
         return True
+
+    def flush(self) -> None:
+        """Write the frames of this turn now (before anything else is sent the ordinary way, such
+        as a close frame, so that nothing overtakes them)."""
+        pending, self._pending = self._pending, None
+        if pending and not self._protocol.transport.is_closing():
+            self._protocol.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
 
 class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
