@@ -23,6 +23,8 @@ RUN mkdir -p server rest crdt_store \
 COPY server ./server
 COPY rest ./rest
 COPY crdt_store ./crdt_store
+# The browser demo's built assets (served at /demo; Node is not needed to run it).
+COPY web_demo/dist ./web_demo/dist
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info \
     && groupadd --system --gid 10001 collab \
