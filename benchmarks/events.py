@@ -28,8 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
+from benchmarks.cluster import create_database, drop_database
 from benchmarks.fanout import JS, RESULTS, ROOT, Server, free_port, wait_for_port
 from server.auth import mint_token
 
@@ -38,7 +37,6 @@ AGENTS, SUBSCRIBERS_PER_AGENT = 10, 5
 STEP_BYTES = 400
 P99_LIMIT_MS = 500.0
 SECRET = "benchmark-secret-" + "0123456789abcdef" * 3
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def pinned(command: list[str], core: int) -> list[str]:
@@ -136,24 +134,6 @@ def ladder(server: Server, repeats: int, duration: float) -> dict[str, Any]:
             break
         best = rate
     return {"best_rate": best, "best": steps[best] if best else None, "at_1000": steps[1_000], "steps": steps}
-
-
-async def create_database() -> tuple[str, str]:
-    name = f"rtc_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return name, f"postgresql://postgres@127.0.0.1:5432/{name}"
-
-
-async def drop_database(name: str) -> None:
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def report(results: dict[str, Any], meta: dict[str, Any]) -> str:

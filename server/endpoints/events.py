@@ -52,7 +52,7 @@ from ..events.models import (
 from ..limits import ConnectionRate
 from ..services import Services
 from ..vocabulary import iso_z, parse_json, utcnow
-from .handshake import Admitted, admit
+from .handshake import Admitted, serve_admitted
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,7 @@ def utc_now() -> str:
 
 
 async def event_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    services: Services = scope["app"].state.services
-    admitted = await admit(scope, receive, send, services)
-    if admitted is None:
-        return
-    try:
-        await _serve(scope, receive, send, services, admitted)
-    finally:
-        admitted.ticket.release()
+    await serve_admitted(scope, receive, send, _serve)
 
 
 async def _serve(scope: Scope, receive: Receive, send: Send, services: Services, admitted: Admitted) -> None:

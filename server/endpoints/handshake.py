@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
@@ -102,6 +103,22 @@ async def _admit(scope: Scope, services: Services) -> Admitted:
         ticket.release()
         raise
     return Admitted(principal, subprotocol, ticket)
+
+
+Serve = Callable[[Scope, Receive, Send, Services, Admitted], Awaitable[None]]
+
+
+async def serve_admitted(scope: Scope, receive: Receive, send: Send, serve: Serve) -> None:
+    """Admit the upgrade (or refuse it), then ``serve`` it; its place is given back however the
+    connection ends."""
+    services: Services = scope["app"].state.services
+    admitted = await admit(scope, receive, send, services)
+    if admitted is None:
+        return
+    try:
+        await serve(scope, receive, send, services, admitted)
+    finally:
+        admitted.ticket.release()
 
 
 async def refuse_unknown_endpoint(scope: Scope, receive: Receive, send: Send) -> None:

@@ -16,7 +16,7 @@ from ..errors import BadRequest, Draining, NotFoundError, ServiceError, store_er
 from ..limits import ConnectionRate, PacedChannel
 from ..room import RoomKey
 from ..services import Services
-from .handshake import Admitted, admit, refuse
+from .handshake import Admitted, refuse, serve_admitted
 
 SYNC_PREFIX = "/ws/workspaces/"
 
@@ -45,14 +45,7 @@ def room_key(scope: Scope) -> RoomKey | None:
 
 
 async def sync_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    services: Services = scope["app"].state.services
-    admitted = await admit(scope, receive, send, services)
-    if admitted is None:
-        return
-    try:
-        await _serve(scope, receive, send, services, admitted)
-    finally:
-        admitted.ticket.release()
+    await serve_admitted(scope, receive, send, _serve)
 
 
 async def _serve(scope: Scope, receive: Receive, send: Send, services: Services, admitted: Admitted) -> None:

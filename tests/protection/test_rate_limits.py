@@ -102,14 +102,12 @@ async def test_rest_limiter_lets_requests_through_when_redis_is_unreachable(
     settings = make_settings(
         database_url=pg_url, redis_url="redis://127.0.0.1:1/0", rate_limit_rest_ip="5/minute"
     )
-    with contextlib.suppress(Exception):
-        async with run_server(settings) as server, httpx.AsyncClient(base_url=server.http_url) as http:
-            started = time.monotonic()
-            statuses = {r.status_code for r in await burst(http, 3, "/status")}
-            assert statuses == {200}
-            assert time.monotonic() - started < 10
-            return
-    pytest.skip("the server does not start without Redis")  # pragma: no cover
+    # The server starts and serves while Redis is down (its broker serves this instance's clients).
+    async with run_server(settings) as server, httpx.AsyncClient(base_url=server.http_url) as http:
+        started = time.monotonic()
+        statuses = {r.status_code for r in await burst(http, 3, "/status")}
+        assert statuses == {200}
+        assert time.monotonic() - started < 10
 
 
 @pytest.mark.parametrize("kind", ["messages", "bytes"])
