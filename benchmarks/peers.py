@@ -164,6 +164,13 @@ def start_peer(name: str, cpu: str, database_url: str, secret: str | None = None
         "JWT_SECRET": secret,
         "MESSAGE_QUEUE_SIZE": "100000",
         "MAX_CONNECTIONS": "20000",
+        # Every client comes from 127.0.0.1 and writes faster than one person types: the protections
+        # against one address or connection taking more than its share are off, as the peers have none.
+        "MAX_CONNECTIONS_PER_IP": "0",
+        "MAX_CONNECTIONS_PER_USER": "0",
+        "RATE_LIMIT_CONNECT_IP": "0",
+        "RATE_LIMIT_SYNC_MESSAGES": "0",
+        "RATE_LIMIT_SYNC_BYTES": "0",
         **settings,
     }
     label = "ours (PostgreSQL)" if database_url.startswith("postgresql") else "ours (SQLite)"

@@ -134,7 +134,7 @@ class EventStream(EventStreamResponse):
 
         sub = Subscriber(conn, self.principal, frozenset({"agent", "workspace"}), on_topic_lost=lost)
         hub = services.events
-        writer = asyncio.create_task(conn.run_writer(), name=f"sse-writer-{conn.id}")
+        closed = asyncio.create_task(conn.closed(), name=f"sse-closed-{conn.id}")
         heartbeat = asyncio.create_task(self._heartbeat(conn, settings.heartbeat_interval))
         self.ticket.conn = conn  # a drain closes it
         try:
@@ -147,13 +147,13 @@ class EventStream(EventStreamResponse):
             conn.send(frame("welcome", self._welcome(scope["path"])))  # subscribed from here on
             if self.last_event_id is not None:
                 await hub.resume(sub, self.last_event_id, on_gap=lambda: self._resync(sub))
-            await self._until_disconnected(receive, writer)
+            await self._until_disconnected(receive, closed)
         finally:
             hub.remove(sub)
             conn.close_at(None)
             conn.close(CLOSE_1000_NORMAL)
             heartbeat.cancel()
-            await asyncio.gather(writer, heartbeat, return_exceptions=True)
+            await asyncio.gather(closed, heartbeat, return_exceptions=True)
             self.ticket.release()
 
     def _welcome(self, path: str) -> dict[str, Any]:
@@ -181,12 +181,12 @@ class EventStream(EventStreamResponse):
             conn.send(HEARTBEAT)
 
     @staticmethod
-    async def _until_disconnected(receive: Receive, writer: asyncio.Task[None]) -> None:
-        """Wait for the client to go away, or the connection to end (its writer stops when the
-        connection closes, as when a token expires or the client stops reading)."""
+    async def _until_disconnected(receive: Receive, closed: asyncio.Task[None]) -> None:
+        """Wait for the client to go away, or the connection to end (``closed``: the connection's
+        ``closed()``, as when a token expires or the client stops reading)."""
         while True:
             reading = asyncio.ensure_future(receive())
-            await asyncio.wait({reading, writer}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({reading, closed}, return_when=asyncio.FIRST_COMPLETED)
             if not reading.done():
                 reading.cancel()
                 return

@@ -1,4 +1,4 @@
-"""One client connection: a bounded outbound queue drained by a single writer task."""
+"""One client connection: a bounded outbound queue, drained by one writer task while it holds frames."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ _ids = itertools.count(1)
 
 
 class Connection:
-    """Queues frames for one client and writes them in order from one task.
+    """Queues frames for one client and writes them in order, from one task at a time.
 
-    ``send`` never blocks and never creates a task: when nothing is queued or being written and the
-    channel can write at once (``send_now``, offered by ``AsgiChannel``), the frame goes straight to
-    the transport; otherwise it is queued and the writer woken. A client whose queue holds
+    ``send`` never blocks: when nothing is queued or being written and the channel can write at
+    once (``send_now``, offered by ``AsgiChannel``), the frame goes straight to the transport;
+    otherwise it is queued and a writer task started, which ends once the queue is written (an idle
+    connection holds no task). ``close`` has the queue written, then the channel closed; ``closed``
+    waits for that. A client whose queue holds
     ``max_queue`` frames, or ``max_queue_bytes`` bytes, when another frame comes is closed with
     1013: it can reconnect and resync, which costs less than buffering without bound. (Bytes count
     until written; the queue never holds more than ``max_queue_bytes`` plus one frame, so a frame of
@@ -29,6 +31,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_closed_waiter",
         "_drain_waiters",
         "_loop",
         "_max_queue",
@@ -37,7 +40,7 @@ class Connection:
         "_queue",
         "_queued_bytes",
         "_send_now",
-        "_wakeup",
+        "_writer",
         "_writer_done",
         "_writing",
         "awareness_ids",
@@ -73,9 +76,10 @@ class Connection:
         self._max_queue = max_queue
         self._max_queue_bytes = max_queue_bytes
         self._queued_bytes = 0
-        self._wakeup: asyncio.Future[None] | None = None
-        self._drain_waiters: list[asyncio.Future[None]] = []
-        self._writer_done = False
+        self._writer: asyncio.Task[None] | None = None  # while frames or a close are to be written
+        self._drain_waiters: list[asyncio.Future[None]] | None = None
+        self._closed_waiter: asyncio.Future[None] | None = None
+        self._writer_done = False  # closed, or the channel failed: nothing more is written
         self._writing = False  # the writer holds a batch it has not finished sending
         self._send_now = getattr(channel, "send_now", None)
 
@@ -93,12 +97,23 @@ class Connection:
         if self.close_code is not None or self._writer_done or (not self._queue and not self._writing):
             return
         waiter = self._loop.create_future()
+        if self._drain_waiters is None:
+            self._drain_waiters = []
         self._drain_waiters.append(waiter)
         await waiter
 
+    async def closed(self) -> None:
+        """Wait until the connection is closed: ``close`` was called and the queue written (or
+        dropped) and the channel closed, or the channel failed."""
+        if self._writer_done:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = self._loop.create_future()
+        await asyncio.shield(self._closed_waiter)
+
     def _drained(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
+        waiters, self._drain_waiters = self._drain_waiters, None
+        for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -143,36 +158,40 @@ class Connection:
             self.expiry = self._loop.call_at(when, self.close, code)
 
     def _wake(self) -> None:
-        waiter = self._wakeup
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        """Start the writer, unless one is running (it finds the new frame or the close before
+        it ends) or the connection is past writing."""
+        if self._writer is None and not self._writer_done:
+            self._writer = self._loop.create_task(self._write(), name=f"writer-{self.id}")
 
-    async def run_writer(self) -> None:
-        """Write queued frames until closed. Runs as the connection's one writer task."""
+    async def _write(self) -> None:
+        """Write the queued frames; then close the channel if the connection is closing. Ends when
+        there is nothing left to write."""
         channel = self.channel
+        finished = True  # unless it ends idle
         try:
-            while True:
-                while self._queue:
-                    # Take everything queued at once: one swap instead of a pop per frame.
-                    batch, self._queue = self._queue, []
-                    self._writing = True
-                    for data in batch:
-                        if self._overflowed:
-                            break  # cut off: close now rather than after the backlog
-                        await channel.send(data)
-                        self._queued_bytes -= len(data)  # counted until written
-                    self._writing = False
-                    self.last_sent = self._loop.time()
-                self._drained()
-                if self.close_code is not None:
-                    await channel.close(self.close_code)
-                    return
-                self._wakeup = self._loop.create_future()
-                await self._wakeup
-                self._wakeup = None
+            while self._queue:
+                # Take everything queued at once: one swap instead of a pop per frame.
+                batch, self._queue = self._queue, []
+                self._writing = True
+                for data in batch:
+                    if self._overflowed:
+                        break  # cut off: close now rather than after the backlog
+                    await channel.send(data)
+                    self._queued_bytes -= len(data)  # counted until written
+                self._writing = False
+                self.last_sent = self._loop.time()
+            if self.close_code is None:
+                finished = False  # idle: the next frame, or the close, starts another writer
+                return
+            await channel.close(self.close_code)
         except (ChannelClosed, OSError) as exc:
             # The peer vanished mid-send; the reader sees the disconnect and cleans up.
             log.debug("connection %s: send failed: %r", self.id, exc)
         finally:
-            self._writer_done = True
+            self._writer = None
+            self._writing = False
+            if finished:
+                self._writer_done = True
+                if self._closed_waiter is not None and not self._closed_waiter.done():
+                    self._closed_waiter.set_result(None)
             self._drained()

@@ -219,7 +219,6 @@ class RoomManager:
         room.join(conn)
         if user is not None and self.on_enter is not None:
             self.on_enter(key.workspace_id, user)
-        writer = asyncio.create_task(conn.run_writer(), name=f"writer-{conn.id}")
         with metrics.connection_span("sync", conn, user.user_id if user else "-", str(key)):
             try:
                 await self._read(room, conn, channel)
@@ -229,7 +228,7 @@ class RoomManager:
                 if user is not None and self.on_leave is not None:
                     self.on_leave(key.workspace_id, user)
                 conn.close(CLOSE_1000_NORMAL)  # no-op when a close code was already chosen
-                await writer
+                await conn.closed()
                 if not room.connections:
                     self._schedule_unload(room)
 

@@ -11,19 +11,106 @@ way, through the same transport, in order.
 Received frames are queued for the application as uvicorn does, but reading from the socket pauses
 only when ``READ_QUEUE_FRAMES`` frames wait or a large one (``READ_QUEUE_LARGE`` bytes) arrives, not
 after every frame (each pause and resume is a system call).
+
+An idle connection holds as little as uvicorn's protocol allows: the received-message queue and the
+"transport writable" flag are ``Inbox`` and ``Gate`` (an ``asyncio.Queue`` is three deques and an
+event, about 3 KB; an ``asyncio.Event`` another 0.8 KB), and once the handshake is answered the
+request and response objects and the scope's header list, read only while the upgrade is admitted,
+are let go.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
 FRAMES_EXTENSION = "collab.frames"
 READ_QUEUE_FRAMES = 32
 READ_QUEUE_LARGE = 64 * 1024  # so a paused application holds at most 2 MiB of small frames, or one large
+
+
+T = TypeVar("T")
+
+
+class Inbox(Generic[T]):
+    """The part of ``asyncio.Queue`` uvicorn's WebSocket protocol uses (``put_nowait``, ``get``,
+    ``qsize``, ``empty``), unbounded, for one reader at a time: its ASGI ``receive``."""
+
+    __slots__ = ("_head", "_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[T | None] = []
+        self._head = 0  # items before it were taken
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: T) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> T:
+        """The oldest item, waiting for one. RuntimeError if another ``get`` is waiting."""
+        while self._head == len(self._items):
+            if self._waiter is not None:
+                raise RuntimeError("Inbox.get: another reader is already waiting")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, head = self._items, self._head
+        item = items[head]
+        if head + 1 == len(items):
+            items.clear()
+            self._head = 0
+        else:
+            items[head] = None
+            self._head = head + 1
+        return item  # type: ignore[return-value]  # never a taken (None) slot
+
+    def qsize(self) -> int:
+        return len(self._items) - self._head
+
+    def empty(self) -> bool:
+        return self._head == len(self._items)
+
+
+class Gate:
+    """The part of ``asyncio.Event`` uvicorn's protocol uses for "the transport takes writes"
+    (``set``, ``clear``, ``is_set``, ``wait``); open when made, no waiter list until one waits."""
+
+    __slots__ = ("_open", "_waiters")
+
+    def __init__(self) -> None:
+        self._open = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._open
+
+    def set(self) -> None:
+        self._open = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._open = False
+
+    async def wait(self) -> bool:
+        if not self._open:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            await waiter
+        return True
 
 
 def binary_frame(payload: bytes, opcode: int = 0x82) -> bytes:
@@ -54,7 +141,7 @@ class FrameWriter:
         self._protocol = protocol
         self._loop = asyncio.get_running_loop()
         self._pending: list[bytes] | None = None
-        self.writable: asyncio.Event = protocol.writable  # cleared while the transport is paused
+        self.writable: Gate = protocol.writable  # closed while the transport is paused
 
     def write(self, payload: bytes | str) -> bool:
         """Write ``payload`` as one frame (binary; text for a ``str``), at the end of this turn of
@@ -86,13 +173,27 @@ class FrameWriter:
 
 
 class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol with ``FrameWriter`` and batched read pauses."""
+    """uvicorn's sans-I/O WebSocket protocol with ``FrameWriter``, batched read pauses and a
+    smaller idle footprint (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue: Inbox[ASGIReceiveEvent] = Inbox()  # type: ignore[assignment]
+        self.writable: Gate = Gate()  # type: ignore[assignment]
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
+        event.headers.clear()  # the scope has its own copy; the parser's frame keeps the request
         scope: Any = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][FRAMES_EXTENSION] = FrameWriter(self)
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # Answered: what only the upgrade needed can go.
+            self.request = self.response = None  # type: ignore[assignment]
+            self.scope["headers"] = []
 
     def send_receive_event_to_app(self) -> None:
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)

@@ -115,7 +115,6 @@ async def _serve(scope: Scope, receive: Receive, send: Send, services: Services,
     )
     admitted.ticket.conn = conn
     session = EventSession(services, conn, admitted.principal, kinds)
-    writer = asyncio.create_task(conn.run_writer(), name=f"events-writer-{conn.id}")
     heartbeat = Heartbeat(conn, settings.heartbeat_interval)
     try:
         if services.draining:  # began before the accept was sent
@@ -127,7 +126,7 @@ async def _serve(scope: Scope, receive: Receive, send: Send, services: Services,
         heartbeat.stop()
         session.close()
         conn.close(CLOSE_1000_NORMAL)
-        await writer
+        await conn.closed()
 
 
 class Heartbeat:

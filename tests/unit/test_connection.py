@@ -1,4 +1,4 @@
-"""``server.connection.Connection``: the per-connection send queue and its one writer task.
+"""``server.connection.Connection``: the per-connection send queue and its writer task.
 
 A fake ``Channel`` stands for the client: it records what the writer sends and how it closes, and
 can stop "reading" (its ``send`` then blocks, as a socket whose peer does not read)."""
@@ -61,7 +61,8 @@ async def finish(writer: asyncio.Task[None]) -> None:
 
 
 def start_writer(conn: Connection) -> asyncio.Task[None]:
-    return asyncio.create_task(conn.run_writer())
+    """A task that ends when the connection is closed (``Connection.closed``)."""
+    return asyncio.create_task(conn.closed())
 
 
 # -- order ----------------------------------------------------------------------------------------
@@ -220,6 +221,36 @@ async def test_close_wakes_an_idle_writer() -> None:
     conn.close(CLOSE_1000_NORMAL)
     await finish(writer)
     assert channel.closed == [CLOSE_1000_NORMAL]
+
+
+def writer_tasks(conn: Connection) -> list[asyncio.Task[object]]:
+    return [task for task in asyncio.all_tasks() if task.get_name() == f"writer-{conn.id}"]
+
+
+async def test_an_idle_connection_holds_no_writer_task() -> None:
+    """The writer runs only while frames wait (an idle connection costs no task), and a frame
+    queued after it ended starts another, in order."""
+    channel = FakeChannel()
+    channel.reading.clear()  # the first frames must wait
+    conn = Connection(channel, max_queue=10)
+    assert writer_tasks(conn) == []
+    conn.send(b"a")
+    conn.send(b"b")
+    assert len(writer_tasks(conn)) == 1
+    channel.reading.set()
+    await wait_until(lambda: channel.sent == [b"a", b"b"] and not writer_tasks(conn), timeout=DEADLINE)
+    channel.reading.clear()
+    conn.send(b"c")
+    assert len(writer_tasks(conn)) == 1
+    channel.reading.set()
+    await wait_until(lambda: channel.sent == [b"a", b"b", b"c"] and not writer_tasks(conn), timeout=DEADLINE)
+    closed = start_writer(conn)
+    await asyncio.sleep(0)
+    assert not closed.done()  # nothing started the close yet
+    conn.close(CLOSE_1000_NORMAL)
+    await finish(closed)
+    assert channel.closed == [CLOSE_1000_NORMAL]
+    assert writer_tasks(conn) == []
 
 
 @pytest.mark.parametrize("failure", [ChannelClosed(1006), ConnectionResetError("peer reset")])
