@@ -27,6 +27,21 @@ from .state_worker import StateWorker
 from .tables import document_snapshots, document_updates, documents
 from .yjs_state import StateBuilder
 
+_APPEND_SQL: dict[str, str] = {}
+
+
+def _append_sql(dialect: Any) -> str:
+    """``INSERT INTO document_updates (document_id, data)`` in ``dialect``'s own placeholders."""
+    sql = _APPEND_SQL.get(dialect.name)
+    if sql is None:
+        statement = insert(document_updates).inline()  # no RETURNING of the new ids
+        compiled = statement.compile(dialect=dialect, column_keys=["document_id", "data"])
+        if list(compiled.positiontup or ()) != ["document_id", "data"]:
+            raise RuntimeError(f"unexpected parameter order for {dialect.name}: {compiled.positiontup}")
+        sql = _APPEND_SQL[dialect.name] = str(compiled)
+    return sql
+
+
 DELETE_CHUNK = 5_000  # row ids per DELETE statement
 COMPACT_PAGE_ROWS = 1_000  # row ids and sizes listed per query while compacting
 COMPACT_CHUNK_BYTES = 1024 * 1024  # update bytes read and applied at once while compacting
@@ -265,14 +280,14 @@ class DocumentRepository:
 
     @translate_errors
     async def append(self, rows: Sequence[tuple[int, bytes]]) -> None:
-        """Append ``(document_id, update)`` rows in one transaction (group commit)."""
+        """Append ``(document_id, update)`` rows in one transaction (group commit), as one
+        ``executemany`` of the driver: the rows go to it as they are, without a parameter dict and
+        type processing per row (bytes and integers need none)."""
         if not rows:
             return
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(
-                    insert(document_updates), [{"document_id": doc, "data": data} for doc, data in rows]
-                )
+                await conn.exec_driver_sql(_append_sql(conn.dialect), list(rows))
         except IntegrityError:
             # A document was deleted (perhaps by another instance) while its updates waited: store
             # the rows of the documents that still exist, drop the others.
