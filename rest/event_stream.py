@@ -31,6 +31,7 @@ from server.events.models import ResyncRequired, Welcome
 from server.limits import Ticket
 from server.services import Services
 from server.vocabulary import iso_z, utcnow
+from server.websocket import Framed
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,11 @@ class SseChannel:
     async def recv(self) -> bytes:  # pragma: no cover - nothing is read from an SSE client
         raise NotImplementedError
 
-    async def send(self, data: bytes | str) -> None:
+    async def send(self, data: bytes | str | Framed) -> None:
+        if isinstance(data, Framed):  # each message its own event
+            for message in data.messages:
+                await self.send(message)
+            return
         text = data.decode() if isinstance(data, bytes) else data
         if not text.startswith(":"):
             match = _EVENT_ID.match(text)

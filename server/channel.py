@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from . import metrics
 from .close_codes import CLOSE_1003_UNSUPPORTED_DATA, CLOSE_1009_MESSAGE_TOO_BIG, CloseCode
-from .websocket import FRAMES_EXTENSION, FrameWriter
+from .websocket import FRAMES_EXTENSION, Framed, FrameWriter
 
 Receive = Any  # ASGI callables; kept loose to avoid importing a framework here
 Send = Any
@@ -40,7 +40,9 @@ class Channel(Protocol):
         """The next binary frame. Raises ``ChannelClosed`` or ``FrameRejected``."""
         ...
 
-    async def send(self, data: bytes | str) -> None: ...
+    async def send(self, data: bytes | str | Framed) -> None:
+        """Send a frame: binary, text (``str``), or several binary ones framed once (``Framed``)."""
+        ...
 
     async def close(self, close: CloseCode) -> None: ...
 
@@ -102,7 +104,7 @@ class AsgiChannel:
         metrics.message_in(data)
         return data
 
-    def send_now(self, data: bytes | str) -> bool:
+    def send_now(self, data: bytes | str | Framed) -> bool:
         """Write a frame at once, if the transport takes it without waiting. False when it cannot
         (no frame writer, the transport paused, or closed): send it with ``send`` instead."""
         frames = self._frames
@@ -113,7 +115,7 @@ class AsgiChannel:
         metrics.message_out(data)
         return True
 
-    async def send(self, data: bytes | str) -> None:
+    async def send(self, data: bytes | str | Framed) -> None:
         metrics.message_out(data)
         frames = self._frames
         if frames is not None:
@@ -126,6 +128,9 @@ class AsgiChannel:
         try:
             if isinstance(data, str):
                 await self._send({"type": "websocket.send", "text": data})
+            elif isinstance(data, Framed):
+                for message in data.messages:
+                    await self._send({"type": "websocket.send", "bytes": message})
             else:
                 await self._send({"type": "websocket.send", "bytes": data})
         except OSError as exc:  # uvicorn's ClientDisconnected is an OSError

@@ -10,6 +10,7 @@ from typing import Any
 
 from .channel import Channel, ChannelClosed
 from .close_codes import CLOSE_1013_SEND_QUEUE_FULL, CloseCode
+from .websocket import Framed
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class Connection:
         self._loop = asyncio.get_running_loop()
         self.last_sent = self._loop.time()
         self.close_code: CloseCode | None = None
-        self._queue: list[bytes | str] = []
+        self._queue: list[bytes | str | Framed] = []
         self._overflowed = False
         self._max_queue = max_queue
         self._max_queue_bytes = max_queue_bytes
@@ -117,7 +118,7 @@ class Connection:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def send(self, data: bytes | str) -> None:
+    def send(self, data: bytes | str | Framed) -> None:
         if self.close_code is not None:
             return
         if not self._queue and not self._writing and self._send_now is not None and self._send_now(data):

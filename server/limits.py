@@ -35,6 +35,7 @@ from .errors import (
     TooManyConnections,
     error_body,
 )
+from .websocket import Framed
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +201,11 @@ class PacedChannel:
         await self._rate.pace(len(data))
         return data
 
-    def send_now(self, data: bytes | str) -> bool:
+    def send_now(self, data: bytes | str | Framed) -> bool:
         """The wrapped channel's direct write (``AsgiChannel.send_now``), when it has one."""
         return self._send_now is not None and bool(self._send_now(data))
 
-    async def send(self, data: bytes | str) -> None:
+    async def send(self, data: bytes | str | Framed) -> None:
         await self._channel.send(data)
 
     async def close(self, close: CloseCode) -> None:

@@ -43,6 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .protocol import KEEPALIVE
+from .websocket import Framed
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -186,8 +187,13 @@ def message_in(data: bytes | str) -> None:
     _BYTES_IN.inc(len(data))
 
 
-def message_out(data: bytes | str) -> None:
-    """Count a frame sent to a client."""
+def message_out(data: bytes | str | Framed) -> None:
+    """Count a frame sent to a client (each of ``Framed``'s messages, by the first one's kind:
+    they are the updates of one relay)."""
+    if isinstance(data, Framed):
+        _OUT[_frame_kind(data.messages[0])].inc(len(data.messages))
+        _BYTES_OUT.inc(sum(map(len, data.messages)))
+        return
     _OUT[_frame_kind(data)].inc()
     _BYTES_OUT.inc(len(data))
 

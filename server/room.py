@@ -9,13 +9,14 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from pycrdt import Awareness, Doc, merge_updates
+from pycrdt import Awareness, Doc
 
 from . import protocol
 from .close_codes import CloseCode
 from .connection import Connection
 from .protocol import MessageType, ProtocolError, SyncType
 from .vocabulary import is_workspace_id
+from .websocket import Framed, binary_frame
 from .yjs_format import UpdateFacts, decode_state_vector, split_update
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,9 @@ class RoomKey(NamedTuple):
 class Room:
     """Applies client messages to the document and relays them to the room's other clients.
 
-    Updates accepted in one event-loop turn are relayed together: one merged update per turn
-    instead of one frame per update, and never back to the connection that sent them.
+    Updates accepted in one event-loop turn are relayed together, at the end of the turn, each as
+    the message its client sent: framed once for every receiver and written to each in one
+    transport write, never back to the connection that sent them.
     """
 
     def __init__(
@@ -361,12 +363,17 @@ class Room:
         self.awareness.apply_awareness_update(update, origin=None)
         self._broadcast(protocol.awareness(update), None)
 
-    def _broadcast(self, frame: bytes, exclude: Connection | None) -> None:
+    def _broadcast(self, message: bytes, exclude: Connection | None) -> None:
+        """Send ``message`` to every connection but ``exclude``, framed once for all of them."""
+        framed = Framed([message]) if len(self.connections) > 2 else message
         for other in self.connections:
             if other is not exclude:
-                other.send(frame)
+                other.send(framed)
 
     def _relay_pending(self) -> None:
+        """Relay the updates accepted in this turn of the loop, each as the sync-update message its
+        client sent (or one built for it), in the order accepted, to every connection but the
+        update's own: framed once, and one write per receiver (``Framed``)."""
         pending, self._pending = self._pending, []
         if not pending:
             return
@@ -374,15 +381,17 @@ class Room:
             origin, update, frame = pending[0]
             self._broadcast(frame or protocol.sync_update(update), origin)
             return
+        messages = [frame or protocol.sync_update(update) for _, update, frame in pending]
+        frames = [binary_frame(message) for message in messages]
+        everything = Framed(messages, b"".join(frames))
         senders = {origin for origin, _, _ in pending}
-        everything = protocol.sync_update(merge_updates(*(update for _, update, _ in pending)))
         for conn in self.connections:
             if conn not in senders:
                 conn.send(everything)
         for sender in senders:
             if sender is None or sender not in self.connections:
                 continue
-            others = [update for origin, update, _ in pending if origin is not sender]
+            others = [i for i, (origin, _, _) in enumerate(pending) if origin is not sender]
             if others:
-                merged = others[0] if len(others) == 1 else merge_updates(*others)
-                sender.send(protocol.sync_update(merged))
+                wire = b"".join([frames[i] for i in others])
+                sender.send(Framed([messages[i] for i in others], wire))

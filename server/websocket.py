@@ -129,6 +129,22 @@ def text_frame(text: str) -> bytes:
     return binary_frame(text.encode(), 0x81)
 
 
+class Framed:
+    """Binary messages framed once for any number of receivers: ``wire`` holds their WebSocket
+    frames back to back (``binary_frame``; server frames are unmasked, so the bytes are the same
+    for every receiver, RFC 6455 5.1), ``messages`` the messages themselves, for a channel that
+    frames what it sends. ``len()`` is the size of ``wire``."""
+
+    __slots__ = ("messages", "wire")
+
+    def __init__(self, messages: list[bytes], wire: bytes | None = None) -> None:
+        self.messages = messages
+        self.wire = b"".join(map(binary_frame, messages)) if wire is None else wire
+
+    def __len__(self) -> int:
+        return len(self.wire)
+
+
 class FrameWriter:
     """Writes data frames (binary, or text for a ``str``) of one accepted WebSocket connection to
     its transport. The frames written during one turn of the event loop go out in one transport
@@ -143,10 +159,10 @@ class FrameWriter:
         self._pending: list[bytes] | None = None
         self.writable: Gate = protocol.writable  # closed while the transport is paused
 
-    def write(self, payload: bytes | str) -> bool:
-        """Write ``payload`` as one frame (binary; text for a ``str``), at the end of this turn of
-        the loop. False when the connection cannot send any more (closed, closing, or not
-        accepted yet); nothing is written then."""
+    def write(self, payload: bytes | str | Framed) -> bool:
+        """Write ``payload`` as one frame (binary; text for a ``str``; ``Framed`` as framed), at
+        the end of this turn of the loop. False when the connection cannot send any more (closed,
+        closing, or not accepted yet); nothing is written then."""
         protocol = self._protocol
         if (
             protocol.disconnected
@@ -156,7 +172,12 @@ class FrameWriter:
             or protocol.transport.is_closing()
         ):
             return False
-        frame = text_frame(payload) if isinstance(payload, str) else binary_frame(payload)
+        if isinstance(payload, Framed):
+            frame = payload.wire
+        elif isinstance(payload, str):
+            frame = text_frame(payload)
+        else:
+            frame = binary_frame(payload)
         if self._pending is None:
             self._pending = [frame]
             self._loop.call_soon(self.flush)
