@@ -563,12 +563,19 @@ PROFILE_CATEGORIES: list[tuple[str, Any]] = [
     (
         # The innermost Python frame is the one calling transport.write: time in the system call.
         "send: system call (transport.write), one per receiver and turn",
-        lambda fs: fs[-1].startswith(("FrameWriter.write", "WebSocketsSansIOProtocol.send")),
+        lambda fs: fs[-1].startswith(
+            ("FrameWriter.flush", "FrameWriter.write", "WebSocketsSansIOProtocol.send")
+        ),
     ),
-    ("relay: merge a turn's updates (pycrdt merge_updates)", lambda fs: _has(fs, "merge_updates")),
+    (
+        "relay: merge a turn's updates (pycrdt merge_updates, before Framed)",
+        lambda fs: _has(fs, "merge_updates"),
+    ),
     (
         "send: frames built, connection queues, writer tasks, ASGI sends",
-        lambda fs: _has(fs, "Room._relay_pending") or _has(fs, "Connection.run_writer"),
+        lambda fs: any(
+            _has(fs, name) for name in ("Room._relay_pending", "Connection.run_writer", "Connection._write")
+        ),
     ),
     (
         "apply: pycrdt apply_update",

@@ -21,7 +21,8 @@ Where each one is counted:
 - ``collab_errors_total{transport,code}``: every error code sent to a client (``error_sent``);
 - ``collab_http_request_duration_seconds{method,route,status}``: ``RequestTimer`` (REST);
 - ``collab_fanout_latency_seconds``: from an update's acceptance until it is queued to every
-  other connection of its room on this instance (``rooms.RoomManager``);
+  other connection of its room on this instance (``room.Room`` calls ``fanned_out`` once per turn
+  for the updates it relayed; added to the histogram at each scrape);
 - ``collab_group_commit_batch_updates``, ``collab_group_commit_delay_seconds``: each group commit
   (``persistence.UpdateWriter``): updates per transaction, and the time from the first update of
   the batch being accepted to the commit;
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -219,10 +220,26 @@ def publish_message_counts() -> None:
         MESSAGE_BYTES.labels(direction).inc(size)
 
 
-def fanout_timer() -> Callable[[], None]:
-    """Started when an update is accepted; call the result once it is queued to everyone."""
-    started = time.perf_counter()
-    return lambda: FANOUT_LATENCY.observe(time.perf_counter() - started)
+_fanout_waiting: list[float] = []  # fan-out latencies (seconds) not yet in the histogram
+FANOUT_BATCH = 4096  # observed at a scrape, or once this many wait
+
+
+def fanned_out(accepted_at: list[float]) -> None:
+    """Updates accepted at ``accepted_at`` (``time.perf_counter()`` seconds) are now queued to every
+    other local connection. Kept in a list and added to ``collab_fanout_latency_seconds`` at the
+    next scrape, or once ``FANOUT_BATCH`` wait (a histogram takes a lock per observation)."""
+    now = time.perf_counter()
+    _fanout_waiting.extend([now - at for at in accepted_at])
+    if len(_fanout_waiting) >= FANOUT_BATCH:
+        publish_fanout_latencies()
+
+
+def publish_fanout_latencies() -> None:
+    """Add the fan-out latencies waiting to ``collab_fanout_latency_seconds``."""
+    waiting = _fanout_waiting[:]
+    _fanout_waiting.clear()
+    for latency in waiting:
+        FANOUT_LATENCY.observe(latency)
 
 
 @contextmanager
@@ -308,4 +325,5 @@ def exposition(services: Services | None) -> tuple[bytes, str]:
     if services is not None:
         refresh(services)
     publish_message_counts()
+    publish_fanout_latencies()
     return generate_latest(), CONTENT_TYPE_LATEST

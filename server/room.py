@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from pycrdt import Awareness, Doc
 
-from . import protocol
+from . import metrics, protocol
 from .close_codes import CloseCode
 from .connection import Connection
 from .protocol import MessageType, ProtocolError, SyncType
@@ -124,7 +124,8 @@ class Room:
         self._remote_awareness: dict[int, float] = {}  # client id -> when last renewed
         self._server_ids: set[int] = set()  # awareness client ids the server owns (agents)
         self._owners: dict[int, Connection] = {}  # awareness client id -> the connection that set it
-        self._pending: list[tuple[Connection | None, bytes, bytes | None]] = []  # origin, update, frame
+        # origin, update, its message as received, when accepted here
+        self._pending: list[tuple[Connection | None, bytes, bytes | None, float | None]] = []
         self._full_state: bytes | None = None
         self._full_state_step2: bytes | None = None
         self.version = 0  # counts the updates applied, so that views of the document can be cached
@@ -216,7 +217,8 @@ class Room:
             await apply_in_parts(update, self._apply)
         else:
             self._apply(update)
-        self._on_update(self.document_id, update, lambda: self._relay(update, origin, frame))
+        accepted_at = time.perf_counter()
+        self._on_update(self.document_id, update, lambda: self._relay(update, origin, frame, accepted_at))
 
     def apply_remote(self, update: bytes) -> None:
         """Apply an update another instance accepted (and stores): relay it to every
@@ -224,7 +226,7 @@ class Room:
         if update == protocol.EMPTY_UPDATE:
             return
         self._apply(update)
-        self._relay(update, None, None)
+        self._relay(update, None, None, None)
 
     def _apply(self, update: bytes) -> None:
         try:
@@ -247,10 +249,14 @@ class Room:
             self.broken = True
             self._on_broken(self)
 
-    def _relay(self, update: bytes, origin: Connection | None, frame: bytes | None) -> None:
+    def _relay(
+        self, update: bytes, origin: Connection | None, frame: bytes | None, accepted_at: float | None
+    ) -> None:
+        """Relay ``update`` at the end of this turn (``accepted_at``: when this instance accepted
+        it, for the fan-out latency; None for one accepted elsewhere)."""
         if not self._pending:
             self._loop.call_soon(self._relay_pending)
-        self._pending.append((origin, update, frame))
+        self._pending.append((origin, update, frame, accepted_at))
 
     def full_state(self) -> bytes:
         """The whole document as one update, encoded once per version: many joiners at once (a
@@ -378,20 +384,26 @@ class Room:
         if not pending:
             return
         if len(pending) == 1:
-            origin, update, frame = pending[0]
+            origin, update, frame, _ = pending[0]
             self._broadcast(frame or protocol.sync_update(update), origin)
-            return
-        messages = [frame or protocol.sync_update(update) for _, update, frame in pending]
+        else:
+            self._relay_many(pending)
+        accepted = [at for *_, at in pending if at is not None]
+        if accepted:
+            metrics.fanned_out(accepted)
+
+    def _relay_many(self, pending: list[tuple[Connection | None, bytes, bytes | None, float | None]]) -> None:
+        messages = [frame or protocol.sync_update(update) for _, update, frame, _ in pending]
         frames = [binary_frame(message) for message in messages]
         everything = Framed(messages, b"".join(frames))
-        senders = {origin for origin, _, _ in pending}
+        senders = {entry[0] for entry in pending}
         for conn in self.connections:
             if conn not in senders:
                 conn.send(everything)
         for sender in senders:
             if sender is None or sender not in self.connections:
                 continue
-            others = [i for i, (origin, _, _) in enumerate(pending) if origin is not sender]
+            others = [i for i, entry in enumerate(pending) if entry[0] is not sender]
             if others:
                 wire = b"".join([frames[i] for i in others])
                 sender.send(Framed([messages[i] for i in others], wire))

@@ -155,15 +155,7 @@ class RoomManager:
         """An update accepted from a client (or REST): store it, relay it to this instance's
         other clients and tell the other instances, at once or, in synchronous mode, once stored."""
         seq = self.writer.append(document_id, update)
-        fanned_out = metrics.fanout_timer()
-
-        def relay_timed() -> None:
-            relay()
-            # The room relays what a turn accepted in one callback, scheduled by ``relay`` or
-            # earlier: this one runs after it.
-            asyncio.get_running_loop().call_soon(fanned_out)
-
-        self.writer.when_relayable(seq, relay_timed)
+        self.writer.when_relayable(seq, relay)
         if self.replication is not None:
             replication = self.replication
             self.writer.when_relayable(seq, lambda: replication.local_update(document_id, update, seq))
