@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
 import time
-from typing import Any
+import weakref
+from typing import Any, ClassVar
 
 from .channel import Channel, ChannelClosed
 from .close_codes import CLOSE_1013_SEND_QUEUE_FULL, CloseCode
@@ -15,6 +17,86 @@ from .websocket import Framed
 log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
+
+
+class Deadline:
+    """A connection to be closed with ``code`` at ``at`` (the loop's clock), until cancelled (the
+    interface of the ``asyncio.TimerHandle`` it stands in for: ``when``, ``cancel``, ``cancelled``)."""
+
+    __slots__ = ("at", "code", "conn", "owner")
+
+    def __init__(self, at: float, conn: Connection, code: CloseCode, owner: Deadlines) -> None:
+        self.at = at
+        self.conn: Connection | None = conn
+        self.code = code
+        self.owner = owner
+
+    def __lt__(self, other: Deadline) -> bool:
+        return self.at < other.at
+
+    def when(self) -> float:
+        return self.at
+
+    def cancelled(self) -> bool:
+        return self.conn is None
+
+    def cancel(self) -> None:
+        if self.conn is not None:
+            self.conn = None
+            self.owner.live -= 1
+
+
+class Deadlines:
+    """The close deadlines (token expiries) of one event loop's connections: one heap and one
+    timer for all of them, instead of a timer handle per connection (about 0.6 KB each).
+    Cancelled entries stay until they come up, or until they are more than half the heap."""
+
+    _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[Deadline] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self.live = 0  # deadlines in the heap not cancelled
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> Deadlines:
+        deadlines = cls._of_loop.get(loop)
+        if deadlines is None:
+            deadlines = cls._of_loop[loop] = cls(loop)
+        return deadlines
+
+    def add(self, when: float, conn: Connection, code: CloseCode) -> Deadline:
+        """Close ``conn`` with ``code`` at ``when`` (``loop.time()`` seconds), unless the returned
+        deadline is cancelled first."""
+        deadline = Deadline(when, conn, code, self)
+        self.live += 1
+        if len(self._heap) > 64 and len(self._heap) > 2 * self.live:
+            self._heap = [d for d in self._heap if d.conn is not None]
+            heapq.heapify(self._heap)
+        heapq.heappush(self._heap, deadline)
+        if self._heap[0] is deadline:
+            self._schedule()
+        return deadline
+
+    def _schedule(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(self._heap[0].at, self._expire) if self._heap else None
+
+    def _expire(self) -> None:
+        now = self._loop.time()
+        heap = self._heap
+        while heap and heap[0].at <= now:
+            deadline = heapq.heappop(heap)
+            conn = deadline.conn
+            if conn is not None:
+                deadline.cancel()
+                conn.close(deadline.code)
+        self._timer = None
+        self._schedule()
 
 
 class Connection:
@@ -67,7 +149,7 @@ class Connection:
         self.channel = channel
         self.user = user
         self.can_write = can_write
-        self.expiry: asyncio.TimerHandle | None = None
+        self.expiry: Deadline | None = None
         self.awareness_ids: set[int] | None = None  # created when the client announces presence
         self._loop = asyncio.get_running_loop()
         self.last_sent = self._loop.time()
@@ -156,7 +238,7 @@ class Connection:
             self.expiry = None
         if deadline is not None and code is not None:
             when = self._loop.time() + (deadline - time.time())
-            self.expiry = self._loop.call_at(when, self.close, code)
+            self.expiry = Deadlines.of(self._loop).add(when, self, code)
 
     def _wake(self) -> None:
         """Start the writer, unless one is running (it finds the new frame or the close before

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -242,29 +240,44 @@ def publish_fanout_latencies() -> None:
         FANOUT_LATENCY.observe(latency)
 
 
-@contextmanager
-def connection_span(endpoint: str, conn: Connection, user_id: str, document: str = "") -> Iterator[None]:
+class connection_span:
     """An accepted WebSocket connection, from accept to close: the connection gauges, and one log
     line as it opens and one as it closes, with the connection id, the endpoint (``sync`` for a
     document, with the document as ``workspace/path``), the user, and at the close the duration
-    in seconds and the close code the server chose."""
-    CONNECTIONS_OPENED.labels(endpoint).inc()
-    where = f" {document}" if document else ""
-    connection_id = conn.id
-    log.info("WebSocket connection %s opened: %s%s user=%s", connection_id, endpoint, where, user_id)
-    started = time.monotonic()
-    try:
-        yield
-    finally:
+    in seconds and the close code the server chose. (A class rather than a generator: it lives as
+    long as the connection, and a suspended generator frame holds several times its size.)"""
+
+    __slots__ = ("conn", "endpoint", "started", "user_id", "where")
+
+    def __init__(self, endpoint: str, conn: Connection, user_id: str, document: str = "") -> None:
+        self.endpoint = endpoint
+        self.conn = conn
+        self.user_id = user_id
+        self.where = f" {document}" if document else ""
+        self.started = 0.0
+
+    def __enter__(self) -> None:
+        CONNECTIONS_OPENED.labels(self.endpoint).inc()
+        log.info(
+            "WebSocket connection %s opened: %s%s user=%s",
+            self.conn.id,
+            self.endpoint,
+            self.where,
+            self.user_id,
+        )
+        self.started = time.monotonic()
+
+    def __exit__(self, *exc_info: object) -> None:
+        conn = self.conn
         code = conn.close_code.code if conn.close_code is not None else None
-        CONNECTIONS_CLOSED.labels(endpoint, str(code)).inc()
+        CONNECTIONS_CLOSED.labels(self.endpoint, str(code)).inc()
         log.info(
             "WebSocket connection %s closed: %s%s user=%s duration=%.1fs code=%s",
-            connection_id,
-            endpoint,
-            where,
-            user_id,
-            time.monotonic() - started,
+            conn.id,
+            self.endpoint,
+            self.where,
+            self.user_id,
+            time.monotonic() - self.started,
             code,
         )
 

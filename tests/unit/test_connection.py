@@ -18,7 +18,7 @@ from server.close_codes import (
     CLOSE_4403_ACCESS_REVOKED,
     CloseCode,
 )
-from server.connection import Connection
+from server.connection import Connection, Deadlines
 from tests.support.wait import wait_until
 
 DEADLINE = 2.0  # seconds any wait on a condition may take before the test fails
@@ -332,3 +332,25 @@ async def test_near_deadline_closes_at_that_moment_not_before() -> None:
     elapsed = loop.time() - started
     assert elapsed >= 0.09
     assert channel.closed == [CLOSE_4401_TOKEN_EXPIRED]
+
+
+async def test_many_deadlines_share_one_timer_close_in_order_and_forget_the_cancelled() -> None:
+    """Token expiries of every connection on a loop are one heap with one timer: each closes at its
+    own deadline, a cancelled one never does, and cancelled entries do not pile up."""
+    loop = asyncio.get_running_loop()
+    conns = [Connection(FakeChannel(), max_queue=10) for _ in range(200)]
+    for n, conn in enumerate(conns):
+        conn.close_at(time.time() + 3600 + n, CLOSE_4401_TOKEN_EXPIRED)
+    for conn in conns[:150]:
+        conn.close_at(None)
+    deadlines = Deadlines.of(loop)
+    assert deadlines.live == 50
+    soon = [Connection(FakeChannel(), max_queue=10) for _ in range(3)]
+    for n, conn in enumerate(reversed(soon)):  # added latest-first, due earliest-first
+        conn.close_at(time.time() + 0.05 * (n + 1), CLOSE_4401_TOKEN_EXPIRED)
+    assert len(deadlines._heap) <= 2 * deadlines.live  # the cancelled were dropped
+    soon[1].close_at(None)
+    await wait_until(lambda: soon[0].is_closing and soon[2].is_closing, timeout=DEADLINE)
+    assert soon[1].close_code is None
+    assert not any(conn.is_closing for conn in conns)
+    assert deadlines.live == 50
