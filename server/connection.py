@@ -116,6 +116,7 @@ class Connection:
     __slots__ = (
         "_closed_waiter",
         "_drain_waiters",
+        "_failure",
         "_loop",
         "_max_queue",
         "_max_queue_bytes",
@@ -162,6 +163,7 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None  # while frames or a close are to be written
         self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._closed_waiter: asyncio.Future[None] | None = None
+        self._failure: Exception | None = None  # what the writer raised, other than a disconnect
         self._writer_done = False  # closed, or the channel failed: nothing more is written
         self._writing = False  # the writer holds a batch it has not finished sending
         self._send_now = getattr(channel, "send_now", None)
@@ -187,12 +189,27 @@ class Connection:
 
     async def closed(self) -> None:
         """Wait until the connection is closed: ``close`` was called and the queue written (or
-        dropped) and the channel closed, or the channel failed."""
-        if self._writer_done:
-            return
+        dropped) and the channel closed, or the channel failed. Raises what the writer raised
+        if it failed otherwise than by the peer going away. Cancelled, it cancels the writer too
+        (the connection is being torn down)."""
         if self._closed_waiter is None:
             self._closed_waiter = self._loop.create_future()
-        await asyncio.shield(self._closed_waiter)
+            if self._writer_done:
+                self._settle(self._closed_waiter)
+        try:
+            await asyncio.shield(self._closed_waiter)
+        except asyncio.CancelledError:
+            if self._writer is not None:
+                self._writer.cancel()
+            raise
+
+    def _settle(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.done():
+            return
+        if self._failure is not None:
+            waiter.set_exception(self._failure)
+        else:
+            waiter.set_result(None)
 
     def _drained(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, None
@@ -270,11 +287,13 @@ class Connection:
         except (ChannelClosed, OSError) as exc:
             # The peer vanished mid-send; the reader sees the disconnect and cleans up.
             log.debug("connection %s: send failed: %r", self.id, exc)
+        except Exception as exc:  # noqa: BLE001 - a fault of the server's, raised again by ``closed()``
+            self._failure = exc
         finally:
             self._writer = None
             self._writing = False
             if finished:
                 self._writer_done = True
-                if self._closed_waiter is not None and not self._closed_waiter.done():
-                    self._closed_waiter.set_result(None)
+                if self._closed_waiter is not None:
+                    self._settle(self._closed_waiter)
             self._drained()

@@ -65,12 +65,16 @@ class Inbox(Generic[T]):
                 self._waiter = None
         items, head = self._items, self._head
         item = items[head]
-        if head + 1 == len(items):
+        head += 1
+        if head == len(items):
             items.clear()
-            self._head = 0
+            head = 0
+        elif head >= 32 and head * 2 >= len(items):  # a reader that never quite catches up
+            del items[:head]
+            head = 0
         else:
-            items[head] = None
-            self._head = head + 1
+            items[head - 1] = None
+        self._head = head
         return item  # type: ignore[return-value]  # never a taken (None) slot
 
     def qsize(self) -> int:
@@ -109,7 +113,12 @@ class Gate:
             if self._waiters is None:
                 self._waiters = []
             self._waiters.append(waiter)
-            await waiter
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if self._waiters is not None and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                raise
         return True
 
 
@@ -208,6 +217,15 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         scope: Any = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][FRAMES_EXTENSION] = FrameWriter(self)
+
+    def keepalive_timeout(self) -> None:
+        """No pong within the ping timeout: uvicorn sends a close frame and closes the transport,
+        which waits until everything buffered is written; a peer that stopped reading never takes
+        it, and the connection would stay open (and its place taken) for ever. With data still
+        buffered the transport is aborted instead."""
+        super().keepalive_timeout()
+        if self.transport.is_closing() and self.transport.get_write_buffer_size() > 0:
+            self.transport.abort()
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)

@@ -1,10 +1,15 @@
-"""A client that stops reading is cut off with 1013 once its queue is full; others are unaffected."""
+"""A client that stops reading is cut off with 1013 once its queue is full; others are unaffected;
+one that never reads again is let go after the keepalive timeout."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import os
+import socket
 from collections.abc import Callable
 
-from server.close_codes import CLOSE_1013_SEND_QUEUE_FULL
+from server.close_codes import CLOSE_1013_SEND_QUEUE_FULL, CLOSE_4403_ACCESS_REVOKED
 from server.config import Settings
 from tests.support.rawclient import raw_client
 from tests.support.server import run_server
@@ -37,3 +42,41 @@ async def test_stalled_reader_is_cut_off_and_others_keep_receiving(
             code, reason = await stalled.wait_closed(timeout=30)
     assert code == CLOSE_1013_SEND_QUEUE_FULL.code
     assert "reconnect" in reason
+
+
+async def test_a_peer_that_never_reads_again_is_let_go_after_the_keepalive_timeout(
+    make_settings: Callable[..., Settings], workspace: str
+) -> None:
+    """A peer that keeps its TCP connection open but stops reading, with the server's send buffer
+    full: closing it (here: its access is revoked) cannot send the close frame, and uvicorn's own
+    close would wait for the buffer for ever. After the keepalive timeout the transport is
+    aborted, and the connection's place is given back."""
+    async with run_server(make_settings(message_queue_size=100_000, heartbeat_interval=1.0)) as server:
+        url = server.doc_url(workspace)
+        async with yclient(url) as writer:
+            reader, stream = await asyncio.open_connection("127.0.0.1", server.port, limit=2**16)
+            stream.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            key = base64.b64encode(os.urandom(16)).decode()
+            request = (
+                f"GET /ws/workspaces/{workspace} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            stream.write(request.encode())
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                room_of = server.services.rooms.rooms
+                await wait_until(lambda: sum(len(r.connections) for r in room_of.values()) == 2, timeout=10)
+                room = next(iter(room_of.values()))
+                silent = max(room.connections, key=lambda c: c.id)
+                stream.transport.pause_reading()  # from here on it reads nothing
+                for i in range(3000):
+                    writer.text().insert(len(writer.text()), "q" * 32 * 1024)
+                    await asyncio.sleep(0)
+                    if i > 20 and silent._writing:  # its writer waits for the transport
+                        break
+                assert silent._writing
+                room.eject(silent, CLOSE_4403_ACCESS_REVOKED)
+                await wait_until(lambda: server.services.admission.open == 1, timeout=10)
+                assert silent not in room.connections
+            finally:
+                stream.transport.abort()

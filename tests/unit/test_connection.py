@@ -354,3 +354,34 @@ async def test_many_deadlines_share_one_timer_close_in_order_and_forget_the_canc
     assert soon[1].close_code is None
     assert not any(conn.is_closing for conn in conns)
     assert deadlines.live == 50
+
+
+class BrokenChannel(FakeChannel):
+    """A channel whose ``send`` fails with a fault of the server's own (not a disconnect)."""
+
+    async def send(self, data: bytes | str) -> None:
+        raise RuntimeError(f"an unexpected failure while writing {len(data)} bytes")
+
+
+async def test_a_writer_fault_that_is_not_a_disconnect_reaches_whoever_waits_for_the_close() -> None:
+    conn = Connection(BrokenChannel(), max_queue=10)
+    conn.send(b"x")
+    conn.close(CLOSE_1000_NORMAL)
+    with pytest.raises(RuntimeError, match="unexpected failure"):
+        await asyncio.wait_for(conn.closed(), DEADLINE)
+    with pytest.raises(RuntimeError):  # and to a later waiter too
+        await asyncio.wait_for(conn.closed(), DEADLINE)
+
+
+async def test_cancelling_the_wait_for_the_close_cancels_a_stuck_writer() -> None:
+    channel = FakeChannel()
+    channel.reading.clear()  # the writer blocks in its first send
+    conn = Connection(channel, max_queue=10)
+    conn.send(b"x")
+    conn.close(CLOSE_1000_NORMAL)
+    waiting = asyncio.create_task(conn.closed())
+    await wait_until(lambda: channel.attempted == [b"x"], timeout=DEADLINE)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await wait_until(lambda: not writer_tasks(conn), timeout=DEADLINE)

@@ -67,3 +67,25 @@ async def test_the_gate_holds_waiters_while_closed_and_releases_them_all() -> No
     assert not any(w.done() for w in waiters) and not gate.is_set()
     gate.set()
     assert await asyncio.wait_for(asyncio.gather(*waiters), 2) == [True, True, True]
+
+
+async def test_the_inbox_does_not_grow_while_its_reader_keeps_one_item_behind() -> None:
+    inbox: Inbox[int] = Inbox()
+    inbox.put_nowait(0)
+    for n in range(1, 10_000):
+        inbox.put_nowait(n)
+        assert await inbox.get() == n - 1
+    assert inbox.qsize() == 1
+    assert len(inbox._items) <= 64  # taken slots are dropped, not kept as None
+
+
+async def test_a_cancelled_gate_waiter_is_forgotten() -> None:
+    gate = Gate()
+    gate.clear()
+    for _ in range(100):
+        waiter = asyncio.create_task(gate.wait())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    assert not gate._waiters
