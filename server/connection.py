@@ -7,7 +7,6 @@ import heapq
 import itertools
 import logging
 import time
-import weakref
 from typing import Any, ClassVar
 
 from .channel import Channel, ChannelClosed
@@ -51,9 +50,7 @@ class Deadlines:
     timer for all of them, instead of a timer handle per connection (about 0.6 KB each).
     Cancelled entries stay until they come up, or until they are more than half the heap."""
 
-    _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines]] = (
-        weakref.WeakKeyDictionary()
-    )
+    _current: ClassVar[Deadlines | None] = None  # the last loop's (one loop in a server process)
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -63,9 +60,12 @@ class Deadlines:
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Deadlines:
-        deadlines = cls._of_loop.get(loop)
-        if deadlines is None:
-            deadlines = cls._of_loop[loop] = cls(loop)
+        """The deadlines of ``loop``: those of the last loop asked for, or new ones. (A process
+        with several loops, such as tests running servers in threads, may get several for one
+        loop; each keeps its own deadlines and timer, and only the last loop is held here.)"""
+        deadlines = cls._current
+        if deadlines is None or deadlines._loop is not loop:
+            deadlines = cls._current = cls(loop)
         return deadlines
 
     def add(self, when: float, conn: Connection, code: CloseCode) -> Deadline:
