@@ -199,7 +199,7 @@ def message_out(data: bytes | str | Framed) -> None:
     they are the updates of one relay)."""
     if isinstance(data, Framed):
         _counted_out[_frame_kind(data.messages[0])] += len(data.messages)
-        _counted_bytes["out"] += sum(map(len, data.messages))
+        _counted_bytes["out"] += data.payload_bytes
         return
     _counted_out[_frame_kind(data)] += 1
     _counted_bytes["out"] += len(data)

@@ -142,13 +142,15 @@ class Framed:
     """Binary messages framed once for any number of receivers: ``wire`` holds their WebSocket
     frames back to back (``binary_frame``; server frames are unmasked, so the bytes are the same
     for every receiver, RFC 6455 5.1), ``messages`` the messages themselves, for a channel that
-    frames what it sends. ``len()`` is the size of ``wire``."""
+    frames what it sends, ``payload_bytes`` their total size (counted once, not per receiver).
+    ``len()`` is the size of ``wire``."""
 
-    __slots__ = ("messages", "wire")
+    __slots__ = ("messages", "payload_bytes", "wire")
 
     def __init__(self, messages: list[bytes], wire: bytes | None = None) -> None:
         self.messages = messages
         self.wire = b"".join(map(binary_frame, messages)) if wire is None else wire
+        self.payload_bytes = sum(map(len, messages))
 
     def __len__(self) -> int:
         return len(self.wire)

@@ -60,6 +60,17 @@ async def joined(room: Room) -> tuple[Connection, RecordingChannel]:
     return conn, channel
 
 
+def a_room() -> Room:
+    """A room that relays every update at once (no storage to wait for)."""
+    return Room(
+        RoomKey("ws-relay", "doc"),
+        1,
+        Doc(),
+        on_update=lambda _doc, _update, relay: relay(),
+        on_broken=lambda _room: None,
+    )
+
+
 async def until_written(*channels: RecordingChannel) -> None:
     for _ in range(10):  # the relay runs at the end of the turn, the writers after it
         await asyncio.sleep(0)
@@ -68,13 +79,7 @@ async def until_written(*channels: RecordingChannel) -> None:
 
 
 async def test_one_turn_of_updates_reaches_every_other_connection_in_order_without_echo() -> None:
-    room = Room(
-        RoomKey("ws-relay", "doc"),
-        1,
-        Doc(),
-        on_update=lambda _doc, _update, relay: relay(),
-        on_broken=lambda _room: None,
-    )
+    room = a_room()
     (a, a_channel), (b, b_channel), (_, c_channel) = [await joined(room) for _ in range(3)]
     from_a, from_b, from_server = an_update(11, "a"), an_update(12, "b"), an_update(13, "s")
     frame_a = protocol.sync_update(from_a)
@@ -96,13 +101,7 @@ async def test_one_turn_of_updates_reaches_every_other_connection_in_order_witho
 
 
 async def test_a_lone_update_is_relayed_as_its_client_sent_it() -> None:
-    room = Room(
-        RoomKey("ws-relay", "doc"),
-        1,
-        Doc(),
-        on_update=lambda _doc, _update, relay: relay(),
-        on_broken=lambda _room: None,
-    )
+    room = a_room()
     (a, a_channel), (_, b_channel), (_, c_channel) = [await joined(room) for _ in range(3)]
     update = an_update(21, "x")
     frame = protocol.sync_update(update)
