@@ -220,18 +220,30 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             scope["extensions"][FRAMES_EXTENSION] = FrameWriter(self)
 
-    def keepalive_timeout(self) -> None:
-        """No pong within the ping timeout: uvicorn sends a close frame and closes the transport,
-        which waits until everything buffered is written; a peer that stopped reading never takes
-        it, and the connection would stay open (and its place taken) for ever. With data still
-        buffered the transport is aborted instead."""
-        super().keepalive_timeout()
+    # A peer that stopped reading: uvicorn gives up on it (no pong in time; no answer to the
+    # server's close frame in ``close_timeout`` seconds) by closing the transport, which waits
+    # until everything buffered is written, so such a peer would hold its connection (and place)
+    # for ever. With data still buffered, the transport is aborted instead.
+
+    def _abort_if_unread(self) -> None:
         if self.transport.is_closing() and self.transport.get_write_buffer_size() > 0:
             self.transport.abort()
 
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self._abort_if_unread()
+
+    def _close_timed_out(self) -> None:
+        self.close_timer = None
+        self.transport.close()
+        self._abort_if_unread()
+
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)
-        if message["type"] == "websocket.accept" and self.handshake_complete:
+        if message["type"] == "websocket.close" and self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(self.close_timeout, self._close_timed_out)
+        elif message["type"] == "websocket.accept" and self.handshake_complete:
             # Answered: what only the upgrade needed can go.
             self.request = self.response = None  # type: ignore[assignment]
             self.scope["headers"] = []

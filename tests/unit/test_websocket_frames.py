@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from websockets.frames import Frame, Opcode
 
-from server.websocket import Gate, Inbox, binary_frame, text_frame
+from server.websocket import CollabWebSocketProtocol, Gate, Inbox, binary_frame, text_frame
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70_000])
@@ -89,3 +89,65 @@ async def test_a_cancelled_gate_waiter_is_forgotten() -> None:
         with pytest.raises(asyncio.CancelledError):
             await waiter
     assert not gate._waiters
+
+
+class UnreadTransport:
+    """A transport whose peer reads nothing: ``close`` only marks it closing while data waits."""
+
+    def __init__(self) -> None:
+        self.buffered = 0
+        self.closing = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.buffered += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True  # a real transport is let go only once its buffer is written
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+
+async def test_a_peer_that_never_answers_the_close_frame_is_aborted_when_data_is_unread() -> None:
+    """The server closed (its close frame sent) with data still in the socket's buffer; the peer
+    reads nothing and never answers: after the close timeout the transport is aborted, not left
+    waiting for a buffer that is never drained."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    async def app(*_: object) -> None:  # the test plays the application's part itself
+        return None
+
+    config = uvicorn.Config(app=app, ws_ping_interval=None)
+    config.load()
+    protocol = CollabWebSocketProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    transport = UnreadTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    protocol.data_received(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key.encode() + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await protocol.send({"type": "websocket.accept"})
+    protocol.close_timeout = 0.05
+    await protocol.send({"type": "websocket.close", "code": 1000, "reason": ""})
+    assert transport.buffered > 0 and not transport.aborted
+    for _ in range(100):
+        if transport.aborted:
+            break
+        await asyncio.sleep(0.01)
+    assert transport.aborted
