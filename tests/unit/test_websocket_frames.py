@@ -129,12 +129,13 @@ async def test_a_peer_that_never_answers_the_close_frame_is_aborted_when_data_is
     import uvicorn
     from uvicorn.server import ServerState
 
-    async def app(*_: object) -> None:  # the test plays the application's part itself
+    async def app(_scope: object, _receive: object, _send: object) -> None:  # the test plays its part
         return None
 
     config = uvicorn.Config(app=app, ws_ping_interval=None)
     config.load()
-    protocol = CollabWebSocketProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    state = ServerState()
+    protocol = CollabWebSocketProtocol(config, state, {}, _loop=asyncio.get_running_loop())
     transport = UnreadTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     key = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -151,3 +152,4 @@ async def test_a_peer_that_never_answers_the_close_frame_is_aborted_when_data_is
             break
         await asyncio.sleep(0.01)
     assert transport.aborted
+    await asyncio.wait_for(asyncio.gather(*state.tasks), 2)  # the application's task has ended
