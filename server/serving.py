@@ -7,6 +7,9 @@ answer to every WebSocket upgrade, and a graceful drain on SIGTERM before uvicor
   and at most 100 header fields. Otherwise it is answered (408, 414 for a request line, 431 for
   headers; JSON error body) and closed. uvicorn itself waits forever for a head, and hands any
   upgrade request to the WebSocket layer, which drops one it cannot parse without an answer.
+  A connection closed while its request is still arriving (or refused before it was complete,
+  or a WebSocket upgrade not accepted) is closed lingering (``lingering.py``, RFC 9112 section
+  9.6), so that what the client still sends cannot reset the connection before it reads the answer.
 - ``AnsweringWebSocketProtocol``: uvicorn's websockets-sansio protocol, which writes the response
   the websockets library prepared for an upgrade request it could not parse (414, 431, 400)
   instead of leaving the socket open and unanswered.
@@ -30,6 +33,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .config import Settings
 from .errors import error_body
+from .lingering import LingeringTransport
 from .websocket import CollabWebSocketProtocol
 
 log = logging.getLogger(__name__)
@@ -45,7 +49,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     max_head = 16 * 1024
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._lingering = LingeringTransport(transport)
+        super().connection_made(self._lingering)  # type: ignore[arg-type]
         self._head = bytearray()
         self._in_head = True
         self._head_timer: asyncio.TimerHandle | None = None
@@ -60,8 +65,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         super().data_received(data)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._lingering.linger = True  # until the request is complete
+
     def on_message_complete(self) -> None:
+        self._lingering.linger = False
         super().on_message_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._lingering.linger = True  # until accepted: a refusal's close lingers
+        super().handle_websocket_upgrade()
         # A keep-alive connection's next request gets the same bounds (its timer starts with its
         # first byte: uvicorn's keep-alive timeout covers the idle time before it).
         self._in_head = True
@@ -115,6 +129,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         reason = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
         self._stop_head_timer()
         self._in_head = False
+        self._lingering.linger = True  # what it was still sending would reset the connection
         if not self.transport.is_closing():
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"

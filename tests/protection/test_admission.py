@@ -11,12 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 from pycrdt import Text
 from websockets.exceptions import InvalidStatus
 
 from server.config import Settings
-from tests.protection.helpers import close_of, raw_request, refusal_of, upgrade_request
+from tests.protection.helpers import close_of, parse_response, raw_request, refusal_of, upgrade_request
 from tests.support.auth import SECRET, token
 from tests.support.rawclient import raw_client
 from tests.support.server import run_server
@@ -217,6 +218,44 @@ async def test_oversize_request_heads_are_answered_414_or_431_and_closed(
             server.doc_url(workspace) + long_query, additional_headers=headers, max_size=None
         ):
             pass
+
+
+@pytest.mark.parametrize("kind", ["http", "upgrade"])
+async def test_a_refused_client_that_goes_on_sending_still_reads_the_whole_answer(
+    make_settings: SettingsFactory, workspace: str, kind: str
+) -> None:
+    """The refusal is answered, then the connection lingers (RFC 9112 section 9.6): the rest of what
+    the client sends is dropped instead of reaching a closed socket, whose reset would destroy the
+    answer before the client reads it."""
+    if kind == "http":
+        request, status = b"GET /health HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 20000 + b"\r\n\r\n", 431
+    else:  # websockets refuses an upgrade without Sec-WebSocket-Key
+        request = f"GET /ws/workspaces/{workspace} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        request += "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        request, status = request.encode(), 400
+    async with run_server(make_settings()) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(request)
+            async with asyncio.timeout(5):
+                first = await reader.read(1)  # the answer is on its way: the server has refused
+            for _ in range(8):
+                writer.write(b"x" * 8192)  # more than the answer; before the fix this reached a closed socket
+                await writer.drain()
+            async with asyncio.timeout(5):
+                answer = first + await reader.read()  # the rest, then the server's end of stream
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        response = parse_response(answer, closed=True)
+        assert response.status == status, answer[:120]
+        headers = {
+            name.lower(): value for name, value in (h.split(": ", 1) for h in response.head.split("\r\n")[1:])
+        }
+        assert len(response.body) == int(headers["content-length"])
+        # the lingering connection is let go (the client closed): the server counts none
+        await wait_until(lambda: not server.services.admission.open, timeout=5)
 
 
 async def test_send_queues_are_bounded_in_bytes(make_settings: SettingsFactory, workspace: str) -> None:
