@@ -10,7 +10,11 @@ way, through the same transport, in order.
 
 Received frames are queued for the application as uvicorn does, but reading from the socket pauses
 only when ``READ_QUEUE_FRAMES`` frames wait or a large one (``READ_QUEUE_LARGE`` bytes) arrives, not
-after every frame (each pause and resume is a system call).
+after every frame (each pause and resume is a system call). What one read brings (up to 256 KiB,
+thousands of small frames) is parsed ``PARSE_BYTES`` at a time, and parsing stops where the queue
+is full: the rest waits, unparsed, until the application has taken what is queued. Parsing a whole
+read at once would hold the event loop (and every other connection) for as long as one client's
+burst takes to parse.
 
 An idle connection holds as little as uvicorn's protocol allows: the received-message queue and the
 "transport writable" flag are ``Inbox`` and ``Gate`` (an ``asyncio.Queue`` is three deques and an
@@ -28,9 +32,12 @@ from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
+from .lingering import LingeringTransport
+
 FRAMES_EXTENSION = "collab.frames"
 READ_QUEUE_FRAMES = 32
 READ_QUEUE_LARGE = 64 * 1024  # so a paused application holds at most 2 MiB of small frames, or one large
+PARSE_BYTES = 16 * 1024  # received bytes parsed in one go: a few hundred small frames at most
 
 
 T = TypeVar("T")
@@ -213,6 +220,47 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue: Inbox[ASGIReceiveEvent] = Inbox()  # type: ignore[assignment]
         self.writable: Gate = Gate()  # type: ignore[assignment]
 
+    # Bytes received but not parsed yet, kept while the application's queue is full (see the module
+    # docstring); a class attribute until needed, so an idle connection holds no slot for it.
+    _unparsed: bytearray | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._unparsed is not None:  # not possible while reading is paused, unless uvloop changes
+            self._unparsed += data
+        elif len(data) <= PARSE_BYTES:
+            super().data_received(data)
+        else:
+            self._parse(data)
+
+    def _parse(self, data: bytes | bytearray, *, whole: bool = False) -> None:
+        """Parse ``data`` ``PARSE_BYTES`` at a time; unless ``whole``, keep the rest unparsed once
+        reading is paused (the application's queue is full)."""
+        view = memoryview(data)
+        for start in range(0, len(view), PARSE_BYTES):
+            if self.read_paused and not whole:
+                self._unparsed = bytearray(view[start:])
+                return
+            super().data_received(bytes(view[start : start + PARSE_BYTES]))
+
+    def _parse_unparsed(self, *, whole: bool = False) -> None:
+        unparsed = self._unparsed
+        if unparsed is not None:
+            del self._unparsed  # back to the class's None
+            self._parse(unparsed, whole=whole)
+
+    async def receive(self) -> ASGIReceiveEvent:
+        message = await self.queue.get()
+        if self.read_paused and self.queue.empty():
+            self.read_paused = False
+            self._parse_unparsed()
+            if not self.read_paused:
+                self.transport.resume_reading()
+        return message
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._parse_unparsed(whole=True)  # what the client sent before it left is the application's
+        super().connection_lost(exc)
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         event.headers.clear()  # the scope has its own copy; the parser's frame keeps the request
@@ -240,13 +288,18 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)
+        if message["type"] == "websocket.close":
+            self._parse_unparsed(whole=True)  # its frames are dropped; the peer's close reply is awaited
         if message["type"] == "websocket.close" and self.close_timer is not None:
             self.close_timer.cancel()
             self.close_timer = self.loop.call_later(self.close_timeout, self._close_timed_out)
         elif message["type"] == "websocket.accept" and self.handshake_complete:
-            # Answered: what only the upgrade needed can go.
+            # Answered: what only the upgrade needed can go, and from here on the connection is
+            # closed the WebSocket way (a refused upgrade's close lingers: ``LingeringTransport``).
             self.request = self.response = None  # type: ignore[assignment]
             self.scope["headers"] = []
+            if isinstance(self.transport, LingeringTransport):
+                self.transport = self.transport.transport
 
     def send_receive_event_to_app(self) -> None:
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)

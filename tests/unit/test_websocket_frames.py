@@ -1,6 +1,7 @@
 """``server.websocket``: the frames the server writes directly are the ones ``websockets`` itself
 would write (unmasked, final, binary or text), at every length encoding; ``Inbox`` and ``Gate``
-behave as the ``asyncio.Queue`` and ``asyncio.Event`` they stand in for."""
+behave as the ``asyncio.Queue`` and ``asyncio.Event`` they stand in for; a large read of small
+frames is parsed a part at a time."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import asyncio
 import pytest
 from websockets.frames import Frame, Opcode
 
-from server.websocket import CollabWebSocketProtocol, Gate, Inbox, binary_frame, text_frame
+from server.websocket import (
+    PARSE_BYTES,
+    READ_QUEUE_FRAMES,
+    CollabWebSocketProtocol,
+    Gate,
+    Inbox,
+    binary_frame,
+    text_frame,
+)
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70_000])
@@ -153,3 +162,74 @@ async def test_a_peer_that_never_answers_the_close_frame_is_aborted_when_data_is
         await asyncio.sleep(0.01)
     assert transport.aborted
     await asyncio.wait_for(asyncio.gather(*state.tasks), 2)  # the application's task has ended
+
+
+class CountingTransport(UnreadTransport):
+    """``UnreadTransport`` that counts how often reading is paused and resumed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+        self.resumes = 0
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+        self.resumes += 1
+
+
+async def accepted_protocol(transport: UnreadTransport) -> CollabWebSocketProtocol:
+    """A ``CollabWebSocketProtocol`` past its handshake on ``transport``, its connect event taken."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    async def app(_scope: object, _receive: object, _send: object) -> None:  # the test plays its part
+        return None
+
+    config = uvicorn.Config(app=app, ws_ping_interval=None)
+    config.load()
+    protocol = CollabWebSocketProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await protocol.send({"type": "websocket.accept"})
+    assert (await protocol.receive())["type"] == "websocket.connect"
+    return protocol
+
+
+def small_client_frames(count: int) -> list[bytes]:
+    """``count`` masked (client) binary frames of 8-byte payloads numbered 0, 1, ..."""
+    return [
+        Frame(Opcode.BINARY, n.to_bytes(8, "big")).serialize(mask=True, extensions=[]) for n in range(count)
+    ]
+
+
+async def test_a_burst_of_small_frames_is_parsed_a_part_at_a_time_in_order() -> None:
+    """One read of 256 KiB of small frames (about 18,000) is not parsed in one go: parsing stops
+    once the application's queue is full, and goes on, in order, as the application takes them."""
+    transport = CountingTransport()
+    protocol = await accepted_protocol(transport)
+    frames = small_client_frames(256 * 1024 // 14)
+    protocol.data_received(b"".join(frames))
+    assert transport.paused
+    queued = protocol.queue.qsize()
+    assert READ_QUEUE_FRAMES <= queued <= PARSE_BYTES // 14 + 1, queued  # one part, not the whole read
+    received = [int.from_bytes((await protocol.receive())["bytes"], "big") for _ in frames]  # type: ignore[typeddict-item]
+    assert received == list(range(len(frames)))
+    assert not transport.paused and protocol._unparsed is None
+
+
+async def test_frames_not_parsed_yet_reach_the_application_before_the_disconnect() -> None:
+    transport = CountingTransport()
+    protocol = await accepted_protocol(transport)
+    frames = small_client_frames(10_000)
+    protocol.data_received(b"".join(frames))
+    assert protocol._unparsed
+    protocol.connection_lost(None)
+    messages = [await protocol.receive() for _ in range(len(frames) + 1)]
+    assert [int.from_bytes(m["bytes"], "big") for m in messages[:-1]] == list(range(len(frames)))  # type: ignore[typeddict-item]
+    assert messages[-1]["type"] == "websocket.disconnect"
