@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -12,13 +13,21 @@ from pycrdt import Doc, Provider, Text
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+SYNC_UPDATE = b"\x00\x02"  # y-websocket: a sync message (0) carrying an update (2)
+
 
 class WebsocketChannel:
-    """pycrdt's ``Channel`` on a ``websockets`` client connection."""
+    """pycrdt's ``Channel`` on a ``websockets`` client connection.
 
-    def __init__(self, ws: ClientConnection, path: str) -> None:
+    pycrdt's ``Provider`` sends every change of its document, the updates it received included:
+    each update another client makes comes back from every pycrdt client in the room. With
+    ``echo=False`` an update message identical to one received is not sent back, as y-websocket's
+    ``WebsocketProvider`` does (it skips changes whose origin is itself)."""
+
+    def __init__(self, ws: ClientConnection, path: str, *, echo: bool = True) -> None:
         self._ws = ws
         self._path = path
+        self._received: deque[bytes] | None = None if echo else deque(maxlen=1024)
 
     @property
     def path(self) -> str:
@@ -37,9 +46,14 @@ class WebsocketChannel:
             except ConnectionClosed:
                 raise StopAsyncIteration from None
             if isinstance(message, bytes):
+                if self._received is not None and message[:2] == SYNC_UPDATE:
+                    self._received.append(message)
                 return message
 
     async def send(self, message: bytes) -> None:
+        if self._received is not None and message[:2] == SYNC_UPDATE and message in self._received:
+            self._received.remove(message)
+            return
         with contextlib.suppress(ConnectionClosed):
             await self._ws.send(message)
 
@@ -55,11 +69,14 @@ class YClient:
 
 
 @contextlib.asynccontextmanager
-async def yclient(url: str, doc: Doc | None = None, *, sync_timeout: float = 10) -> AsyncIterator[YClient]:
-    """Connect a pycrdt document to the server and wait until the first sync completed."""
+async def yclient(
+    url: str, doc: Doc | None = None, *, sync_timeout: float = 10, echo: bool = True
+) -> AsyncIterator[YClient]:
+    """Connect a pycrdt document to the server and wait until the first sync completed
+    (``echo``: see ``WebsocketChannel``)."""
     doc = doc if doc is not None else Doc()
     async with websockets.connect(url, max_size=None, open_timeout=10) as ws:
-        async with Provider(doc, WebsocketChannel(ws, url)) as provider:
+        async with Provider(doc, WebsocketChannel(ws, url, echo=echo)) as provider:
             await asyncio.wait_for(provider.synced.wait(), sync_timeout)
             yield YClient(doc, ws, provider)
 
