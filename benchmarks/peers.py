@@ -503,21 +503,40 @@ async def _count_rows(database_url: str) -> int:
         await connection.close()
 
 
+async def _wait_logged(database_url: str, updates: int, timeout: float = 60.0) -> None:
+    """Wait until the log holds ``updates`` rows (no compaction runs meanwhile: see
+    ``--restart-crash``)."""
+    connection = await asyncpg.connect(database_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while (rows := await connection.fetchval("SELECT count(*) FROM document_updates")) < updates:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{rows} of {updates} updates logged")
+            await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
+
+
 def restart(args: argparse.Namespace, server: str) -> dict[str, Any]:
     """A ``--restart-updates`` document written to ``server`` (``ours`` or ``ours@REF``) on a fresh
     PostgreSQL database; then, ``--repeats`` times: the server starts again, a first and a second
     client each time their sync step 2."""
     name, database_url = asyncio.run(create_database())
     try:
-        settings = (
-            {"COMPACT_AFTER_UPDATES": str(args.restart_compact_after)} if args.restart_compact_after else {}
-        )
+        compact_after = args.restart_compact_after or (2 * args.restart_updates if args.restart_crash else 0)
+        settings = {"COMPACT_AFTER_UPDATES": str(compact_after)} if compact_after else {}
         peer = start_peer(server, args.server_cpu, database_url, **settings)
         secret, workspace = peer.secret, ""
         peer.new_workspace()
         workspace = peer.workspace
         asyncio.run(_write_document(peer.client("big", 1)["url"], args.restart_updates))
-        peer.server.stop()  # SIGTERM: every accepted update is stored first
+        if args.restart_crash:
+            # A crash once every accepted update is stored: the log since the last compaction stays.
+            asyncio.run(_wait_logged(database_url, args.restart_updates))
+            peer.server.process.kill()
+            peer.server.process.wait(30)
+        else:
+            peer.server.stop()  # SIGTERM: every accepted update is stored, the loaded documents compacted
         log_rows = asyncio.run(_count_rows(database_url))
         cold: list[float] = []
         warm: list[float] = []
@@ -697,6 +716,12 @@ def parse_args() -> argparse.Namespace:
         default=0,
         help="COMPACT_AFTER_UPDATES for the restart case (0: the default), e.g. above --restart-updates to "
         "stop with the whole document in the log",
+    )
+    parser.add_argument(
+        "--restart-crash",
+        action="store_true",
+        help="kill the server (SIGKILL) once the document's updates are stored, with compaction held off "
+        "while they are written: the restart finds them all in the log",
     )
     parser.add_argument("--skip", default="", help="comma-separated: fanout, joins, restart")
     parser.add_argument("--output", default="peers", help="results/<output>.{json,md}")
