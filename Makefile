@@ -45,9 +45,10 @@ run: install
 	$(BIN)/python -m server
 
 ## Run the whole test suite (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379):
-## lint and types first, then every test.
+## lint and types first, then every test, in TEST_WORKERS processes (pytest-xdist).
+TEST_WORKERS ?= 2
 test: install-test lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## ruff (rules and formatting) and mypy --strict, as configured in pyproject.toml.
 lint: install-test
