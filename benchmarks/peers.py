@@ -23,7 +23,8 @@ sequence number and send time, timed on arrival before any decoding. Figures:
 - joins: 5,000 clients (50 rooms of 100) connect 100 at a time (connect, sync step 1, step 2) on a
   fresh server: joins per second and sync p50/p99; then the server's RSS per idle connection;
 - restart (ours, PostgreSQL): a 10,000-update document served to a new client after a restart, and
-  to a second client (warm).
+  to a second client (warm); with ``--restart-crash`` after a SIGKILL each time, the whole document
+  still in the update log.
 Medians over repeats; the load generator's and the server's CPU are reported with every step.
 Results: benchmarks/results/peers.{json,md}.
 """
@@ -550,12 +551,17 @@ def restart(args: argparse.Namespace, server: str) -> dict[str, Any]:
                 cold.append(seconds)
                 warm.append(asyncio.run(_first_state(again.client("big", 2)["url"]))[0])
             finally:
-                again.server.stop()
+                if args.restart_crash:  # so that every restart finds the whole log again
+                    again.server.process.kill()
+                    again.server.process.wait(30)
+                else:
+                    again.server.stop()
         return {
             "server": peer.name,
             "updates": args.restart_updates,
             "markers_served": markers,
             "log_rows_at_restart": log_rows,
+            "crash": bool(args.restart_crash),
             "cold_ms": statistics.median(cold) * 1000,
             "warm_ms": statistics.median(warm) * 1000,
             "cold_runs_ms": [round(s * 1000, 1) for s in cold],
@@ -892,7 +898,8 @@ def render(report: dict[str, Any]) -> str:
     for r in report.get("restart", []):
         lines += [
             "",
-            f"{r.get('server', 'ours')}: a {r['updates']:,}-update document after a restart (PostgreSQL): "
+            f"{r.get('server', 'ours')}: a {r['updates']:,}-update document after a "
+            f"{'crash (SIGKILL)' if r.get('crash') else 'restart'} (PostgreSQL): "
             f"first client {r['cold_ms']:.1f} ms (runs: {r['cold_runs_ms']}), second client "
             f"{r['warm_ms']:.1f} ms (runs: {r['warm_runs_ms']}); {r['markers_served']:,} of its updates in "
             f"the state served; {r.get('log_rows_at_restart', '?')} rows of its log not compacted "
