@@ -169,8 +169,8 @@ def guarded_http(settings: Settings) -> type[GuardedHttpProtocol]:
 class AnsweringWebSocketProtocol(CollabWebSocketProtocol):
     """See the module docstring (and ``websocket.CollabWebSocketProtocol``, the frame path)."""
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+    def feed(self, data: bytes) -> None:
+        super().feed(data)
         if self.handshake_initiated or self.conn.handshake_exc is None or self.transport.is_closing():
             return
         output = b"".join(self.conn.data_to_send())

@@ -10,11 +10,13 @@ way, through the same transport, in order.
 
 Received frames are queued for the application as uvicorn does, but reading from the socket pauses
 only when ``READ_QUEUE_FRAMES`` frames wait or a large one (``READ_QUEUE_LARGE`` bytes) arrives, not
-after every frame (each pause and resume is a system call). What one read brings (up to 256 KiB,
-thousands of small frames) is parsed ``PARSE_BYTES`` at a time, and parsing stops where the queue
-is full: the rest waits, unparsed, until the application has taken what is queued. Parsing a whole
-read at once would hold the event loop (and every other connection) for as long as one client's
-burst takes to parse.
+after every frame (each pause and resume is a system call). What one read brings (up to 256 KiB:
+tens of thousands of small frames, or of pings, which are answered without reaching the queue) is
+parsed ``PARSE_BYTES`` at a time until ``TURN_FRAMES`` frames came out of it in this turn of the
+event loop; the rest waits for a later turn, with reading paused meanwhile, and parsing waits while
+the queue is full, until the application has taken what is queued. Parsing a whole read at
+once would hold the event loop (and every other connection) for as long as one client's burst
+takes to parse.
 
 An idle connection holds as little as uvicorn's protocol allows: the received-message queue and the
 "transport writable" flag are ``Inbox`` and ``Gate`` (an ``asyncio.Queue`` is three deques and an
@@ -37,7 +39,8 @@ from .lingering import LingeringTransport
 FRAMES_EXTENSION = "collab.frames"
 READ_QUEUE_FRAMES = 32
 READ_QUEUE_LARGE = 64 * 1024  # so a paused application holds at most 2 MiB of small frames, or one large
-PARSE_BYTES = 16 * 1024  # received bytes parsed in one go: a few hundred small frames at most
+PARSE_BYTES = 4 * 1024  # received bytes parsed at a time: at most some hundreds of frames
+TURN_FRAMES = 64  # frames parsed in one turn of the loop, give or take one part of PARSE_BYTES
 
 
 T = TypeVar("T")
@@ -220,45 +223,80 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue: Inbox[ASGIReceiveEvent] = Inbox()  # type: ignore[assignment]
         self.writable: Gate = Gate()  # type: ignore[assignment]
 
-    # Bytes received but not parsed yet, kept while the application's queue is full (see the module
-    # docstring); a class attribute until needed, so an idle connection holds no slot for it.
+    # Bytes received but not parsed yet (see the module docstring); a class attribute until needed,
+    # so an idle connection holds no slot for it. While it is set, reading is paused.
     _unparsed: bytearray | None = None
+    _frames_this_turn: int | None = None  # counted while ``_parse`` runs
 
     def data_received(self, data: bytes) -> None:
-        if self._unparsed is not None:  # not possible while reading is paused, unless uvloop changes
+        if self._unparsed is not None:  # reading was resumed to await a close reply: keep the order
             self._unparsed += data
         elif len(data) <= PARSE_BYTES:
-            super().data_received(data)
+            self.feed(data)
         else:
             self._parse(data)
 
-    def _parse(self, data: bytes | bytearray, *, whole: bool = False) -> None:
-        """Parse ``data`` ``PARSE_BYTES`` at a time; unless ``whole``, keep the rest unparsed once
-        reading is paused (the application's queue is full)."""
-        view = memoryview(data)
-        for start in range(0, len(view), PARSE_BYTES):
-            if self.read_paused and not whole:
-                self._unparsed = bytearray(view[start:])
-                return
-            super().data_received(bytes(view[start : start + PARSE_BYTES]))
+    def feed(self, data: bytes) -> None:
+        """Parse ``data`` now (uvicorn's ``data_received``); every part of a read goes through it."""
+        super().data_received(data)
 
-    def _parse_unparsed(self, *, whole: bool = False) -> None:
+    def _parse(self, data: bytes | bytearray) -> None:
+        """Parse ``data`` ``PARSE_BYTES`` at a time until ``TURN_FRAMES`` frames came out of it (or
+        the application's queue is full), and keep the rest for a later turn of the loop: the next
+        one, or, when the queue is full, once the application has taken what it holds. A large
+        frame is parsed in one turn; tens of thousands of tiny ones are not."""
+        view = memoryview(data)
+        start = 0
+        self._frames_this_turn = 0
+        try:
+            while start < len(view):
+                self.feed(bytes(view[start : start + PARSE_BYTES]))
+                start += PARSE_BYTES
+                if self.read_paused or self._frames_this_turn >= TURN_FRAMES:
+                    break
+        finally:
+            del self._frames_this_turn  # back to the class's None
+        if start < len(view):
+            self._unparsed = bytearray(view[start:])
+            self.transport.pause_reading()
+            if not self.read_paused:
+                self.loop.call_soon(self._parse_more)
+
+    def handle_events(self) -> None:
+        if self._frames_this_turn is not None:
+            self._frames_this_turn += len(self.conn.events)
+        super().handle_events()
+
+    def _parse_more(self) -> None:
+        unparsed = self._unparsed
+        if unparsed is None or self.read_paused:  # parsed already, or the queue is full
+            return
+        del self._unparsed  # back to the class's None
+        self._parse(unparsed)
+        if self._unparsed is None and not self.read_paused and not self.disconnected:
+            self.transport.resume_reading()
+
+    def _parse_all(self) -> None:
+        """Parse everything left at once (the connection is ending)."""
         unparsed = self._unparsed
         if unparsed is not None:
-            del self._unparsed  # back to the class's None
-            self._parse(unparsed, whole=whole)
+            del self._unparsed
+            for start in range(0, len(unparsed), PARSE_BYTES):
+                self.feed(bytes(unparsed[start : start + PARSE_BYTES]))
 
     async def receive(self) -> ASGIReceiveEvent:
         message = await self.queue.get()
         if self.read_paused and self.queue.empty():
             self.read_paused = False
-            self._parse_unparsed()
-            if not self.read_paused:
+            if self._unparsed is not None:
+                # On a later turn: the application waits for it, and others get their turn first.
+                self.loop.call_soon(self._parse_more)
+            else:
                 self.transport.resume_reading()
         return message
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._parse_unparsed(whole=True)  # what the client sent before it left is the application's
+        self._parse_all()  # what the client sent before it left is the application's
         super().connection_lost(exc)
 
     def handle_connect(self, event: Request) -> None:
@@ -289,7 +327,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)
         if message["type"] == "websocket.close":
-            self._parse_unparsed(whole=True)  # its frames are dropped; the peer's close reply is awaited
+            self._parse_all()  # its frames are dropped; the peer's close reply is awaited
         if message["type"] == "websocket.close" and self.close_timer is not None:
             self.close_timer.cancel()
             self.close_timer = self.loop.call_later(self.close_timeout, self._close_timed_out)

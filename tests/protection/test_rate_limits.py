@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,10 +20,17 @@ import pytest
 import websockets
 
 from server.config import Settings
-from tests.protection.helpers import close_of, http_from, polite_edits, small_updates
+from tests.protection.helpers import (
+    close_of,
+    http_from,
+    parse_response,
+    polite_edits,
+    small_updates,
+    upgrade_request,
+)
 from tests.support.auth import SECRET, client
 from tests.support.events import event_client
-from tests.support.server import run_server
+from tests.support.server import run_server, start_process
 from tests.support.wait import wait_until
 from tests.support.yclient import yclient
 
@@ -228,3 +238,82 @@ async def test_the_default_limits_do_not_bother_a_normal_editor(
         async with httpx.AsyncClient(base_url=server.http_url) as http:
             answers = await asyncio.gather(*(http.get("/workspaces") for _ in range(30)))
             assert {a.status_code for a in answers} == {200}
+
+
+async def test_a_client_flooding_pings_does_not_hold_up_other_requests(
+    tmp_path: Path, workspace: str
+) -> None:
+    """Pings are answered by the WebSocket layer and never wait in the application's queue (nor
+    count against a connection's message rate), so nothing paces them but the event loop's turns:
+    a client sending them as fast as it can gets one part of each read parsed per turn, and a
+    health check meanwhile is answered in its turn."""
+    database = f"sqlite:///{tmp_path / 'flood.db'}"
+    server = await start_process({"DATABASE_URL": database}, tmp_path / "server.log")
+    try:
+        flooding = threading.Event()
+        stop = threading.Event()
+
+        def flood() -> None:
+            # Empty masked pings with an all-zero key (the cheapest for this side), 240 KB a write.
+            frames = b"\x89\x80\x00\x00\x00\x00" * 40_000
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(upgrade_request(f"/ws/workspaces/{workspace}"))
+                assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+
+                def read_pongs() -> None:  # or the server's writes back up
+                    with contextlib.suppress(OSError):
+                        while sock.recv(1 << 20):
+                            pass
+
+                reader = threading.Thread(target=read_pongs, daemon=True)
+                reader.start()
+                deadline = time.monotonic() + 20  # bounded, whatever happens to the test
+                while not stop.is_set() and time.monotonic() < deadline:
+                    sock.sendall(frames)
+                    flooding.set()
+                sock.shutdown(socket.SHUT_RDWR)
+                reader.join(10)
+
+        flooder = asyncio.create_task(asyncio.to_thread(flood))
+        await wait_until(flooding.is_set, timeout=10)
+        timings = []
+        try:
+            async with httpx.AsyncClient(base_url=server.http_url, timeout=30) as http:
+                for _ in range(10):
+                    started = time.perf_counter()
+                    assert (await http.get("/health")).status_code == 200
+                    timings.append(time.perf_counter() - started)
+        finally:
+            stop.set()
+            await flooder
+        assert max(timings) < 2, timings  # the first waited for the whole flood when read whole
+    finally:
+        await server.stop()
+
+
+async def test_a_body_refused_before_it_is_read_is_not_read_for_ever(make_settings: SettingsFactory) -> None:
+    """A 413 (or a 429) is given before the body is read: the connection ends with it, lingering
+    for a while, instead of uvicorn reading and dropping what the client sends for as long as it
+    sends it."""
+    async with run_server(make_settings(max_json_body_size=1024)) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        head = b"POST /workspaces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        writer.write(head + b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (8192, b"a" * 8192)
+        answer = b""
+        deadline = time.monotonic() + 10
+        with contextlib.suppress(ConnectionError):
+            while time.monotonic() < deadline:
+                writer.write(chunk * 8)
+                await writer.drain()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.01):
+                        answer += await reader.read(65536)
+                if reader.at_eof():
+                    break
+        writer.close()
+        assert time.monotonic() < deadline, "the server was still reading the body after 10 s"
+        response = parse_response(answer, closed=True)
+        assert response.status == 413, answer[:200]
+        assert "connection: close" in response.head.lower()
+        assert response.json()["error"]["code"] == "payload_too_large"

@@ -210,7 +210,8 @@ def small_client_frames(count: int) -> list[bytes]:
 
 async def test_a_burst_of_small_frames_is_parsed_a_part_at_a_time_in_order() -> None:
     """One read of 256 KiB of small frames (about 18,000) is not parsed in one go: parsing stops
-    once the application's queue is full, and goes on, in order, as the application takes them."""
+    once the application's queue is full, and goes on, in order, as the application takes them,
+    each part on a later turn of the loop (so the application waits, and others get their turn)."""
     transport = CountingTransport()
     protocol = await accepted_protocol(transport)
     frames = small_client_frames(256 * 1024 // 14)
@@ -218,9 +219,33 @@ async def test_a_burst_of_small_frames_is_parsed_a_part_at_a_time_in_order() -> 
     assert transport.paused
     queued = protocol.queue.qsize()
     assert READ_QUEUE_FRAMES <= queued <= PARSE_BYTES // 14 + 1, queued  # one part, not the whole read
-    received = [int.from_bytes((await protocol.receive())["bytes"], "big") for _ in frames]  # type: ignore[typeddict-item]
+    taken = [await protocol.receive() for _ in range(queued)]
+    assert protocol.queue.empty() and protocol._unparsed  # the next part is not parsed inline
+    taken += [await protocol.receive() for _ in range(len(frames) - queued)]
+    received = [int.from_bytes(m["bytes"], "big") for m in taken]  # type: ignore[typeddict-item]
     assert received == list(range(len(frames)))
     assert not transport.paused and protocol._unparsed is None
+
+
+async def test_a_read_full_of_pings_is_answered_a_part_per_turn_of_the_loop() -> None:
+    """Pings are answered without reaching the application's queue, so the queue never stops
+    their parsing: the loop's turn bounds it instead (``PARSE_BYTES`` each), with reading paused
+    until the read is parsed; every ping is answered."""
+    transport = CountingTransport()
+    protocol = await accepted_protocol(transport)
+    ping = Frame(Opcode.PING, b"").serialize(mask=True, extensions=[])
+    pong = len(Frame(Opcode.PONG, b"").serialize(mask=False, extensions=[]))
+    count = 256 * 1024 // len(ping)
+    before = transport.buffered
+    protocol.data_received(ping * count)
+    assert transport.paused
+    assert (transport.buffered - before) // pong <= PARSE_BYTES // len(ping) + 1  # one part this turn
+    turns = 0
+    while transport.paused and turns < 1000:
+        await asyncio.sleep(0)
+        turns += 1
+    assert not transport.paused and turns >= count * len(ping) // PARSE_BYTES - 1
+    assert (transport.buffered - before) // pong == count
 
 
 async def test_frames_not_parsed_yet_reach_the_application_before_the_disconnect() -> None:
@@ -233,3 +258,14 @@ async def test_frames_not_parsed_yet_reach_the_application_before_the_disconnect
     messages = [await protocol.receive() for _ in range(len(frames) + 1)]
     assert [int.from_bytes(m["bytes"], "big") for m in messages[:-1]] == list(range(len(frames)))  # type: ignore[typeddict-item]
     assert messages[-1]["type"] == "websocket.disconnect"
+
+
+async def test_a_large_frame_in_one_read_is_parsed_in_one_turn() -> None:
+    """The bound is on frames per turn, not bytes: a 200 KB update arriving in one read reaches
+    the application at once, not a part per turn."""
+    transport = CountingTransport()
+    protocol = await accepted_protocol(transport)
+    payload = bytes(range(256)) * 800
+    protocol.data_received(Frame(Opcode.BINARY, payload).serialize(mask=True, extensions=[]))
+    assert protocol._unparsed is None and protocol.queue.qsize() == 1
+    assert (await protocol.receive())["bytes"] == payload  # type: ignore[typeddict-item]
