@@ -330,9 +330,15 @@ EXEMPT_PATHS = ("/health", "/ws/health")
 
 
 async def send_error(send: Any, error: ServiceError) -> None:
-    """An HTTP response with the JSON error body and the error's headers."""
+    """An HTTP response with the JSON error body and the error's headers, given before the request's
+    body was read: it ends the connection (``connection: close``; the close lingers, see
+    ``lingering.py``), or uvicorn would go on reading and dropping a body of any length."""
     body = json.dumps(error_body(error.code, error.message)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     headers += [(name.lower().encode(), value.encode()) for name, value in (error.headers or {}).items()]
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
