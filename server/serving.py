@@ -72,14 +72,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._lingering.linger = False
         super().on_message_complete()
-
-    def handle_websocket_upgrade(self) -> None:
-        self._lingering.linger = True  # until accepted: a refusal's close lingers
-        super().handle_websocket_upgrade()
         # A keep-alive connection's next request gets the same bounds (its timer starts with its
         # first byte: uvicorn's keep-alive timeout covers the idle time before it).
         self._in_head = True
         self._head.clear()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._lingering.linger = True  # until accepted: a refusal's close lingers
+        super().handle_websocket_upgrade()
 
     # -- the request head ---------------------------------------------------------------------------
 

@@ -220,6 +220,28 @@ async def test_oversize_request_heads_are_answered_414_or_431_and_closed(
             pass
 
 
+async def test_a_keep_alive_connections_next_request_has_the_same_bound_on_its_head(
+    make_settings: SettingsFactory,
+) -> None:
+    async with run_server(make_settings()) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 20000 + b"\r\n\r\n")
+            async with asyncio.timeout(5):
+                answer = await reader.read()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+
+
 @pytest.mark.parametrize("kind", ["http", "upgrade"])
 async def test_a_refused_client_that_goes_on_sending_still_reads_the_whole_answer(
     make_settings: SettingsFactory, workspace: str, kind: str
