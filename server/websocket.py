@@ -273,8 +273,26 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         del self._unparsed  # back to the class's None
         self._parse(unparsed)
-        if self._unparsed is None and not self.read_paused and not self.disconnected:
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        """Read again unless something still holds reading: bytes not parsed yet, a full queue, or
+        a full send buffer (``pause_writing``)."""
+        held = self._unparsed is not None or self.read_paused or not self.writable.is_set()
+        if not held and not self.disconnected:
             self.transport.resume_reading()
+
+    # A peer that sends but does not read (pings, whose pongs are written at once, or requests
+    # answered on the event channel) is not read from while the transport's send buffer is over
+    # its high-water mark: what it sends cannot pile up answers in the server's memory.
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._resume_reading()
 
     def _parse_all(self) -> None:
         """Parse everything left at once (the connection is ending)."""
@@ -292,7 +310,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
                 # On a later turn: the application waits for it, and others get their turn first.
                 self.loop.call_soon(self._parse_more)
             else:
-                self.transport.resume_reading()
+                self._resume_reading()
         return message
 
     def connection_lost(self, exc: Exception | None) -> None:

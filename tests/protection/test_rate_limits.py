@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import websockets
 
@@ -317,3 +318,34 @@ async def test_a_body_refused_before_it_is_read_is_not_read_for_ever(make_settin
         assert response.status == 413, answer[:200]
         assert "connection: close" in response.head.lower()
         assert response.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_a_client_that_pings_but_never_reads_is_no_longer_read(tmp_path: Path, workspace: str) -> None:
+    """Each ping is answered at once; a client that never reads its pongs would pile them up in the
+    server's memory for as long as it sends. Once the connection's send buffer is over its
+    high-water mark the server stops reading from it: the pings wait in TCP's buffers instead."""
+    database = f"sqlite:///{tmp_path / 'pings.db'}"
+    server = await start_process({"DATABASE_URL": database}, tmp_path / "server.log")
+    try:
+        process = psutil.Process(server.process.pid)
+        before = process.memory_info().rss
+        limit = 64 * 1024 * 1024
+
+        def flood() -> int:
+            pings = (b"\x89\xfd\x00\x00\x00\x00" + b"p" * 125) * 2048  # 125-byte pings, 268 KB a write
+            sent = 0
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(upgrade_request(f"/ws/workspaces/{workspace}"))
+                assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+                sock.settimeout(1.0)  # a second without progress: the server has stopped reading
+                with contextlib.suppress(TimeoutError):
+                    while sent < limit:
+                        sent += sock.send(pings)
+            return sent
+
+        sent = await asyncio.to_thread(flood)
+        grown = process.memory_info().rss - before
+        assert sent < limit, "the server read 64 MB of pings from a client that reads nothing"
+        assert grown < 32 * 1024 * 1024, grown
+    finally:
+        await server.stop()
