@@ -16,7 +16,9 @@ parsed ``PARSE_BYTES`` at a time until ``TURN_FRAMES`` frames came out of it in 
 event loop; the rest waits for a later turn, with reading paused meanwhile, and parsing waits while
 the queue is full, until the application has taken what is queued. Parsing a whole read at
 once would hold the event loop (and every other connection) for as long as one client's burst
-takes to parse.
+takes to parse. Nor is a connection read while its send buffer is over the transport's high-water
+mark: a client that sends (pings, requests) without reading the answers cannot pile them up in the
+server's memory.
 
 An idle connection holds as little as uvicorn's protocol allows: the received-message queue and the
 "transport writable" flag are ``Inbox`` and ``Gate`` (an ``asyncio.Queue`` is three deques and an
