@@ -6,7 +6,9 @@ answer to every WebSocket upgrade, and a graceful drain on SIGTERM before uvicor
   of its previous request), and within ``MAX_REQUEST_HEAD_SIZE`` bytes, each line within 8,000 bytes
   and at most 100 header fields. Otherwise it is answered (408, 414 for a request line, 431 for
   headers; JSON error body) and closed. uvicorn itself waits forever for a head, and hands any
-  upgrade request to the WebSocket layer, which drops one it cannot parse without an answer.
+  upgrade request to the WebSocket layer, which drops one it cannot parse without an answer;
+  and it hands that layer the request head only, dropping frames sent in the same read, which
+  follow it here.
   A connection closed while its request is still arriving (or refused before it was complete,
   or a WebSocket upgrade not accepted) is closed lingering (``lingering.py``, RFC 9112 section
   9.6), so that what the client still sends cannot reset the connection before it reads the answer.
@@ -25,9 +27,11 @@ import asyncio
 import json
 import logging
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -52,6 +56,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._lingering = LingeringTransport(transport)
         super().connection_made(self._lingering)  # type: ignore[arg-type]
         self._head = bytearray()
+        self._received = b""
         self._in_head = True
         self._head_timer: asyncio.TimerHandle | None = None
         self._start_head_timer()  # a client that sends nothing is cut off too
@@ -63,7 +68,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._in_head and not self._check_head(data):
             return
-        super().data_received(data)
+        self._received = data  # for handle_websocket_upgrade: what follows the head in this read
+        try:
+            super().data_received(data)
+        finally:
+            self._received = b""
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -79,7 +88,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         self._lingering.linger = True  # until accepted: a refusal's close lingers
+        upgrade = sys.exc_info()[1]  # called while httptools' HttpParserUpgrade is handled
         super().handle_websocket_upgrade()
+        # uvicorn hands the WebSocket layer the request head only. Frames sent in the same read (a
+        # client should wait for the 101, RFC 6455 section 4.1, but one that does not must not lose
+        # them, nor its close frame and with it the connection) follow it, in order.
+        if isinstance(upgrade, httptools.HttpParserUpgrade) and upgrade.args:
+            rest = self._received[upgrade.args[0] :]
+            protocol = self.transport.get_protocol()
+            if rest and isinstance(protocol, asyncio.Protocol):
+                protocol.data_received(rest)
 
     # -- the request head ---------------------------------------------------------------------------
 

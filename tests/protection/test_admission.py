@@ -15,14 +15,22 @@ import pytest
 import websockets
 from pycrdt import Text
 from websockets.exceptions import InvalidStatus
+from websockets.frames import Frame, Opcode
 
 from server.config import Settings
-from tests.protection.helpers import close_of, parse_response, raw_request, refusal_of, upgrade_request
+from tests.protection.helpers import (
+    close_of,
+    parse_response,
+    raw_request,
+    refusal_of,
+    small_updates,
+    upgrade_request,
+)
 from tests.support.auth import SECRET, token
 from tests.support.rawclient import raw_client
 from tests.support.server import run_server
 from tests.support.wait import wait_until
-from tests.support.yclient import yclient
+from tests.support.yclient import text_of, yclient
 
 SettingsFactory = Callable[..., Settings]
 
@@ -293,3 +301,27 @@ async def test_send_queues_are_bounded_in_bytes(make_settings: SettingsFactory, 
             code, reason = await close_of(stalled.ws, timeout=20)
             assert code == 1013, (code, reason)
             await wait_until(lambda: len(str(reader.text())) == 40 * len(chunk), timeout=20)
+
+
+async def test_frames_sent_with_the_upgrade_request_in_one_write_are_not_lost(
+    make_settings: SettingsFactory, workspace: str
+) -> None:
+    """A client should wait for the 101 before sending frames (RFC 6455 section 4.1); one that
+    sends its updates and its close frame in the same write as the upgrade request has them all
+    applied, in order, and its close answered."""
+    async with run_server(make_settings()) as server:
+        updates = small_updates(200, chunk="p")
+        close = Frame(Opcode.CLOSE, (1000).to_bytes(2, "big")).serialize(mask=True, extensions=[])
+        frames = b"".join(Frame(Opcode.BINARY, u).serialize(mask=True, extensions=[]) for u in updates)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(upgrade_request(f"/ws/workspaces/{workspace}") + frames + close)
+            async with asyncio.timeout(10):
+                answer = await reader.read()  # the 101, the server's messages, its close; then EOF
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        assert answer.startswith(b"HTTP/1.1 101 ")
+        assert b"\x88\x02\x03\xe8" in answer  # the server's close frame: 1000, answering the client's
+        assert await text_of(server.doc_url(workspace)) == "p" * 200
