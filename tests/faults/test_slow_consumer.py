@@ -9,6 +9,8 @@ import os
 import socket
 from collections.abc import Callable
 
+from pycrdt import Map
+
 from server.close_codes import CLOSE_1013_SEND_QUEUE_FULL, CLOSE_4403_ACCESS_REVOKED
 from server.config import Settings
 from tests.support.rawclient import raw_client
@@ -54,8 +56,13 @@ async def test_a_peer_that_never_reads_again_is_let_go_after_the_keepalive_timeo
     async with run_server(make_settings(message_queue_size=100_000, heartbeat_interval=1.0)) as server:
         url = server.doc_url(workspace)
         async with yclient(url) as writer:
-            reader, stream = await asyncio.open_connection("127.0.0.1", server.port, limit=2**16)
-            stream.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            # A small receive buffer from the start (set before connecting, so the window it
+            # advertises stays small): the server's send buffer fills after a few updates.
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+            reader, stream = await asyncio.open_connection(sock=sock, limit=2**16)
             key = base64.b64encode(os.urandom(16)).decode()
             request = (
                 f"GET /ws/workspaces/{workspace} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
@@ -69,8 +76,9 @@ async def test_a_peer_that_never_reads_again_is_let_go_after_the_keepalive_timeo
                 room = next(iter(room_of.values()))
                 silent = max(room.connections, key=lambda c: c.id)
                 stream.transport.pause_reading()  # from here on it reads nothing
+                entries = writer.doc.get("entries", type=Map)  # values side by side, no growing text
                 for i in range(3000):
-                    writer.text().insert(len(writer.text()), "q" * 32 * 1024)
+                    entries[f"e{i}"] = "q" * 32 * 1024
                     await asyncio.sleep(0)
                     if i > 20 and silent._writing:  # its writer waits for the transport
                         break
