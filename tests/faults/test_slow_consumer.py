@@ -28,8 +28,9 @@ async def test_stalled_reader_is_cut_off_and_others_keep_receiving(
         # kernel buffers fill and the server's queue for this connection grows.
         async with raw_client(url, max_queue=1) as stalled, yclient(url) as writer, yclient(url) as reader:
             chunk = "z" * 32 * 1024
+            entries = writer.doc.get("entries", type=Map)  # side by side: no text growing to 13 MB
             for i in range(400):
-                writer.text().insert(len(writer.text()), chunk)
+                entries[f"e{i}"] = chunk
 
                 def cut_off() -> bool:
                     room = next(iter(server.services.rooms.rooms.values()))
@@ -38,8 +39,8 @@ async def test_stalled_reader_is_cut_off_and_others_keep_receiving(
                 if i % 20 == 0 and cut_off():
                     break
             await wait_until(cut_off, timeout=20)
-            expected = len(writer.text())
-            await wait_until(lambda: len(reader.text()) == expected, timeout=30)
+            expected = dict(entries)
+            await wait_until(lambda: dict(reader.doc.get("entries", type=Map)) == expected, timeout=30)
             # Once it reads again, the stalled client drains what was in flight and gets the close.
             code, reason = await stalled.wait_closed(timeout=30)
     assert code == CLOSE_1013_SEND_QUEUE_FULL.code
