@@ -70,6 +70,11 @@ class Server:
     def rss(self) -> int:
         return psutil.Process(self.process.pid).memory_info().rss
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing stored or compacted on the way out."""
+        self.process.kill()
+        self.process.wait(30)
+
     def stop(self) -> None:
         self.process.terminate()
         try:

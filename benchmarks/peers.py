@@ -534,8 +534,7 @@ def restart(args: argparse.Namespace, server: str) -> dict[str, Any]:
         if args.restart_crash:
             # A crash once every accepted update is stored: the log since the last compaction stays.
             asyncio.run(_wait_logged(database_url, args.restart_updates))
-            peer.server.process.kill()
-            peer.server.process.wait(30)
+            peer.server.kill()
         else:
             peer.server.stop()  # SIGTERM: every accepted update is stored, the loaded documents compacted
         log_rows = asyncio.run(_count_rows(database_url))
@@ -552,8 +551,7 @@ def restart(args: argparse.Namespace, server: str) -> dict[str, Any]:
                 warm.append(asyncio.run(_first_state(again.client("big", 2)["url"]))[0])
             finally:
                 if args.restart_crash:  # so that every restart finds the whole log again
-                    again.server.process.kill()
-                    again.server.process.wait(30)
+                    again.server.kill()
                 else:
                     again.server.stop()
         return {

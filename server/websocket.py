@@ -231,7 +231,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
     _frames_this_turn: int | None = None  # counted while ``_parse`` runs
 
     def data_received(self, data: bytes) -> None:
-        if self._unparsed is not None:  # reading was resumed to await a close reply: keep the order
+        if self._unparsed is not None:  # reading is paused while it is set; should a read come, in order
             self._unparsed += data
         elif len(data) <= PARSE_BYTES:
             self.feed(data)
@@ -301,8 +301,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         unparsed = self._unparsed
         if unparsed is not None:
             del self._unparsed
-            for start in range(0, len(unparsed), PARSE_BYTES):
-                self.feed(bytes(unparsed[start : start + PARSE_BYTES]))
+            self.feed(bytes(unparsed))
 
     async def receive(self) -> ASGIReceiveEvent:
         message = await self.queue.get()
@@ -348,9 +347,9 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.close":
             self._parse_all()  # its frames are dropped; the peer's close reply is awaited
-        if message["type"] == "websocket.close" and self.close_timer is not None:
-            self.close_timer.cancel()
-            self.close_timer = self.loop.call_later(self.close_timeout, self._close_timed_out)
+            if self.close_timer is not None:
+                self.close_timer.cancel()
+                self.close_timer = self.loop.call_later(self.close_timeout, self._close_timed_out)
         elif message["type"] == "websocket.accept" and self.handshake_complete:
             # Answered: what only the upgrade needed can go, and from here on the connection is
             # closed the WebSocket way (a refused upgrade's close lingers: ``LingeringTransport``).

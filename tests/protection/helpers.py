@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -57,6 +58,18 @@ def upgrade_request(path: str, *, extra_headers: str = "", host: str = "127.0.0.
         f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
     ).encode("latin-1")
+
+
+def upgraded_socket(port: int, path: str) -> socket.socket:
+    """A blocking socket on which a WebSocket upgrade to ``path`` was answered 101: for clients
+    that write raw frames (masked, RFC 6455 5.3) from a thread."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(upgrade_request(path))
+    answer = sock.recv(4096)
+    if not answer.startswith(b"HTTP/1.1 101"):
+        sock.close()
+        raise AssertionError(f"upgrade refused: {answer[:100]!r}")
+    return sock
 
 
 async def refusal_of(url: str, **kwargs: Any) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -27,7 +27,7 @@ from tests.protection.helpers import (
     parse_response,
     polite_edits,
     small_updates,
-    upgrade_request,
+    upgraded_socket,
 )
 from tests.support.auth import SECRET, client
 from tests.support.events import event_client
@@ -257,9 +257,7 @@ async def test_a_client_flooding_pings_does_not_hold_up_other_requests(
         def flood() -> None:
             # Empty masked pings with an all-zero key (the cheapest for this side), 240 KB a write.
             frames = b"\x89\x80\x00\x00\x00\x00" * 40_000
-            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-                sock.sendall(upgrade_request(f"/ws/workspaces/{workspace}"))
-                assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+            with upgraded_socket(server.port, f"/ws/workspaces/{workspace}") as sock:
 
                 def read_pongs() -> None:  # or the server's writes back up
                     with contextlib.suppress(OSError):
@@ -334,9 +332,7 @@ async def test_a_client_that_pings_but_never_reads_is_no_longer_read(tmp_path: P
         def flood() -> int:
             pings = (b"\x89\xfd\x00\x00\x00\x00" + b"p" * 125) * 2048  # 125-byte pings, 268 KB a write
             sent = 0
-            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-                sock.sendall(upgrade_request(f"/ws/workspaces/{workspace}"))
-                assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+            with upgraded_socket(server.port, f"/ws/workspaces/{workspace}") as sock:
                 sock.settimeout(1.0)  # a second without progress: the server has stopped reading
                 with contextlib.suppress(TimeoutError):
                     while sent < limit:
