@@ -15,10 +15,28 @@ part that was not integrated over into the result, so nothing stored is lost.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pycrdt import Doc, get_update, merge_updates
+
+# Stored updates are applied this many to a Yrs transaction. At each commit Yrs merges the new
+# items into their neighbours of the same client ("squash"), at a cost that grows with the merged
+# item (one client's uninterrupted run of text) and, within one transaction, with the number of
+# items merged: a log of 10,000 appends by one client to its own text takes about 1 s applied
+# one by one, 2 s in one transaction and 30 ms in transactions of 50-200; logs of interleaved
+# clients, random edits or map entries take half as long in transactions of 100 as one by one.
+APPLY_BATCH = 100
+
+
+def apply_batched(doc: Doc[Any], updates: Sequence[bytes]) -> None:
+    """Apply ``updates`` to ``doc`` in order, ``APPLY_BATCH`` to a transaction. Raises what
+    ``Doc.apply_update`` raises (``ValueError`` for bytes that are not an update); the updates of
+    the failing batch before it are applied."""
+    for start in range(0, len(updates), APPLY_BATCH):
+        with doc.transaction():
+            for update in updates[start : start + APPLY_BATCH]:
+                doc.apply_update(update)
 
 
 def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
@@ -88,8 +106,7 @@ class StateBuilder:
     def apply(self, updates: Iterable[bytes]) -> None:
         """Apply updates, in any order. Raises ``ValueError`` for bytes that are not an update."""
         batch = list(updates)
-        for update in batch:
-            self._doc.apply_update(update)
+        apply_batched(self._doc, batch)
         state_vector = self._doc.get_state()
         clocks = decode_state_vector(state_vector)
         for update in batch:

@@ -6,10 +6,12 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from pycrdt import Awareness, Doc
+
+from crdt_store.yjs_state import APPLY_BATCH, apply_batched
 
 from . import metrics, protocol
 from .close_codes import CloseCode
@@ -48,6 +50,27 @@ async def apply_in_parts(update: bytes, apply: Callable[[bytes], None]) -> None:
         # A timer, not sleep(0): the loop then serves the I/O and timers that are waiting before
         # this task goes on (sleep(0) would run the next part first).
         await asyncio.sleep(1e-4)
+
+
+async def load_updates(doc: Doc[Any], updates: Sequence[bytes]) -> None:
+    """Apply a document's stored updates (snapshot first, then the log, in order) to ``doc``:
+    runs of small updates ``APPLY_BATCH`` to a transaction (``crdt_store.yjs_state``), an update
+    larger than ``LOAD_PARTS_BYTES`` in parts (``apply_in_parts``), one event-loop turn per batch
+    or part. Raises what ``Doc.apply_update`` raises."""
+    start = 0
+    for end, update in enumerate(updates):
+        if len(update) > LOAD_PARTS_BYTES:
+            await _apply_run(doc, updates[start:end])
+            await apply_in_parts(update, doc.apply_update)
+            start = end + 1
+    await _apply_run(doc, updates[start:])
+
+
+async def _apply_run(doc: Doc[Any], updates: Sequence[bytes]) -> None:
+    for start in range(0, len(updates), APPLY_BATCH):
+        apply_batched(doc, updates[start : start + APPLY_BATCH])
+        if start + APPLY_BATCH < len(updates):
+            await asyncio.sleep(1e-4)  # as in apply_in_parts
 
 
 def is_panic(exc: BaseException) -> bool:

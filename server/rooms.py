@@ -31,7 +31,7 @@ from .connection import Connection
 from .persistence import UpdateWriter
 from .protocol import KEEPALIVE, ProtocolError, decode
 from .replication import Replication
-from .room import LOAD_PARTS_BYTES, DocumentBroken, Room, RoomKey, apply_in_parts
+from .room import DocumentBroken, Room, RoomKey, load_updates
 from .yjs_format import check_message
 
 log = logging.getLogger(__name__)
@@ -134,11 +134,7 @@ class RoomManager:
     async def _load(self, key: RoomKey) -> Room:
         stored = await self.store.documents.load(key.workspace_id, key.path)
         doc: Doc[Any] = Doc()
-        for update in stored.updates:
-            if len(update) > LOAD_PARTS_BYTES:
-                await apply_in_parts(update, doc.apply_update)
-            else:
-                doc.apply_update(update)
+        await load_updates(doc, stored.updates)
         room = Room(key, stored.id, doc, on_update=self._accept, on_broken=self._reload)
         if self.replication is not None:
             await self.replication.attach(room)
