@@ -505,12 +505,16 @@ async def _count_rows(database_url: str) -> int:
 
 
 async def _wait_logged(database_url: str, updates: int, timeout: float = 60.0) -> None:
-    """Wait until the log holds ``updates`` rows (no compaction runs meanwhile: see
-    ``--restart-crash``)."""
+    """Wait until ``updates`` rows are stored: in the log, or merged into a snapshot by a
+    compaction (``--restart-crash --restart-compact-after N``)."""
     connection = await asyncpg.connect(database_url)
     deadline = time.monotonic() + timeout
+    stored = (
+        "SELECT (SELECT count(*) FROM document_updates)"
+        " + (SELECT coalesce(sum(merged_updates), 0) FROM document_snapshots)"
+    )
     try:
-        while (rows := await connection.fetchval("SELECT count(*) FROM document_updates")) < updates:
+        while (rows := await connection.fetchval(stored)) < updates:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{rows} of {updates} updates logged")
             await asyncio.sleep(0.05)
@@ -725,7 +729,7 @@ def parse_args() -> argparse.Namespace:
         "--restart-crash",
         action="store_true",
         help="kill the server (SIGKILL) once the document's updates are stored, with compaction held off "
-        "while they are written: the restart finds them all in the log",
+        "while they are written (unless --restart-compact-after): the restart finds them all in the log",
     )
     parser.add_argument("--skip", default="", help="comma-separated: fanout, joins, restart")
     parser.add_argument("--output", default="peers", help="results/<output>.{json,md}")

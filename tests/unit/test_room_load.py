@@ -4,6 +4,7 @@ document as applying them one by one, whatever their order, sizes and how they f
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -122,3 +123,17 @@ async def test_a_stored_row_that_is_not_an_update_fails_the_load() -> None:
     log = edit_log(10, seed=3)
     with pytest.raises(ValueError, match="Cannot decode update"):
         await load_updates(Doc(), [*log[:5], b"\x01\x02 not an update", *log[5:]])
+
+
+async def test_a_long_load_lets_the_loop_serve_others_between_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(room_module, "LOAD_TURN_SECONDS", 0.0)  # every batch is past its turn
+    log = edit_log(APPLY_BATCH * 5, seed=4)
+    loading = asyncio.create_task(load_updates(Doc(), log))
+    others_turns = 0
+    while not loading.done():
+        others_turns += 1
+        await asyncio.sleep(0)
+    await loading
+    assert others_turns >= 4
