@@ -94,6 +94,9 @@ class RoomManager:
         if self._heartbeat is not None:
             raise RuntimeError("RoomManager already running")
         self._heartbeat = asyncio.create_task(self._keep_alive(), name="room-heartbeat")
+        # pycrdt's first Doc imports anyio's asyncio backend (for its lock): about a quarter of
+        # what the first client after a start would wait for, paid here instead.
+        Doc()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
