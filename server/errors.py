@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -184,6 +186,21 @@ def store_errors_as_service_errors() -> Iterator[None]:
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> bytes:
+    """A whole HTTP/1.1 response (RFC 9112) with ``error_body(code, message)`` as its JSON body,
+    ``headers`` added, ending the connection (``connection: close``): for answers written to the
+    socket below the ASGI application (a refused request head, a refused WebSocket upgrade)."""
+    body = json.dumps(error_body(code, message)).encode()
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())]
+    lines += [name + b": " + value + b"\r\n" for name, value in headers]
+    lines.append(
+        b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+    )
+    return b"".join(lines) + body
 
 
 def install_error_handlers(app: FastAPI) -> None:

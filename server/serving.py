@@ -5,16 +5,14 @@ answer to every WebSocket upgrade, and a graceful drain on SIGTERM before uvicor
   complete request line and headers within ``HANDSHAKE_TIMEOUT`` seconds of opening (or of the end
   of its previous request), and within ``MAX_REQUEST_HEAD_SIZE`` bytes, each line within 8,000 bytes
   and at most 100 header fields. Otherwise it is answered (408, 414 for a request line, 431 for
-  headers; JSON error body) and closed. uvicorn itself waits forever for a head, and hands any
-  upgrade request to the WebSocket layer, which drops one it cannot parse without an answer;
-  and it hands that layer the request head only, dropping frames sent in the same read, which
-  follow it here.
+  headers; JSON error body) and closed. uvicorn itself waits forever for a head, and would drop
+  frames sent in the same read as an upgrade request, which follow it here.
   A connection closed while its request is still arriving (or refused before it was complete,
   or a WebSocket upgrade not accepted) is closed lingering (``lingering.py``, RFC 9112 section
   9.6), so that what the client still sends cannot reset the connection before it reads the answer.
-- ``AnsweringWebSocketProtocol``: uvicorn's websockets-sansio protocol, which writes the response
-  the websockets library prepared for an upgrade request it could not parse (414, 431, 400)
-  instead of leaving the socket open and unanswered.
+- A WebSocket upgrade goes to ``websocket.CollabWebSocketProtocol`` with the request httptools
+  parsed; it answers an invalid one (405, 400, 426) with a JSON error instead of leaving the socket
+  open and unanswered, as uvicorn's protocol does with a request ``websockets`` cannot parse.
 - ``DrainingServer``: on SIGTERM/SIGINT, before uvicorn's own shutdown (which would close every
   WebSocket with 1012 and no reason, then run the app's shutdown), the app drains: it refuses new
   connections, closes its WebSockets with 1012 ``service restarting`` and stores every pending
@@ -24,7 +22,6 @@ answer to every WebSocket upgrade, and a graceful drain on SIGTERM before uvicor
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import sys
@@ -36,7 +33,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .config import Settings
-from .errors import error_body
+from .errors import error_response
 from .lingering import LingeringTransport
 from .websocket import CollabWebSocketProtocol
 
@@ -87,16 +84,25 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head.clear()
 
     def handle_websocket_upgrade(self) -> None:
+        """Hand the connection to ``CollabWebSocketProtocol`` with the request httptools parsed
+        (uvicorn would write the head out again for ``websockets`` to parse), then what followed
+        the head in the same read."""
         self._lingering.linger = True  # until accepted: a refusal's close lingers
         upgrade = sys.exc_info()[1]  # called while httptools' HttpParserUpgrade is handled
-        super().handle_websocket_upgrade()
-        # uvicorn hands the WebSocket layer the request head only. Frames sent in the same read (a
-        # client should wait for the 101, RFC 6455 section 4.1, but one that does not must not lose
-        # them, nor its close frame and with it the connection) follow it, in order.
+        self.connections.discard(self)
+        protocol = self.ws_protocol_class(  # type: ignore[call-arg, misc]
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        assert isinstance(protocol, CollabWebSocketProtocol)
+        protocol.adopt(self.transport, server=self.server, client=self.client, tls=self.scheme == "https")
+        self.transport.set_protocol(protocol)
+        protocol.upgrade(self.scope["method"], self.url, self.headers, self.parser.get_http_version())
+        # Frames sent in the same read as the request (a client should wait for the 101, RFC 6455
+        # section 4.1, but one that does not must not lose them, nor its close frame and with it
+        # the connection) follow it, in order.
         if isinstance(upgrade, httptools.HttpParserUpgrade) and upgrade.args:
             rest = self._received[upgrade.args[0] :]
-            protocol = self.transport.get_protocol()
-            if rest and isinstance(protocol, asyncio.Protocol):
+            if rest and not self.transport.is_closing():
                 protocol.data_received(rest)
 
     # -- the request head ---------------------------------------------------------------------------
@@ -143,16 +149,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         code, message = messages[status]
         client = self.client or ("?", 0)
         log.info("refused a request from %s:%s: %d %s", *client, status, message)
-        body = json.dumps(error_body(code, message)).encode()
-        reason = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
         self._stop_head_timer()
         self._in_head = False
         self._lingering.linger = True  # what it was still sending would reset the connection
         if not self.transport.is_closing():
-            self.transport.write(
-                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n%s" % (status, reason[status], len(body), body)
-            )
+            self.transport.write(error_response(status, code, message))
             self.transport.close()
 
     def _start_head_timer(self) -> None:
@@ -184,27 +185,6 @@ def guarded_http(settings: Settings) -> type[GuardedHttpProtocol]:
     )
 
 
-class AnsweringWebSocketProtocol(CollabWebSocketProtocol):
-    """See the module docstring (and ``websocket.CollabWebSocketProtocol``, the frame path)."""
-
-    def feed(self, data: bytes) -> None:
-        super().feed(data)
-        if self.handshake_initiated or self.conn.handshake_exc is None or self.transport.is_closing():
-            return
-        output = b"".join(self.conn.data_to_send())
-        if not output.startswith(b"HTTP/"):  # websockets prepared no response (it only closes)
-            body = b"invalid WebSocket upgrade request\n"
-            output = (
-                b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n%s" % (len(body), body)
-            )
-        log.info("refused a WebSocket upgrade: %s", self.conn.handshake_exc)
-        self.handshake_complete = True
-        self.close_sent = True
-        self.transport.write(output)
-        self.transport.close()
-
-
 class DrainingServer(uvicorn.Server):
     """See the module docstring. ``drain(timeout)`` is the app's (``CollaborationApp.drain``)."""
 
@@ -227,6 +207,6 @@ def server_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn options these guards need (``__main__.uvicorn_config`` merges them)."""
     return {
         "http": guarded_http(settings),
-        "ws": AnsweringWebSocketProtocol,
+        "ws": CollabWebSocketProtocol,
         "timeout_graceful_shutdown": settings.shutdown_timeout,
     }

@@ -30,12 +30,23 @@ are let go.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Generic, TypeVar
+import base64
+import binascii
+import hashlib
+import logging
+from typing import Any, Generic, NamedTuple, TypeVar
+from urllib.parse import unquote
 
-from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
+import httptools
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent, WebSocketAcceptEvent, WebSocketScope
+from uvicorn.config import Config
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.http11 import Request
+from uvicorn.server import ServerState
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
 
+from .errors import error_response
 from .lingering import LingeringTransport
 
 FRAMES_EXTENSION = "collab.frames"
@@ -216,14 +227,200 @@ class FrameWriter:
             self._protocol.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
 
-class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol with ``FrameWriter``, batched read pauses and a
-    smaller idle footprint (see the module docstring)."""
+# -- the opening handshake (RFC 6455 section 4.2) ----------------------------------------------------
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+
+
+def accept_key(key: bytes) -> bytes:
+    """The ``Sec-WebSocket-Accept`` value answering a client's ``Sec-WebSocket-Key`` (RFC 6455
+    section 4.2.2): base64 of the SHA-1 of the key followed by the protocol's GUID."""
+    return base64.b64encode(hashlib.sha1(key + WEBSOCKET_GUID).digest())
+
+
+class Refusal(NamedTuple):
+    """Why an upgrade request is refused: HTTP status, JSON error code, message, extra headers."""
+
+    status: int
+    code: str
+    message: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def check_upgrade(method: str, http_version: str, headers: list[tuple[bytes, bytes]]) -> bytes | Refusal:
+    """The client's ``Sec-WebSocket-Key`` if the upgrade request is valid (RFC 6455 section 4.2.1),
+    otherwise why not. ``headers`` as httptools parsed them (names lowercase); the ``Connection:
+    upgrade`` and ``Upgrade: websocket`` fields were checked by uvicorn before it upgrades."""
+    if method != "GET":
+        return Refusal(
+            405, "method_not_allowed", "a WebSocket upgrade is a GET request", ((b"allow", b"GET"),)
+        )
+    if http_version != "1.1":
+        return Refusal(400, "bad_request", "a WebSocket upgrade needs HTTP/1.1")
+    keys = [value for name, value in headers if name == b"sec-websocket-key"]
+    versions = [value for name, value in headers if name == b"sec-websocket-version"]
+    if versions != [b"13"]:
+        return Refusal(
+            426,
+            "upgrade_required",
+            "this server speaks WebSocket version 13 (Sec-WebSocket-Version)",
+            ((b"sec-websocket-version", b"13"),),
+        )
+    if len(keys) != 1:
+        return Refusal(400, "bad_request", "a WebSocket upgrade needs one Sec-WebSocket-Key header")
+    key = keys[0].strip()
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except binascii.Error:
+        valid = False
+    if not valid:
+        return Refusal(400, "bad_request", "Sec-WebSocket-Key is not 16 bytes in base64")
+    return key
+
+
+_LOGGER = logging.getLogger("uvicorn.error")
+
+
+class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol with its own opening handshake (``upgrade``),
+    ``FrameWriter``, batched read pauses and a smaller idle footprint (see the module docstring).
+
+    The handshake: uvicorn's HTTP protocol (httptools) has parsed the upgrade request already;
+    uvicorn would write it out again for ``websockets`` to parse, validate and answer with a
+    response object of its own. ``upgrade`` takes httptools' parse instead, checks what RFC 6455
+    asks of the request (``check_upgrade``), builds the ASGI scope and starts the application;
+    the 101 is written when the application accepts. ``websockets`` is used for frames only (its
+    protocol is created open). No extension is negotiated (uvicorn's ``ws_per_message_deflate``
+    is not offered; the service turns it off)."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # uvicorn's attributes (``WebSocketsSansIOProtocol.__init__``), without what it builds that
+        # this class replaces: an asyncio.Queue and Event, a websockets protocol waiting for a request.
+        if not config.loaded:
+            config.load()
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.logger = _LOGGER
+        self.root_path = config.root_path
+        self.asgi_version = config.asgi_version
+        self.app_state = app_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.default_headers = server_state.default_headers
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.server: tuple[str, int | None] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = "ws"
         self.queue: Inbox[ASGIReceiveEvent] = Inbox()  # type: ignore[assignment]
+        self.handshake_initiated = False
+        self.handshake_complete = False
+        self.close_sent = False
+        self.disconnected = False
+        self.close_timer: asyncio.TimerHandle | None = None
+        self.close_timeout = 10.0
+        self.initial_response: tuple[int, list[tuple[str, str]], bytes] | None = None
+        self.conn = ServerProtocol(state=OPEN, max_size=config.ws_max_size, logger=_LOGGER)
+        self.read_paused = False
         self.writable: Gate = Gate()  # type: ignore[assignment]
+        self.ping_interval = config.ws_ping_interval
+        self.ping_timeout = config.ws_ping_timeout
+        self.ping_timer: asyncio.TimerHandle | None = None
+        self.pong_timer: asyncio.TimerHandle | None = None
+        self.pending_ping_payload: bytes | None = None
+        self.ping_sent_at = 0.0
+        self.last_ping_rtt = 0.0
+        self.frames: list[bytes] = []
+        self.curr_msg_data_type = "bytes"
+        self.request = self.response = None  # type: ignore[assignment]  # websockets' objects: none here
+        self._accept: bytes = b""  # Sec-WebSocket-Accept, once the request is checked
+
+    def adopt(
+        self,
+        transport: asyncio.Transport,
+        *,
+        server: tuple[str, int | None] | None,
+        client: tuple[str, int] | None,
+        tls: bool,
+    ) -> None:
+        """``connection_made`` for a connection whose HTTP protocol knows its addresses already."""
+        self.connections.add(self)
+        self.transport = transport
+        self.server, self.client = server, client
+        self.scheme = "wss" if tls else "ws"
+
+    def upgrade(
+        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], http_version: str
+    ) -> None:
+        """Take over the upgrade request ``method target`` with ``headers`` (names lowercase, as
+        uvicorn's httptools protocol parsed them): refuse it with a JSON error (``check_upgrade``;
+        400 for a target that is not a URL), or start the application with its ASGI scope."""
+        self.handshake_initiated = True
+        key = check_upgrade(method, http_version, headers)
+        try:
+            url = httptools.parse_url(target)
+        except httptools.HttpParserInvalidURLError:
+            key = Refusal(400, "bad_request", "the request target is not a URL")
+        if isinstance(key, Refusal):
+            self.logger.info("refused a WebSocket upgrade: %d %s", key.status, key.message)
+            self.handshake_complete = self.close_sent = True
+            self.transport.write(error_response(key.status, key.code, key.message, key.headers))
+            self.transport.close()
+            return
+        self._accept = accept_key(key)
+        raw_path = url.path
+        subprotocols = [
+            token.strip()
+            for name, value in headers
+            if name == b"sec-websocket-protocol"
+            for token in value.decode("latin-1").split(",")
+        ]
+        extensions: dict[str, Any] = {"websocket.http.response": {}, FRAMES_EXTENSION: FrameWriter(self)}
+        self.scope: WebSocketScope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": self.root_path + unquote(raw_path.decode("ascii", "surrogateescape")),
+            "raw_path": self.root_path.encode("ascii") + raw_path,
+            "query_string": url.query or b"",
+            "headers": headers,
+            "subprotocols": subprotocols,
+            "state": self.app_state.copy(),
+            "extensions": extensions,
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+
+    def _write_accept(self, message: WebSocketAcceptEvent) -> None:
+        """Write the 101 answering the upgrade (RFC 6455 section 4.2.2) with the server's default
+        headers (``date``, ``server``) and the application's."""
+        head = [
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+            b"sec-websocket-accept: ",
+            self._accept,
+            b"\r\n",
+        ]
+        for name, value in [*self.default_headers, *message.get("headers", [])]:
+            head += [name, b": ", value, b"\r\n"]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            head += [b"sec-websocket-protocol: ", subprotocol.encode(), b"\r\n"]
+        head.append(b"\r\n")
+        self.handshake_complete = True
+        self.transport.write(b"".join(head))
+        self.start_keepalive()
 
     # Bytes received but not parsed yet (see the module docstring); a class attribute until needed,
     # so an idle connection holds no slot for it. While it is set, reading is paused.
@@ -318,13 +515,6 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         self._parse_all()  # what the client sent before it left is the application's
         super().connection_lost(exc)
 
-    def handle_connect(self, event: Request) -> None:
-        super().handle_connect(event)
-        event.headers.clear()  # the scope has its own copy; the parser's frame keeps the request
-        scope: Any = getattr(self, "scope", None)
-        if scope is not None:
-            scope["extensions"][FRAMES_EXTENSION] = FrameWriter(self)
-
     # A peer that stopped reading: uvicorn gives up on it (no pong in time; no answer to the
     # server's close frame in ``close_timeout`` seconds) by closing the transport, which waits
     # until everything buffered is written, so such a peer would hold its connection (and place)
@@ -344,7 +534,18 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         self._abort_if_unread()
 
     async def send(self, message: ASGISendEvent) -> None:
-        await super().send(message)
+        if (
+            message["type"] == "websocket.accept"
+            and not self.handshake_complete
+            and self.initial_response is None
+        ):
+            await self.writable.wait()
+            if self.disconnected:
+                raise ClientDisconnected()
+            if not self.transport.is_closing():
+                self._write_accept(message)
+        else:
+            await super().send(message)
         if message["type"] == "websocket.close":
             self._parse_all()  # its frames are dropped; the peer's close reply is awaited
             if self.close_timer is not None:
@@ -353,7 +554,6 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         elif message["type"] == "websocket.accept" and self.handshake_complete:
             # Answered: what only the upgrade needed can go, and from here on the connection is
             # closed the WebSocket way (a refused upgrade's close lingers: ``LingeringTransport``).
-            self.request = self.response = None  # type: ignore[assignment]
             self.scope["headers"] = []
             if isinstance(self.transport, LingeringTransport):
                 self.transport = self.transport.transport

@@ -228,6 +228,67 @@ async def test_oversize_request_heads_are_answered_414_or_431_and_closed(
             pass
 
 
+@pytest.mark.parametrize(
+    ("change", "status", "code", "header"),
+    [
+        (lambda r: r.replace(b"GET ", b"POST ", 1), 405, "method_not_allowed", "allow: get"),
+        (
+            lambda r: r.replace(b"Version: 13", b"Version: 8"),
+            426,
+            "upgrade_required",
+            "sec-websocket-version: 13",
+        ),
+        (lambda r: r.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"c2hvcnQ="), 400, "bad_request", None),
+        (lambda r: r.replace(b"Sec-WebSocket-Key", b"X-Key"), 400, "bad_request", None),
+    ],
+)
+async def test_an_invalid_upgrade_request_is_answered_with_a_json_error_and_closed(
+    make_settings: SettingsFactory,
+    workspace: str,
+    change: Callable[[bytes], bytes],
+    status: int,
+    code: str,
+    header: str | None,
+) -> None:
+    """RFC 6455 section 4.2.1 asks a GET with one 16-byte key and version 13; anything else is
+    answered (426 names the version spoken, RFC 6455 section 4.2.2) and the connection closed,
+    while a client beside it goes on."""
+    async with run_server(make_settings()) as server:
+        async with (
+            yclient(server.doc_url(workspace)) as bystander,
+            yclient(server.doc_url(workspace)) as peer,
+        ):
+            response = await raw_request(server.port, change(upgrade_request(f"/ws/workspaces/{workspace}")))
+            assert response.status == status, response.head
+            assert response.closed
+            assert response.json()["error"]["code"] == code
+            if header is not None:
+                assert header in response.head.lower().split("\r\n")
+            bystander.text().insert(0, "unharmed")
+            await wait_until(lambda: str(peer.text()) == "unharmed")
+
+
+async def test_an_accepted_upgrade_is_answered_with_the_rfc_6455_accept_key(
+    make_settings: SettingsFactory, workspace: str
+) -> None:
+    async with run_server(make_settings()) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(upgrade_request(f"/ws/workspaces/{workspace}"))
+            async with asyncio.timeout(5):
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower().split("\r\n")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        assert head[0] == "http/1.1 101 switching protocols"
+        assert "upgrade: websocket" in head
+        assert "connection: upgrade" in head
+        # RFC 6455 section 1.3's example key and answer
+        assert "sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=" in head
+        assert any(line.startswith("date: ") for line in head)
+
+
 async def test_a_keep_alive_connections_next_request_has_the_same_bound_on_its_head(
     make_settings: SettingsFactory,
 ) -> None:

@@ -131,6 +131,17 @@ class UnreadTransport:
         return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
 
+def upgrade_headers() -> list[tuple[bytes, bytes]]:
+    """An upgrade request's headers as uvicorn's httptools protocol hands them over."""
+    return [
+        (b"host", b"x"),
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+        (b"sec-websocket-version", b"13"),
+    ]
+
+
 async def test_a_peer_that_never_answers_the_close_frame_is_aborted_when_data_is_unread() -> None:
     """The server closed (its close frame sent) with data still in the socket's buffer; the peer
     reads nothing and never answers: after the close timeout the transport is aborted, not left
@@ -147,11 +158,7 @@ async def test_a_peer_that_never_answers_the_close_frame_is_aborted_when_data_is
     protocol = CollabWebSocketProtocol(config, state, {}, _loop=asyncio.get_running_loop())
     transport = UnreadTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
-    key = "dGhlIHNhbXBsZSBub25jZQ=="
-    protocol.data_received(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: " + key.encode() + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
+    protocol.upgrade("GET", b"/ws", upgrade_headers(), "1.1")
     await protocol.send({"type": "websocket.accept"})
     protocol.close_timeout = 0.05
     await protocol.send({"type": "websocket.close", "code": 1000, "reason": ""})
@@ -192,10 +199,7 @@ async def accepted_protocol(transport: UnreadTransport) -> CollabWebSocketProtoc
     config.load()
     protocol = CollabWebSocketProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
     protocol.connection_made(transport)  # type: ignore[arg-type]
-    protocol.data_received(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
+    protocol.upgrade("GET", b"/ws", upgrade_headers(), "1.1")
     await protocol.send({"type": "websocket.accept"})
     assert (await protocol.receive())["type"] == "websocket.connect"
     return protocol
