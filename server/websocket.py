@@ -362,6 +362,10 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         uvicorn's httptools protocol parsed them): refuse it with a JSON error (``check_upgrade``;
         400 for a target that is not a URL), or start the application with its ASGI scope."""
         self.handshake_initiated = True
+        if self.logger.isEnabledFor(logging.DEBUG):  # as websockets logs a handshake (tokens redacted)
+            self.logger.debug("< %s %s HTTP/%s", method, target.decode("latin-1"), http_version)
+            for name, value in headers:
+                self.logger.debug("< %s: %s", name.decode("latin-1"), value.decode("latin-1"))
         key = check_upgrade(method, http_version, headers)
         try:
             url = httptools.parse_url(target)
@@ -418,8 +422,12 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         if subprotocol:
             head += [b"sec-websocket-protocol: ", subprotocol.encode(), b"\r\n"]
         head.append(b"\r\n")
+        response = b"".join(head)
+        if self.logger.isEnabledFor(logging.DEBUG):
+            for line in response.decode("latin-1").split("\r\n")[:-2]:
+                self.logger.debug("> %s", line)
         self.handshake_complete = True
-        self.transport.write(b"".join(head))
+        self.transport.write(response)
         self.start_keepalive()
 
     # Bytes received but not parsed yet (see the module docstring); a class attribute until needed,
