@@ -256,8 +256,10 @@ class RateLimiter:
         self._warned_at = -math.inf
 
     async def hit(self, items: list[RateLimitItem], *key: str) -> float | None:
-        """Count one request against each item; None when all allow it, otherwise the seconds
-        until the first that refuses would allow it."""
+        """Count one request against each item; None when all allow it (at once when there are
+        none: the rate is off), otherwise the seconds until the first that refuses would allow it."""
+        if not items:
+            return None
         try:
             async with asyncio.timeout(self.STORAGE_TIMEOUT * 2):
                 for item in items:
