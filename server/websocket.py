@@ -293,6 +293,49 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
     protocol is created open). No extension is negotiated (uvicorn's ``ws_per_message_deflate``
     is not offered; the service turns it off)."""
 
+    # Every attribute uvicorn's methods and this class set, in slots: an instance dict with this
+    # many keys cannot share them with the other instances' dicts (1.6 KB a connection).
+    __slots__ = (
+        "_accept",
+        "app",
+        "app_state",
+        "asgi_version",
+        "client",
+        "close_sent",
+        "close_timeout",
+        "close_timer",
+        "config",
+        "conn",
+        "connections",
+        "curr_msg_data_type",
+        "default_headers",
+        "disconnected",
+        "frames",
+        "handshake_complete",
+        "handshake_initiated",
+        "initial_response",
+        "last_ping_rtt",
+        "logger",
+        "loop",
+        "pending_ping_payload",
+        "ping_interval",
+        "ping_sent_at",
+        "ping_timeout",
+        "ping_timer",
+        "pong_timer",
+        "queue",
+        "read_paused",
+        "request",
+        "response",
+        "root_path",
+        "scheme",
+        "scope",
+        "server",
+        "tasks",
+        "transport",
+        "writable",
+    )
+
     def __init__(
         self,
         config: Config,

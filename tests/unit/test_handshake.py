@@ -64,11 +64,13 @@ def test_an_invalid_upgrade_request_is_refused_with_a_status_and_a_reason(
 
 async def test_the_protocol_has_every_attribute_uvicorns_own_constructor_sets() -> None:
     """``CollabWebSocketProtocol.__init__`` replaces uvicorn's (which builds what the class does not
-    use); uvicorn's methods, which it inherits, must find all their attributes."""
+    use); uvicorn's methods, which it inherits, must find all their attributes, which are slots."""
     config = uvicorn.Config(app=lambda *_: None, ws_ping_interval=None)
     config.load()
     loop = asyncio.get_running_loop()
     theirs = WebSocketsSansIOProtocol(config, ServerState(), {}, _loop=loop)
     ours = CollabWebSocketProtocol(config, ServerState(), {}, _loop=loop)
-    missing = set(vars(theirs)) - set(vars(ours))
+    missing = [name for name in vars(theirs) if not hasattr(ours, name)]
     assert not missing
+    # ... in slots: an idle connection holds no per-instance dict
+    assert not getattr(ours, "__dict__", {})
