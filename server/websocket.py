@@ -279,6 +279,10 @@ def check_upgrade(method: str, http_version: str, headers: list[tuple[bytes, byt
 
 
 _LOGGER = logging.getLogger("uvicorn.error")
+# The parts of a connection's ASGI scope that are the same for every connection, shared between
+# them: the service's application and middleware only read them.
+_ASGI: dict[str, Any] = {version: {"version": version, "spec_version": "2.4"} for version in ("2.0", "3.0")}
+_SUPPORTED: dict[str, Any] = {}  # an extension's entry: supported, without parameters
 
 
 class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -428,10 +432,13 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
             if name == b"sec-websocket-protocol"
             for token in value.decode("latin-1").split(",")
         ]
-        extensions: dict[str, Any] = {"websocket.http.response": {}, FRAMES_EXTENSION: FrameWriter(self)}
+        extensions: dict[str, Any] = {
+            "websocket.http.response": _SUPPORTED,
+            FRAMES_EXTENSION: FrameWriter(self),
+        }
         self.scope: WebSocketScope = {
             "type": "websocket",
-            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "asgi": _ASGI[self.asgi_version],
             "http_version": "1.1",
             "scheme": self.scheme,
             "server": self.server,

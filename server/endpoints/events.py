@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -91,8 +91,10 @@ def utc_now() -> str:
     return iso_z(utcnow())
 
 
-async def event_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    await serve_admitted(scope, receive, send, _serve)
+def event_endpoint(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+    """The connection's coroutine (``serve_admitted``), returned rather than awaited so that it
+    holds no frame of its own for the connection's lifetime."""
+    return serve_admitted(scope, receive, send, _serve)
 
 
 async def _serve(scope: Scope, receive: Receive, send: Send, services: Services, admitted: Admitted) -> None:

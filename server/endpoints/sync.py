@@ -7,6 +7,8 @@ connection's rate (``limits.PacedChannel``), to the room manager.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from starlette.types import Receive, Scope, Send
@@ -44,8 +46,10 @@ def room_key(scope: Scope) -> RoomKey | None:
         return None
 
 
-async def sync_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    await serve_admitted(scope, receive, send, _serve)
+def sync_endpoint(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+    """The connection's coroutine (``serve_admitted``), returned rather than awaited so that it
+    holds no frame of its own for the connection's lifetime."""
+    return serve_admitted(scope, receive, send, _serve)
 
 
 async def _serve(scope: Scope, receive: Receive, send: Send, services: Services, admitted: Admitted) -> None:
