@@ -86,9 +86,39 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         """Hand the connection to ``CollabWebSocketProtocol`` with the request httptools parsed
         (uvicorn would write the head out again for ``websockets`` to parse), then what followed
-        the head in the same read."""
+        the head in the same read. An upgrade pipelined behind requests whose responses are not
+        complete waits for them (its 101 must not overtake them): reading stops meanwhile."""
         self._lingering.linger = True  # until accepted: a refusal's close lingers
         upgrade = sys.exc_info()[1]  # called while httptools' HttpParserUpgrade is handled
+        # Frames sent in the same read as the request (a client should wait for the 101, RFC 6455
+        # section 4.1, but one that does not must not lose them, nor its close frame and with it
+        # the connection) follow it, in order, once it is accepted.
+        rest = b""
+        if isinstance(upgrade, httptools.HttpParserUpgrade) and upgrade.args:
+            rest = self._received[upgrade.args[0] :]
+        request = (self.scope["method"], self.url, self.headers, self.parser.get_http_version(), rest)
+        if (self.cycle is not None and not self.cycle.response_complete) or self.pipeline:
+            self._upgrade_after_responses = request
+            self.transport.pause_reading()
+        else:
+            self._upgrade(*request)
+
+    _upgrade_after_responses: tuple[str, bytes, list[tuple[bytes, bytes]], str, bytes] | None = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        waiting = self._upgrade_after_responses
+        if waiting is not None and not self.pipeline and not self.transport.is_closing():
+            del self._upgrade_after_responses
+            if self.timeout_keep_alive_task is not None:  # armed by uvicorn for an idle connection
+                self.timeout_keep_alive_task.cancel()
+                self.timeout_keep_alive_task = None
+            self.transport.resume_reading()  # before the upgrade, which may pause it again
+            self._upgrade(*waiting)
+
+    def _upgrade(
+        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], http_version: str, rest: bytes
+    ) -> None:
         self.connections.discard(self)
         protocol = self.ws_protocol_class(  # type: ignore[call-arg, misc]
             config=self.config, server_state=self.server_state, app_state=self.app_state
@@ -96,14 +126,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         assert isinstance(protocol, CollabWebSocketProtocol)
         protocol.adopt(self.transport, server=self.server, client=self.client, tls=self.scheme == "https")
         self.transport.set_protocol(protocol)
-        protocol.upgrade(self.scope["method"], self.url, self.headers, self.parser.get_http_version())
-        # Frames sent in the same read as the request (a client should wait for the 101, RFC 6455
-        # section 4.1, but one that does not must not lose them, nor its close frame and with it
-        # the connection) follow it, in order.
-        if isinstance(upgrade, httptools.HttpParserUpgrade) and upgrade.args:
-            rest = self._received[upgrade.args[0] :]
-            if rest and not self.transport.is_closing():
-                protocol.data_received(rest)
+        protocol.upgrade(method, target, headers, http_version)
+        if rest:
+            protocol.data_received(rest)
 
     # -- the request head ---------------------------------------------------------------------------
 

@@ -257,8 +257,13 @@ def check_upgrade(method: str, http_version: str, headers: list[tuple[bytes, byt
         )
     if http_version != "1.1":
         return Refusal(400, "bad_request", "a WebSocket upgrade needs HTTP/1.1")
-    keys = [value for name, value in headers if name == b"sec-websocket-key"]
-    versions = [value for name, value in headers if name == b"sec-websocket-version"]
+    keys = [value.strip() for name, value in headers if name == b"sec-websocket-key"]
+    versions = [value.strip() for name, value in headers if name == b"sec-websocket-version"]
+    if any(
+        name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+        for name, value in headers
+    ):
+        return Refusal(400, "bad_request", "a WebSocket upgrade request has no body")
     if versions != [b"13"]:
         return Refusal(
             426,
@@ -268,7 +273,7 @@ def check_upgrade(method: str, http_version: str, headers: list[tuple[bytes, byt
         )
     if len(keys) != 1:
         return Refusal(400, "bad_request", "a WebSocket upgrade needs one Sec-WebSocket-Key header")
-    key = keys[0].strip()
+    key = keys[0]
     try:
         valid = len(base64.b64decode(key, validate=True)) == 16
     except binascii.Error:
@@ -301,6 +306,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
     # many keys cannot share them with the other instances' dicts (1.6 KB a connection).
     __slots__ = (
         "_accept",
+        "accepted",
         "app",
         "app_state",
         "asgi_version",
@@ -387,6 +393,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         self.curr_msg_data_type = "bytes"
         self.request = self.response = None  # type: ignore[assignment]  # websockets' objects: none here
         self._accept: bytes = b""  # Sec-WebSocket-Accept, once the request is checked
+        self.accepted = False  # the 101 is written: frames are parsed from here on
 
     def adopt(
         self,
@@ -416,8 +423,11 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         key = check_upgrade(method, http_version, headers)
         try:
             url = httptools.parse_url(target)
+            raw_path: bytes = url.path or b""
         except httptools.HttpParserInvalidURLError:
-            key = Refusal(400, "bad_request", "the request target is not a URL")
+            raw_path = b""
+        if not raw_path.startswith(b"/"):
+            key = Refusal(400, "bad_request", "the request target has no path")
         if isinstance(key, Refusal):
             self.logger.info("refused a WebSocket upgrade: %d %s", key.status, key.message)
             self.handshake_complete = self.close_sent = True
@@ -425,7 +435,6 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
             return
         self._accept = accept_key(key)
-        raw_path = url.path
         subprotocols = [
             token.strip()
             for name, value in headers
@@ -476,9 +485,11 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.logger.isEnabledFor(logging.DEBUG):
             for line in response.decode("latin-1").split("\r\n")[:-2]:
                 self.logger.debug("> %s", line)
-        self.handshake_complete = True
+        self.handshake_complete = self.accepted = True
         self.transport.write(response)
         self.start_keepalive()
+        if self._unparsed is not None:  # frames that came with or after the request: now, in order
+            self.loop.call_soon(self._parse_more)
 
     # Bytes received but not parsed yet (see the module docstring); a class attribute until needed,
     # so an idle connection holds no slot for it. While it is set, reading is paused.
@@ -488,6 +499,13 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
     def data_received(self, data: bytes) -> None:
         if self._unparsed is not None:  # reading is paused while it is set; should a read come, in order
             self._unparsed += data
+        elif not self.accepted:
+            # Before the 101 (a client should wait for it, RFC 6455 section 4.1): held, unparsed and
+            # unanswered, with reading paused, until the application accepts; dropped once it
+            # refused (the refusal's close lingers).
+            if not self.handshake_complete:
+                self._unparsed = bytearray(data)
+                self.transport.pause_reading()
         elif len(data) <= PARSE_BYTES:
             self.feed(data)
         else:
@@ -526,7 +544,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _parse_more(self) -> None:
         unparsed = self._unparsed
-        if unparsed is None or self.read_paused:  # parsed already, or the queue is full
+        if unparsed is None or self.read_paused or not self.accepted:  # parsed, queue full, or held
             return
         del self._unparsed  # back to the class's None
         self._parse(unparsed)
@@ -552,11 +570,13 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         self._resume_reading()
 
     def _parse_all(self) -> None:
-        """Parse everything left at once (the connection is ending)."""
+        """Parse everything left at once (the connection is ending); what was held for an upgrade
+        that was never accepted is dropped."""
         unparsed = self._unparsed
         if unparsed is not None:
             del self._unparsed
-            self.feed(bytes(unparsed))
+            if self.accepted:
+                self.feed(bytes(unparsed))
 
     async def receive(self) -> ASGIReceiveEvent:
         message = await self.queue.get()

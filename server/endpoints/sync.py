@@ -21,13 +21,15 @@ from ..services import Services
 from .handshake import Admitted, refuse, serve_admitted
 
 SYNC_PREFIX = "/ws/workspaces/"
+SYNC_PREFIX_BYTES = SYNC_PREFIX.encode()
 
 
 def is_sync_request(scope: Scope) -> bool:
+    """A WebSocket to a document: its path as the client wrote it (``raw_path``, which
+    ``room_key`` reads too) starts with ``SYNC_PREFIX``; a percent-encoded prefix is not one."""
+    path = scope.get("raw_path") or scope["path"].encode()
     return (
-        scope["type"] == "websocket"
-        and len(scope["path"]) > len(SYNC_PREFIX)
-        and scope["path"].startswith(SYNC_PREFIX)
+        scope["type"] == "websocket" and len(path) > len(SYNC_PREFIX) and path.startswith(SYNC_PREFIX_BYTES)
     )
 
 

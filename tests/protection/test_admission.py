@@ -364,6 +364,122 @@ async def test_send_queues_are_bounded_in_bytes(make_settings: SettingsFactory, 
             await wait_until(lambda: len(str(reader.text())) == 40 * len(chunk), timeout=20)
 
 
+def client_frame(opcode: Opcode, payload: bytes = b"") -> bytes:
+    return Frame(opcode, payload).serialize(mask=True, extensions=[])
+
+
+async def exchange(port: int, data: bytes, *, until: bytes | None = None, timeout: float = 10) -> bytes:
+    """Send ``data`` in one write; read until ``until`` has arrived, or until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = b""
+    try:
+        writer.write(data)
+        async with asyncio.timeout(timeout):
+            while until is None or until not in answer:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                answer += chunk
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return answer
+
+
+async def test_frames_sent_before_the_101_are_answered_after_it(
+    make_settings: SettingsFactory, workspace: str
+) -> None:
+    """A ping and a close sent with the upgrade request: the 101 comes first, then the pong and
+    the close; nothing is written before the status line."""
+    async with run_server(make_settings()) as server:
+        ping, close = client_frame(Opcode.PING, b"hello"), client_frame(Opcode.CLOSE, b"\x03\xe8")
+        answer = await exchange(server.port, upgrade_request(f"/ws/workspaces/{workspace}") + ping + close)
+    assert answer.startswith(b"HTTP/1.1 101 "), answer[:40]
+    frames = answer.partition(b"\r\n\r\n")[2]
+    assert frames.index(b"\x8a\x05hello") < frames.index(b"\x88\x02\x03\xe8")  # the pong, then the close
+
+
+@pytest.mark.parametrize("path", ["/nowhere", "/ws/workspaces/{workspace}?token=not-a-token"])
+async def test_frames_sent_with_a_refused_upgrade_get_no_answer_but_the_refusal(
+    make_settings: SettingsFactory, workspace: str, path: str
+) -> None:
+    async with run_server(make_settings(jwt_secret=SECRET)) as server:
+        frames = client_frame(Opcode.PING, b"p") + b"GARBAGE!" + client_frame(Opcode.CLOSE, b"\x03\xe8")
+        answer = await exchange(server.port, upgrade_request(path.format(workspace=workspace)) + frames)
+        response = parse_response(answer, closed=True)
+        assert response.status in (401, 404), answer[:60]
+        assert response.json()["error"]["code"] in (
+            "unauthorized",
+            "not_found",
+        )  # the body is the JSON, whole
+        async with httpx.AsyncClient(base_url=server.http_url) as http:
+            assert (await http.get("/health")).status_code == 200  # the server is serving
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET http://127.0.0.1:1 HTTP/1.1\r\n", 400),  # absolute form without a path
+        (b"GET /ws/workspaces/x HTTP/1.1\r\nContent-Length: 4\r\n", 400),  # a body
+        (b"GET /ws/workspaces/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n", 400),
+        (b"GET /ws/%77orkspaces/x HTTP/1.1\r\n", 404),  # an encoded route is not the route
+    ],
+)
+async def test_upgrades_that_are_not_to_a_document_as_written_are_refused(
+    make_settings: SettingsFactory, request_bytes: bytes, status: int
+) -> None:
+    upgrade = (
+        b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    body = (
+        b"0\r\n\r\n"
+        if b"chunked" in request_bytes
+        else b"abcd"
+        if b"Content-Length" in request_bytes
+        else b""
+    )
+    async with run_server(make_settings()) as server:
+        response = await raw_request(server.port, request_bytes + upgrade + body)
+        assert response.status == status, response.head
+        assert response.json()["error"]["code"] in ("bad_request", "not_found")
+        rooms = server.services.rooms.rooms
+        assert not any(key.path == "x" for key in rooms)  # no room was opened for it
+
+
+async def test_an_upgrade_pipelined_behind_a_request_follows_its_response_and_stays_open(
+    make_settings: SettingsFactory, workspace: str
+) -> None:
+    """``GET /health`` and an upgrade in one write: the 200 whole, then the 101; the WebSocket
+    outlives the HTTP keep-alive timeout that the first response would arm."""
+    async with run_server(make_settings(), timeout_keep_alive=1) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(
+                b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + upgrade_request(f"/ws/workspaces/{workspace}")
+            )
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                upgraded = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert upgraded.startswith(b"HTTP/1.1 101 ")
+            await asyncio.sleep(1.5)  # past the keep-alive timeout: nothing may close the connection
+            writer.write(client_frame(Opcode.PING, b"still"))
+            async with asyncio.timeout(5):
+                received = b""
+                while b"\x8a\x05still" not in received:
+                    chunk = await reader.read(65536)
+                    assert chunk, "the connection was closed"
+                    received += chunk
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
 async def test_frames_sent_with_the_upgrade_request_in_one_write_are_not_lost(
     make_settings: SettingsFactory, workspace: str
 ) -> None:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -47,10 +48,11 @@ class RunningServer:
 
 
 @contextlib.asynccontextmanager
-async def run_server(settings: Settings) -> AsyncIterator[RunningServer]:
-    """uvicorn with the service's own configuration, on 127.0.0.1 and a port the OS picks."""
+async def run_server(settings: Settings, **uvicorn_options: Any) -> AsyncIterator[RunningServer]:
+    """uvicorn with the service's own configuration (and ``uvicorn_options``), on 127.0.0.1 and a
+    port the OS picks."""
     app = create_app(settings)
-    config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
+    config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning", **uvicorn_options)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())

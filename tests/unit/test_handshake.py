@@ -33,6 +33,8 @@ def test_the_accept_key_is_the_one_in_rfc_6455() -> None:
 def test_a_valid_upgrade_request_gives_its_key() -> None:
     assert check_upgrade("GET", "1.1", headers()) == KEY
     assert check_upgrade("GET", "1.1", headers(key=b" " + KEY + b" ")) == KEY  # optional whitespace
+    assert check_upgrade("GET", "1.1", headers(version=b"13 ")) == KEY
+    assert check_upgrade("GET", "1.1", headers((b"content-length", b"0"))) == KEY
 
 
 @pytest.mark.parametrize(
@@ -47,6 +49,8 @@ def test_a_valid_upgrade_request_gives_its_key() -> None:
         ("GET", "1.1", headers(version=b"8"), 426, b"sec-websocket-version"),
         ("GET", "1.1", headers(version=None), 426, b"sec-websocket-version"),
         ("GET", "1.1", headers((b"sec-websocket-version", b"13")), 426, b"sec-websocket-version"),
+        ("GET", "1.1", headers((b"content-length", b"4")), 400, None),  # a body
+        ("GET", "1.1", headers((b"transfer-encoding", b"chunked")), 400, None),
     ],
 )
 def test_an_invalid_upgrade_request_is_refused_with_a_status_and_a_reason(
