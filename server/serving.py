@@ -130,6 +130,27 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if rest:
             protocol.data_received(rest)
 
+    def _get_upgrade(self) -> bytes | None:
+        """uvicorn's, except that every ``Connection`` field counts (a list may be split over
+        several fields, RFC 9110 section 5.3) and whitespace around the ``Upgrade`` value does not."""
+        connection: list[bytes] = []
+        upgrade = None
+        for name, value in self.headers:
+            if name == b"connection":
+                connection += [token.lower().strip() for token in value.split(b",")]
+            elif name == b"upgrade":
+                upgrade = value.lower().strip()
+        return upgrade if b"upgrade" in connection else None
+
+    def send_400_response(self, msg: str) -> None:
+        """A request httptools cannot parse: 400 with the JSON error body (uvicorn's is plain text),
+        and the connection closed, lingering."""
+        log.info("refused a request from %s:%s: 400 %s", *(self.client or ("?", 0)), msg)
+        self._lingering.linger = True
+        if not self.transport.is_closing():
+            self.transport.write(error_response(400, "bad_request", "the request is not valid HTTP/1.1"))
+            self.transport.close()
+
     # -- the request head ---------------------------------------------------------------------------
 
     def _check_head(self, data: bytes) -> bool:

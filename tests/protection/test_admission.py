@@ -448,6 +448,43 @@ async def test_upgrades_that_are_not_to_a_document_as_written_are_refused(
         assert not any(key.path == "x" for key in rooms)  # no room was opened for it
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        b"Upgrade: websocket \r\nConnection: Upgrade\r\n",  # whitespace around the value
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nConnection: keep-alive\r\n",  # a list in two fields
+    ],
+)
+async def test_upgrade_fields_are_read_as_http_lists_and_values(
+    make_settings: SettingsFactory, workspace: str, fields: bytes
+) -> None:
+    request = (
+        f"GET /ws/workspaces/{workspace} HTTP/1.1\r\nHost: x\r\n".encode()
+        + fields
+        + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13 \r\n\r\n"
+    )
+    async with run_server(make_settings()) as server:
+        answer = await exchange(server.port, request, until=b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 101 "), answer[:60]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /health HTTP/1.1\nHost: x\n\n",
+        b"GET /health HTTP/1.1\r\nHost: x\x00y\r\n\r\n",
+        b"GET \xff HTTP/1.1\r\n\r\n",
+    ],
+)
+async def test_a_request_that_is_not_http_gets_a_json_400(
+    make_settings: SettingsFactory, request_bytes: bytes
+) -> None:
+    async with run_server(make_settings()) as server:
+        response = await raw_request(server.port, request_bytes)
+    assert response.status == 400, response.head
+    assert response.json()["error"]["code"] == "bad_request"
+
+
 async def test_an_upgrade_pipelined_behind_a_request_follows_its_response_and_stays_open(
     make_settings: SettingsFactory, workspace: str
 ) -> None:
