@@ -1,5 +1,6 @@
-"""The WebSocket protocol the server runs under uvicorn: uvicorn's ``websockets-sansio`` protocol, plus
-a direct path for data frames.
+"""The WebSocket protocol the server runs under uvicorn: uvicorn's ``websockets-sansio`` protocol, with
+its own opening handshake (from the request httptools parsed: ``CollabWebSocketProtocol.upgrade``)
+and a direct path for data frames.
 
 Sending a frame through ASGI costs a message dict, a coroutine, the ``websockets`` frame machinery
 and its output buffer, for every frame and every receiver. Server frames are unmasked, so a data
@@ -22,9 +23,9 @@ server's memory.
 
 An idle connection holds as little as uvicorn's protocol allows: the received-message queue and the
 "transport writable" flag are ``Inbox`` and ``Gate`` (an ``asyncio.Queue`` is three deques and an
-event, about 3 KB; an ``asyncio.Event`` another 0.8 KB), and once the handshake is answered the
-request and response objects and the scope's header list, read only while the upgrade is admitted,
-are let go.
+event, about 3 KB; an ``asyncio.Event`` another 0.8 KB), the protocol's attributes are slots, and
+once the handshake is answered the scope's header list, read only while the upgrade is admitted, is
+let go.
 """
 
 from __future__ import annotations
