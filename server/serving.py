@@ -63,6 +63,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        waiting = self._upgrade_after_responses
+        if waiting is not None:  # reading was paused, and resumed by uvicorn's flow control: in order
+            self._upgrade_after_responses = (*waiting[:4], waiting[4] + data)
+            self.transport.pause_reading()
+            return
         if self._in_head and not self._check_head(data):
             return
         self._received = data  # for handle_websocket_upgrade: what follows the head in this read
