@@ -63,9 +63,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        waiting = self._upgrade_after_responses
-        if waiting is not None:  # reading was paused, and resumed by uvicorn's flow control: in order
-            self._upgrade_after_responses = (*waiting[:4], waiting[4] + data)
+        if self._after_responses is not None:  # reading was paused, and resumed by uvicorn's flow control
+            self._held += data  # kept, in order, for what waits (an upgrade's frames)
             self.transport.pause_reading()
             return
         if self._in_head and not self._check_head(data):
@@ -101,25 +100,38 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         rest = b""
         if isinstance(upgrade, httptools.HttpParserUpgrade) and upgrade.args:
             rest = self._received[upgrade.args[0] :]
-        request = (self.scope["method"], self.url, self.headers, self.parser.get_http_version(), rest)
+        method, target, headers = self.scope["method"], self.url, self.headers
+        http_version = self.parser.get_http_version()
+        self._after_earlier_responses(
+            lambda: self._upgrade(method, target, headers, http_version, rest + bytes(self._held))
+        )
+
+    # -- what must not overtake a response still being written ----------------------------------------
+
+    _after_responses: Callable[[], None] | None = None
+    _held = b""
+
+    def _after_earlier_responses(self, action: Callable[[], None]) -> None:
+        """Run ``action`` (an upgrade's 101, a refusal that ends the connection) now, or, while an
+        earlier pipelined request is still being answered, once every such response is complete:
+        its bytes must not overtake them. Reading stops meanwhile."""
         if (self.cycle is not None and not self.cycle.response_complete) or self.pipeline:
-            self._upgrade_after_responses = request
+            self._after_responses = action
             self.transport.pause_reading()
         else:
-            self._upgrade(*request)
-
-    _upgrade_after_responses: tuple[str, bytes, list[tuple[bytes, bytes]], str, bytes] | None = None
+            action()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        waiting = self._upgrade_after_responses
-        if waiting is not None and not self.pipeline and not self.transport.is_closing():
-            del self._upgrade_after_responses
+        super().on_response_complete()  # starts the next pipelined request, if one waits
+        action = self._after_responses
+        answered = self.cycle is None or self.cycle.response_complete
+        if action is not None and answered and not self.pipeline and not self.transport.is_closing():
+            del self._after_responses
             if self.timeout_keep_alive_task is not None:  # armed by uvicorn for an idle connection
                 self.timeout_keep_alive_task.cancel()
                 self.timeout_keep_alive_task = None
-            self.transport.resume_reading()  # before the upgrade, which may pause it again
-            self._upgrade(*waiting)
+            self.transport.resume_reading()  # before the action, which may pause it again
+            action()
 
     def _upgrade(
         self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], http_version: str, rest: bytes
@@ -149,11 +161,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """A request httptools cannot parse: 400 with the JSON error body (uvicorn's is plain text),
-        and the connection closed, lingering."""
+        after the responses to the requests before it, and the connection closed, lingering."""
         log.info("refused a request from %s:%s: 400 %s", *(self.client or ("?", 0)), msg)
         self._lingering.linger = True
+        self._after_earlier_responses(
+            lambda: self._end_with(error_response(400, "bad_request", "the request is not valid HTTP/1.1"))
+        )
+
+    def _end_with(self, response: bytes) -> None:
         if not self.transport.is_closing():
-            self.transport.write(error_response(400, "bad_request", "the request is not valid HTTP/1.1"))
+            self.transport.write(response)
             self.transport.close()
 
     # -- the request head ---------------------------------------------------------------------------
@@ -203,9 +220,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         self._in_head = False
         self._lingering.linger = True  # what it was still sending would reset the connection
-        if not self.transport.is_closing():
-            self.transport.write(error_response(status, code, message))
-            self.transport.close()
+        self._after_earlier_responses(lambda: self._end_with(error_response(status, code, message)))
 
     def _start_head_timer(self) -> None:
         self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)

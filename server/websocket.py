@@ -646,7 +646,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
             try:
                 self.queue.put_nowait({"type": "websocket.receive", "text": data.decode()})
             except UnicodeDecodeError:
-                self.logger.exception("Invalid UTF-8 sequence received from client.")
+                self.logger.info("closed a WebSocket that sent invalid UTF-8 in a text frame (1007)")
                 self.conn.send_close(1007)
                 self.handle_parser_exception()
                 return

@@ -517,6 +517,52 @@ async def test_an_upgrade_pipelined_behind_a_request_follows_its_response_and_st
                 await writer.wait_closed()
 
 
+async def test_an_upgrade_behind_a_response_that_never_ends_is_not_answered_inside_it(
+    make_settings: SettingsFactory, workspace: str
+) -> None:
+    """``GET /health``, an event stream (an SSE response that lasts), then an upgrade, in one write:
+    the 200, then the stream's head, and no 101 while the stream is being written."""
+    async with run_server(make_settings()) as server:
+        async with yclient(server.doc_url(workspace)):
+            pass  # the workspace exists: its event stream is a 200 that lasts
+        data = (
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+            + f"GET /events?workspace_id={workspace} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            + upgrade_request(f"/ws/workspaces/{workspace}")
+            + client_frame(Opcode.PING, b"hi")
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(data)
+            received = b""
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):  # the stream stays open: read what comes in 2 s
+                    while chunk := await reader.read(65536):
+                        received += chunk
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    assert received.startswith(b"HTTP/1.1 200 "), received[:40]
+    assert received.count(b"HTTP/1.1 200 ") == 2  # /health, then the stream's head
+    assert b"HTTP/1.1 101 " not in received
+    assert b"\x8a\x02hi" not in received
+
+
+async def test_a_refusal_pipelined_behind_a_request_follows_its_response(
+    make_settings: SettingsFactory,
+) -> None:
+    async with run_server(make_settings()) as server:
+        not_http = b"\x89\x82garbage\r\n\r\n"
+        answer = await exchange(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + not_http)
+    first, _, rest = answer.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 "), answer[:60]
+    length = int(first.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    refusal = parse_response(rest[length:], closed=True)
+    assert refusal.status == 400, rest[:80]
+    assert refusal.json()["error"]["code"] == "bad_request"
+
+
 async def test_frames_sent_with_the_upgrade_request_in_one_write_are_not_lost(
     make_settings: SettingsFactory, workspace: str
 ) -> None:
