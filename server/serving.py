@@ -103,7 +103,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         method, target, headers = self.scope["method"], self.url, self.headers
         http_version = self.parser.get_http_version()
         self._after_earlier_responses(
-            lambda: self._upgrade(method, target, headers, http_version, rest + bytes(self._held))
+            lambda: self._upgrade(method, target, headers, http_version, rest + self._held)
         )
 
     # -- what must not overtake a response still being written ----------------------------------------

@@ -251,7 +251,8 @@ class Refusal(NamedTuple):
 def check_upgrade(method: str, http_version: str, headers: list[tuple[bytes, bytes]]) -> bytes | Refusal:
     """The client's ``Sec-WebSocket-Key`` if the upgrade request is valid (RFC 6455 section 4.2.1),
     otherwise why not. ``headers`` as httptools parsed them (names lowercase); the ``Connection:
-    upgrade`` and ``Upgrade: websocket`` fields were checked by uvicorn before it upgrades."""
+    upgrade`` and ``Upgrade: websocket`` fields were checked before the upgrade was handed over
+    (uvicorn's ``_should_upgrade``, with ``serving.GuardedHttpProtocol._get_upgrade``)."""
     if method != "GET":
         return Refusal(
             405, "method_not_allowed", "a WebSocket upgrade is a GET request", ((b"allow", b"GET"),)
@@ -282,6 +283,17 @@ def check_upgrade(method: str, http_version: str, headers: list[tuple[bytes, byt
     if not valid:
         return Refusal(400, "bad_request", "Sec-WebSocket-Key is not 16 bytes in base64")
     return key
+
+
+def path_and_query(target: bytes) -> tuple[bytes, bytes] | None:
+    """The path and query of a request target in origin or absolute form (RFC 9112 section 3.2),
+    or None when it has no path."""
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return None
+    path: bytes = url.path or b""
+    return (path, url.query or b"") if path.startswith(b"/") else None
 
 
 _LOGGER = logging.getLogger("uvicorn.error")
@@ -415,27 +427,22 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
     ) -> None:
         """Take over the upgrade request ``method target`` with ``headers`` (names lowercase, as
         uvicorn's httptools protocol parsed them): refuse it with a JSON error (``check_upgrade``;
-        400 for a target that is not a URL), or start the application with its ASGI scope."""
+        400 for a target without a path), or start the application with its ASGI scope."""
         self.handshake_initiated = True
         if self.logger.isEnabledFor(logging.DEBUG):  # as websockets logs a handshake (tokens redacted)
             self.logger.debug("< %s %s HTTP/%s", method, target.decode("latin-1"), http_version)
             for name, value in headers:
                 self.logger.debug("< %s: %s", name.decode("latin-1"), value.decode("latin-1"))
+        parts = path_and_query(target)
+        if parts is None:
+            self._refuse_upgrade(Refusal(400, "bad_request", "the request target has no path"))
+            return
         key = check_upgrade(method, http_version, headers)
-        try:
-            url = httptools.parse_url(target)
-            raw_path: bytes = url.path or b""
-        except httptools.HttpParserInvalidURLError:
-            raw_path = b""
-        if not raw_path.startswith(b"/"):
-            key = Refusal(400, "bad_request", "the request target has no path")
         if isinstance(key, Refusal):
-            self.logger.info("refused a WebSocket upgrade: %d %s", key.status, key.message)
-            self.handshake_complete = self.close_sent = True
-            self.transport.write(error_response(key.status, key.code, key.message, key.headers))
-            self.transport.close()
+            self._refuse_upgrade(key)
             return
         self._accept = accept_key(key)
+        raw_path, query = parts
         subprotocols = [
             token.strip()
             for name, value in headers
@@ -456,7 +463,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
             "root_path": self.root_path,
             "path": self.root_path + unquote(raw_path.decode("ascii", "surrogateescape")),
             "raw_path": self.root_path.encode("ascii") + raw_path,
-            "query_string": url.query or b"",
+            "query_string": query,
             "headers": headers,
             "subprotocols": subprotocols,
             "state": self.app_state.copy(),
@@ -466,6 +473,12 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         task = self.loop.create_task(self.run_asgi())
         task.add_done_callback(self.on_task_complete)
         self.tasks.add(task)
+
+    def _refuse_upgrade(self, refusal: Refusal) -> None:
+        self.logger.info("refused a WebSocket upgrade: %d %s", refusal.status, refusal.message)
+        self.handshake_complete = self.close_sent = True
+        self.transport.write(error_response(refusal.status, refusal.code, refusal.message, refusal.headers))
+        self.transport.close()
 
     def _write_accept(self, message: WebSocketAcceptEvent) -> None:
         """Write the 101 answering the upgrade (RFC 6455 section 4.2.2) with the server's default
