@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .engine import insert_ignore, translate_errors
+from .engine import insert_ignore, translate_errors, writing
 from .tables import agent_subscriptions, agents
 
 
@@ -57,14 +57,14 @@ class AgentRepository:
 
     @translate_errors
     async def subscribe(self, *, user_id: str, agent_id: str) -> None:
-        async with self.engine.begin() as conn:
+        async with writing(self.engine) as conn:
             await conn.execute(
                 insert_ignore(conn, agent_subscriptions, {"user_id": user_id, "agent_id": agent_id})
             )
 
     @translate_errors
     async def unsubscribe(self, *, user_id: str, agent_id: str) -> bool:
-        async with self.engine.begin() as conn:
+        async with writing(self.engine) as conn:
             result = await conn.execute(
                 delete(agent_subscriptions).where(
                     agent_subscriptions.c.user_id == user_id, agent_subscriptions.c.agent_id == agent_id

@@ -21,7 +21,7 @@ from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .engine import insert_ignore, translate_errors
+from .engine import insert_ignore, translate_errors, writing
 from .errors import NotFound
 from .state_worker import StateWorker
 from .tables import document_snapshots, document_updates, documents
@@ -214,6 +214,36 @@ async def _write_snapshot(
         raise _Superseded
 
 
+async def _stored(conn: AsyncConnection, document_id: int) -> StoredDocument:
+    """The stored state of an existing document: its snapshot, then its log's rows, oldest first."""
+    # The tail is read before the snapshot: a compaction committing in between moves rows from the
+    # tail into the snapshot, so reading in this order can only see a row twice (harmless: Yjs
+    # updates are idempotent), never miss one.
+    tail = (
+        (
+            await conn.execute(
+                select(document_updates.c.data)
+                .where(document_updates.c.document_id == document_id)
+                .order_by(document_updates.c.id)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    snapshot = (
+        await conn.execute(
+            select(document_snapshots.c.state).where(document_snapshots.c.document_id == document_id)
+        )
+    ).scalar_one_or_none()
+    return StoredDocument(
+        id=document_id,
+        updates=([snapshot] if snapshot else []) + list(tail),
+        tail_count=len(tail),
+        tail_bytes=sum(len(u) for u in tail),
+        created=False,
+    )
+
+
 class DocumentRepository:
     """Documents' update logs and snapshots."""
 
@@ -224,21 +254,30 @@ class DocumentRepository:
     @translate_errors
     async def ensure(self, workspace_id: str, path: str) -> tuple[int, bool]:
         """Return the document's id, creating the row if it does not exist yet. The workspace must
-        exist (``NotFound`` otherwise). Returns the id and whether this call created the row."""
-        created = False
+        exist (``NotFound`` otherwise). Returns the id and whether this call created the row.
+        An existing document is only read: no write transaction."""
+        async with self.engine.connect() as conn:
+            document_id = await _document_id(conn, workspace_id, path)
+        if document_id is not None:
+            return document_id, False
+        return await self._create(workspace_id, path)
+
+    async def _create(self, workspace_id: str, path: str) -> tuple[int, bool]:
         try:
-            async with self.engine.begin() as conn:
-                document_id = await _document_id(conn, workspace_id, path)
-                if document_id is None:
-                    result = await conn.execute(
-                        insert_ignore(conn, documents, {"workspace_id": workspace_id, "path": path})
+            async with writing(self.engine) as conn:
+                inserted = await conn.execute(
+                    insert_ignore(conn, documents, {"workspace_id": workspace_id, "path": path}).returning(
+                        documents.c.id
                     )
-                    created = result.rowcount == 1
-                    document_id = await _document_id(conn, workspace_id, path)
+                )
+                document_id = inserted.scalar_one_or_none()
+                if document_id is not None:
+                    return document_id, True
+                document_id = await _document_id(conn, workspace_id, path)  # created meanwhile
         except IntegrityError:
             raise NotFound(f"workspace {workspace_id!r} does not exist") from None
         assert document_id is not None
-        return document_id, created
+        return document_id, False
 
     @translate_errors
     async def exists(self, workspace_id: str, path: str) -> bool:
@@ -247,36 +286,18 @@ class DocumentRepository:
 
     @translate_errors
     async def load(self, workspace_id: str, path: str) -> StoredDocument:
-        """Read a document: its snapshot and the updates not merged into it yet."""
-        document_id, created = await self.ensure(workspace_id, path)
+        """Read a document: its snapshot and the updates not merged into it yet. A document that
+        does not exist yet is created (``ensure``), empty. An existing one is read on one
+        connection, without a write transaction."""
         async with self.engine.connect() as conn:
-            # The tail is read before the snapshot: a compaction committing in between moves rows
-            # from the tail into the snapshot, so reading in this order can only see a row twice
-            # (harmless: Yjs updates are idempotent), never miss one.
-            tail = (
-                (
-                    await conn.execute(
-                        select(document_updates.c.data)
-                        .where(document_updates.c.document_id == document_id)
-                        .order_by(document_updates.c.id)
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            snapshot = (
-                await conn.execute(
-                    select(document_snapshots.c.state).where(document_snapshots.c.document_id == document_id)
-                )
-            ).scalar_one_or_none()
-        updates = ([snapshot] if snapshot else []) + list(tail)
-        return StoredDocument(
-            id=document_id,
-            updates=updates,
-            tail_count=len(tail),
-            tail_bytes=sum(len(u) for u in tail),
-            created=created,
-        )
+            document_id = await _document_id(conn, workspace_id, path)
+            if document_id is not None:
+                return await _stored(conn, document_id)
+        document_id, created = await self._create(workspace_id, path)
+        if created:
+            return StoredDocument(id=document_id, updates=[], tail_count=0, tail_bytes=0, created=True)
+        async with self.engine.connect() as conn:  # another instance created it meanwhile
+            return await _stored(conn, document_id)
 
     @translate_errors
     async def append(self, rows: Sequence[tuple[int, bytes]]) -> None:
@@ -286,12 +307,12 @@ class DocumentRepository:
         if not rows:
             return
         try:
-            async with self.engine.begin() as conn:
+            async with writing(self.engine) as conn:
                 await conn.exec_driver_sql(_append_sql(conn.dialect), list(rows))
         except IntegrityError:
             # A document was deleted (perhaps by another instance) while its updates waited: store
             # the rows of the documents that still exist, drop the others.
-            async with self.engine.begin() as conn:
+            async with writing(self.engine) as conn:
                 wanted = {doc for doc, _ in rows}
                 found = await conn.execute(select(documents.c.id).where(documents.c.id.in_(wanted)))
                 existing = set(found.scalars())
@@ -317,6 +338,8 @@ class DocumentRepository:
         """
         async with _builder(self.worker) as builder:
             try:
+                # Not ``writing``: a compaction reads and merges for a long while before it writes,
+                # and appends must not wait for that.
                 async with self.engine.begin() as conn:
                     await _lock_for_compaction(conn, document_id)
                     return await _compact(conn, document_id, chunk_bytes, builder)

@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .engine import translate_errors
+from .engine import translate_errors, writing
 from .tables import agents, events
 
 
@@ -84,7 +84,7 @@ class EventLog:
         if not batch:
             return []
         rows = [{"topic": e.topic, "type": e.type, "data": e.data} for e in batch]
-        async with self.engine.begin() as conn:
+        async with writing(self.engine) as conn:
             if conn.dialect.name == "sqlite":
                 # One writer holds SQLite's lock, and a multi-row INSERT numbers its rows in
                 # order: the ids are the returned ones, ascending (asking SQLAlchemy to sort
@@ -144,7 +144,7 @@ class EventLog:
     @translate_errors
     async def trim(self, *, keep: int) -> int:
         """Keep the newest ``keep`` events; returns how many were deleted."""
-        async with self.engine.begin() as conn:
+        async with writing(self.engine) as conn:
             newest = (await conn.execute(select(func.max(events.c.id)))).scalar()
             if newest is None:
                 return 0

@@ -9,7 +9,7 @@ from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .engine import translate_errors
+from .engine import translate_errors, writing
 from .errors import Conflict, NotFound
 from .tables import document_snapshots, document_updates, documents, workspace_members, workspaces
 
@@ -89,7 +89,7 @@ class WorkspaceRepository:
     ) -> Workspace:
         """Create a workspace with its owner as first member. Raises ``Conflict`` if the id is taken."""
         try:
-            async with self.engine.begin() as conn:
+            async with writing(self.engine) as conn:
                 if await _workspace(conn, workspace_id) is not None:
                     raise Conflict(f"workspace {workspace_id!r} already exists")
                 await conn.execute(
@@ -144,7 +144,7 @@ class WorkspaceRepository:
             values["name"] = name
         if visibility is not None:
             values["visibility"] = visibility
-        async with self.engine.begin() as conn:
+        async with writing(self.engine) as conn:
             result = await conn.execute(
                 update(workspaces).where(workspaces.c.id == workspace_id).values(**values)
             )
@@ -158,7 +158,7 @@ class WorkspaceRepository:
     async def delete(self, *, workspace_id: str) -> list[int]:
         """Delete a workspace with its members, documents, update logs and snapshots.
         Returns the ids of the deleted documents."""
-        async with self.engine.begin() as conn:
+        async with writing(self.engine) as conn:
             document_ids = list(
                 (
                     await conn.execute(select(documents.c.id).where(documents.c.workspace_id == workspace_id))
@@ -184,7 +184,7 @@ class WorkspaceRepository:
     @translate_errors
     async def delete_document(self, *, workspace_id: str, path: str) -> int:
         """Delete one document with its update log and snapshot; returns its id."""
-        async with self.engine.begin() as conn:
+        async with writing(self.engine) as conn:
             document_id = (
                 await conn.execute(
                     select(documents.c.id).where(
@@ -228,7 +228,7 @@ class WorkspaceRepository:
         only_if_absent: bool = False,
     ) -> Member:
         """Add a member or change its role. With ``only_if_absent`` an existing member is left as is."""
-        async with self.engine.begin() as conn:
+        async with writing(self.engine) as conn:
             if await _workspace(conn, workspace_id) is None:
                 raise NotFound(f"workspace {workspace_id!r} does not exist")
             current = await _member(conn, workspace_id, user_id)
@@ -271,7 +271,7 @@ class WorkspaceRepository:
 
     @translate_errors
     async def remove_member(self, *, workspace_id: str, user_id: str) -> bool:
-        async with self.engine.begin() as conn:
+        async with writing(self.engine) as conn:
             result = await conn.execute(
                 delete(workspace_members).where(
                     workspace_members.c.workspace_id == workspace_id, workspace_members.c.user_id == user_id

@@ -256,3 +256,32 @@ async def test_a_row_that_is_not_an_update_stops_compaction_not_the_worker(datab
         await store.documents.append([(other.id, u) for u in updates])
         assert (await store.documents.compact(other.id)).merged == 5  # the worker goes on
         assert replay((await store.documents.load(workspace, "other")).updates) == expected
+
+
+async def test_sqlite_writers_take_turns_instead_of_meeting_on_its_lock(sqlite_url: str) -> None:
+    """SQLite lets one connection write at a time. With no busy timeout at all (``timeout=0``: a
+    writer that finds the lock taken would fail at once, "database is locked"), fifty clients
+    opening fifty new documents, members being added and the update log appended to, all at
+    once, succeed: this process's writers queue for the lock (``engine.writing``) instead of
+    meeting on it."""
+    updates, _ = edits(3)
+    async with open_store(sqlite_url, timeout=0) as store:
+        workspace = await new_workspace(store)
+        first = await store.documents.load(workspace, "first.md")
+        loaded, members, _ = await asyncio.gather(
+            asyncio.gather(*(store.documents.load(workspace, f"doc-{i}.md") for i in range(50))),
+            asyncio.gather(
+                *(
+                    store.workspaces.set_member(workspace_id=workspace, user_id=f"u{i}", role="editor")
+                    for i in range(20)
+                )
+            ),
+            asyncio.gather(*(store.documents.append([(first.id, update)]) for update in updates)),
+        )
+        again = await store.documents.load(workspace, "doc-7.md")
+        stored = await store.documents.load(workspace, "first.md")
+    assert all(doc.created and doc.updates == [] for doc in loaded)
+    assert len({doc.id for doc in loaded}) == 50
+    assert (again.id, again.created) == (loaded[7].id, False)
+    assert sorted(member.user_id for member in members) == sorted(f"u{i}" for i in range(20))
+    assert stored.tail_count == 3
