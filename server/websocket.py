@@ -33,9 +33,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import hashlib
 import logging
-from typing import Any, Generic, NamedTuple, TypeVar
+import random
+import struct
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 import httptools
@@ -144,6 +148,68 @@ class Gate:
                     self._waiters.remove(waiter)
                 raise
         return True
+
+
+class Pending:
+    """One call waiting in a ``DelayQueue``; ``cancel()`` it as a ``TimerHandle``."""
+
+    __slots__ = ("at", "target")
+
+    def __init__(self, at: float, target: Any) -> None:
+        self.at = at
+        self.target: Any = target  # None once cancelled or called
+
+    def cancel(self) -> None:
+        self.target = None
+
+
+class DelayQueue:
+    """``fire(target)`` ``delay`` seconds after each ``add(target)``, for any number of targets:
+    one FIFO and one loop timer (for its head) instead of a ``TimerHandle`` per call (about 0.5 KB
+    each with uvloop's timer). Every call has the same delay, so the queue is in time order.
+    Cancelled calls stay queued until they come due (at most ``delay`` seconds)."""
+
+    _current: ClassVar[dict[tuple[float, Callable[[Any], None]], DelayQueue]] = {}
+    _current_loop: ClassVar[asyncio.AbstractEventLoop | None] = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float, fire: Callable[[Any], None]) -> None:
+        self._loop = loop
+        self._delay = delay
+        self._fire = fire
+        self._queue: collections.deque[Pending] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop, delay: float, fire: Callable[[Any], None]) -> DelayQueue:
+        """The queue of ``loop`` for ``delay`` and ``fire``: one per server process (a process
+        running servers on several loops, as tests do, keeps the last loop's)."""
+        if cls._current_loop is not loop:
+            cls._current_loop, cls._current = loop, {}
+        queue = cls._current.get((delay, fire))
+        if queue is None:
+            queue = cls._current[delay, fire] = cls(loop, delay, fire)
+        return queue
+
+    def add(self, target: Any) -> Pending:
+        pending = Pending(self._loop.time() + self._delay, target)
+        self._queue.append(pending)
+        if self._timer is None:
+            self._timer = self._loop.call_at(pending.at, self._run)
+        return pending
+
+    def _run(self) -> None:
+        self._timer = None
+        queue, now = self._queue, self._loop.time()
+        while queue and queue[0].at <= now:
+            pending = queue.popleft()
+            target, pending.target = pending.target, None
+            if target is not None:
+                try:
+                    self._fire(target)
+                except Exception as exc:  # noqa: BLE001 - reported as a timer callback's would be; the rest go on
+                    self._loop.call_exception_handler({"message": "DelayQueue call failed", "exception": exc})
+        if queue:
+            self._timer = self._loop.call_at(queue[0].at, self._run)
 
 
 def binary_frame(payload: bytes, opcode: int = 0x82) -> bytes:
@@ -619,6 +685,31 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
     def keepalive_timeout(self) -> None:
         super().keepalive_timeout()
         self._abort_if_unread()
+
+    # Keepalive pings (every ``ws_ping_interval`` seconds, counted from the last pong) and their
+    # pong deadlines (``ws_ping_timeout``) wait in one ``DelayQueue`` each, shared by the loop's
+    # connections, instead of a timer per connection: ``Pending`` cancels as uvicorn's code
+    # expects of its ``TimerHandle``.
+
+    def schedule_ping(self) -> None:
+        assert self.ping_interval is not None
+        queue = DelayQueue.of(self.loop, self.ping_interval, type(self).send_keepalive_ping)
+        self.ping_timer = queue.add(self)  # type: ignore[assignment]
+
+    def send_keepalive_ping(self) -> None:
+        self.ping_timer = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        # A random payload identifies this ping: ``handle_pong`` ignores stale or unsolicited pongs.
+        self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.ping_sent_at = self.loop.time()
+        self.conn.send_ping(self.pending_ping_payload)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        if self.ping_timeout is not None:
+            queue = DelayQueue.of(self.loop, self.ping_timeout, type(self).keepalive_timeout)
+            self.pong_timer = queue.add(self)  # type: ignore[assignment]
+        else:
+            self.schedule_ping()
 
     def _close_timed_out(self) -> None:
         self.close_timer = None

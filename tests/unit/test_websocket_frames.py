@@ -1,7 +1,7 @@
 """``server.websocket``: the frames the server writes directly are the ones ``websockets`` itself
 would write (unmasked, final, binary or text), at every length encoding; ``Inbox`` and ``Gate``
-behave as the ``asyncio.Queue`` and ``asyncio.Event`` they stand in for; a large read of small
-frames is parsed a part at a time."""
+behave as the ``asyncio.Queue`` and ``asyncio.Event`` they stand in for, ``DelayQueue`` as timers;
+a large read of small frames is parsed a part at a time."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from server.websocket import (
     PARSE_BYTES,
     READ_QUEUE_FRAMES,
     CollabWebSocketProtocol,
+    DelayQueue,
     Gate,
     Inbox,
     binary_frame,
@@ -86,6 +87,68 @@ async def test_the_inbox_does_not_grow_while_its_reader_keeps_one_item_behind() 
         assert await inbox.get() == n - 1
     assert inbox.qsize() == 1
     assert len(inbox._items) <= 64  # taken slots are dropped, not kept as None
+
+
+async def test_the_delay_queue_calls_in_order_after_its_delay_and_skips_cancelled_calls() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[tuple[str, float]] = []
+    done = loop.create_future()
+
+    def fire(target: str) -> None:
+        fired.append((target, loop.time()))
+        if target == "last":
+            done.set_result(None)
+
+    queue = DelayQueue(loop, 0.05, fire)
+    added = {name: (queue.add(name), loop.time()) for name in ("a", "b", "c")}
+    added["b"][0].cancel()
+    await asyncio.sleep(0)  # a later turn: "last" is due after the others
+    queue.add("last")
+    await asyncio.wait_for(done, 5)
+    assert [name for name, _ in fired] == ["a", "c", "last"]
+    for name, at in fired[:2]:
+        assert at >= added[name][1] + 0.05
+
+
+async def test_a_failing_delay_queue_call_is_reported_and_the_others_still_run() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[BaseException] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["exception"]))
+    fired: list[str] = []
+    done = loop.create_future()
+
+    def fire(target: str) -> None:
+        if target == "bad":
+            raise ValueError("bad target")
+        fired.append(target)
+        done.set_result(None)
+
+    queue = DelayQueue(loop, 0.01, fire)
+    queue.add("bad")
+    queue.add("good")
+    try:
+        await asyncio.wait_for(done, 5)
+    finally:
+        loop.set_exception_handler(None)
+    assert fired == ["good"]
+    assert [str(exc) for exc in reported] == ["bad target"]
+
+
+def test_one_delay_queue_per_loop_delay_and_call() -> None:
+    def fire(_: object) -> None: ...
+
+    loop = asyncio.new_event_loop()
+    try:
+        first = DelayQueue.of(loop, 15.0, fire)
+        assert DelayQueue.of(loop, 15.0, fire) is first
+        assert DelayQueue.of(loop, 30.0, fire) is not first
+        other = asyncio.new_event_loop()
+        try:
+            assert DelayQueue.of(other, 15.0, fire) is not first
+        finally:
+            other.close()
+    finally:
+        loop.close()
 
 
 async def test_a_cancelled_gate_waiter_is_forgotten() -> None:
