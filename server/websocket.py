@@ -1,6 +1,7 @@
 """The WebSocket protocol the server runs under uvicorn: uvicorn's ``websockets-sansio`` protocol, with
 its own opening handshake (from the request httptools parsed: ``CollabWebSocketProtocol.upgrade``)
-and a direct path for data frames.
+a frame layer of its own once it is answered (``ws_frames.ServerFrames``, in place of
+``websockets.ServerProtocol``) and a direct path for data frames.
 
 Sending a frame through ASGI costs a message dict, a coroutine, the ``websockets`` frame machinery
 and its output buffer, for every frame and every receiver. Server frames are unmasked, so a data
@@ -48,11 +49,10 @@ from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
-from websockets.protocol import OPEN
-from websockets.server import ServerProtocol
 
 from .errors import error_response
 from .lingering import LingeringTransport
+from .ws_frames import ServerFrames, binary_frame
 
 FRAMES_EXTENSION = "collab.frames"
 READ_QUEUE_FRAMES = 32
@@ -212,17 +212,6 @@ class DelayQueue:
             self._timer = self._loop.call_at(queue[0].at, self._run)
 
 
-def binary_frame(payload: bytes, opcode: int = 0x82) -> bytes:
-    """An unmasked, final WebSocket frame (RFC 6455 5.2) carrying ``payload``: binary (``0x82``),
-    or text (``0x81``, the payload UTF-8)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((opcode, size)) + payload
-    if size < 65536:
-        return bytes((opcode, 126)) + size.to_bytes(2, "big") + payload
-    return bytes((opcode, 127)) + size.to_bytes(8, "big") + payload
-
-
 def text_frame(text: str) -> bytes:
     """An unmasked, final text frame carrying ``text`` (UTF-8, RFC 6455 5.6)."""
     return binary_frame(text.encode(), 0x81)
@@ -377,9 +366,10 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
     uvicorn would write it out again for ``websockets`` to parse, validate and answer with a
     response object of its own. ``upgrade`` takes httptools' parse instead, checks what RFC 6455
     asks of the request (``check_upgrade``), builds the ASGI scope and starts the application;
-    the 101 is written when the application accepts. ``websockets`` is used for frames only (its
-    protocol is created open). No extension is negotiated (uvicorn's ``ws_per_message_deflate``
-    is not offered; the service turns it off)."""
+    the 101 is written when the application accepts. Frames are read and written by
+    ``ws_frames.ServerFrames`` (``self.conn``), which does what uvicorn's methods ask of a
+    ``websockets`` protocol, in a fraction of its memory. No extension is negotiated (uvicorn's
+    ``ws_per_message_deflate`` is not offered; the service turns it off)."""
 
     # Every attribute uvicorn's methods and this class set, in slots: an instance dict with this
     # many keys cannot share them with the other instances' dicts (1.6 KB a connection).
@@ -433,7 +423,8 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         # uvicorn's attributes (``WebSocketsSansIOProtocol.__init__``), without what it builds that
-        # this class replaces: an asyncio.Queue and Event, a websockets protocol waiting for a request.
+        # this class replaces: an asyncio.Queue and Event, a websockets protocol waiting for a request
+        # (``ServerFrames`` stands in for it).
         if not config.loaded:
             config.load()
         self.config = config
@@ -458,7 +449,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_timer: asyncio.TimerHandle | None = None
         self.close_timeout = 10.0
         self.initial_response: tuple[int, list[tuple[str, str]], bytes] | None = None
-        self.conn = ServerProtocol(state=OPEN, max_size=config.ws_max_size, logger=_LOGGER)
+        self.conn: ServerFrames = ServerFrames(config.ws_max_size)  # type: ignore[assignment]
         self.read_paused = False
         self.writable: Gate = Gate()  # type: ignore[assignment]
         self.ping_interval = config.ws_ping_interval
@@ -592,8 +583,10 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
             self._parse(data)
 
     def feed(self, data: bytes) -> None:
-        """Parse ``data`` now (uvicorn's ``data_received``); every part of a read goes through it."""
-        super().data_received(data)
+        """Parse ``data`` now (uvicorn's ``data_received``); every part of a read goes through it.
+        Once a fault failed the connection, nothing more is parsed or answered."""
+        if self.conn.parser_exc is None:
+            super().data_received(data)
 
     def _parse(self, data: bytes | bytearray) -> None:
         """Parse ``data`` ``PARSE_BYTES`` at a time until ``TURN_FRAMES`` frames came out of it (or

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -14,6 +15,7 @@ from server.close_codes import (
 )
 from server.config import Settings
 from tests.support.rawclient import raw_client
+from tests.support.rawframes import CLOSE, client_frame, connected, read_frame
 from tests.support.server import RunningServer, run_server
 from tests.support.wait import wait_until
 from tests.support.yclient import yclient
@@ -76,6 +78,54 @@ async def test_bad_frame_closes_only_that_connection(
         assert code == expected_code
         assert reason  # every close says why
         # The good client is still connected and still syncing.
+        async with yclient(url) as later:
+            good.text().insert(len(good.text()), " and more")
+            await wait_until(lambda: str(later.text()) == "kept and more")
+
+
+# Frames no client library sends (RFC 6455 section 5): each fails the connection (7.1.7) with a
+# close frame naming the fault.
+PROTOCOL_FAULTS = {
+    "unmasked frame": (client_frame(0x2, b"\x00\x00\x01\x00", masked=False), 1002, "incorrect masking"),
+    "reserved bit set": (client_frame(0x2, b"x", head1=0x80 | 0x40 | 0x2), 1002, "reserved bits must be 0"),
+    "unknown opcode": (client_frame(0x3, b"x"), 1002, "invalid opcode"),
+    "fragmented ping": (client_frame(0x9, b"x", head1=0x09), 1002, "fragmented control frame"),
+    "ping of 126 bytes": (client_frame(0x9, bytes(126)), 1002, "control frame too long"),
+    "continuation of nothing": (client_frame(0x0, b"x"), 1002, "unexpected continuation frame"),
+    "text frame inside a fragmented one": (
+        client_frame(0x2, b"a", head1=0x02) + client_frame(0x1, b"b"),
+        1002,
+        "expected a continuation frame",
+    ),
+    "close code 999": (client_frame(0x8, (999).to_bytes(2, "big")), 1002, "invalid status code"),
+    "close of one byte": (client_frame(0x8, b"\x03"), 1002, "close frame too short"),
+    "close reason not UTF-8": (
+        client_frame(0x8, (1000).to_bytes(2, "big") + b"\xff"),
+        1007,
+        "invalid start byte at position 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PROTOCOL_FAULTS))
+async def test_a_frame_breaking_the_protocol_fails_only_that_connection_with_its_reason(
+    server: RunningServer, workspace: str, name: str
+) -> None:
+    frames, code, reason = PROTOCOL_FAULTS[name]
+    url = server.doc_url(workspace)
+    async with yclient(url) as good:
+        good.text().insert(0, "kept")
+        reader, writer = await connected(server.port, f"/ws/workspaces/{workspace}")
+        try:
+            writer.write(frames)
+            async with asyncio.timeout(10):
+                opcode, payload = await read_frame(reader)
+                while opcode != CLOSE:  # the room's first messages come before the fault is read
+                    opcode, payload = await read_frame(reader)
+                assert await reader.read() == b""  # then the server closes the connection
+        finally:
+            writer.close()
+        assert (int.from_bytes(payload[:2], "big"), payload[2:].decode()) == (code, reason)
         async with yclient(url) as later:
             good.text().insert(len(good.text()), " and more")
             await wait_until(lambda: str(later.text()) == "kept and more")

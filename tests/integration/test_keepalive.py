@@ -4,43 +4,11 @@ seconds; a peer that answers stays connected, one that does not is closed with 1
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 
 from server.config import Settings
-from tests.protection.helpers import upgrade_request
+from tests.support.rawframes import CLOSE, PING, PONG, client_frame, connected, read_frame
 from tests.support.server import run_server
-
-PING, PONG, CLOSE = 0x9, 0xA, 0x8
-
-
-async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One unmasked frame from the server: its opcode and payload."""
-    head = await reader.readexactly(2)
-    size = head[1] & 0x7F
-    if size == 126:
-        size = int.from_bytes(await reader.readexactly(2), "big")
-    elif size == 127:
-        size = int.from_bytes(await reader.readexactly(8), "big")
-    return head[0] & 0x0F, await reader.readexactly(size)
-
-
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """A final, masked frame (RFC 6455 5.3) with a payload under 126 bytes."""
-    mask = os.urandom(4)
-    return (
-        bytes((0x80 | opcode, 0x80 | len(payload)))
-        + mask
-        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    )
-
-
-async def connected(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(upgrade_request(path))
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return reader, writer
 
 
 async def test_a_peer_that_answers_pings_stays_connected(

@@ -12,7 +12,8 @@ from server import protocol
 from server.close_codes import CloseCode
 from server.connection import Connection
 from server.room import Room, RoomKey
-from server.websocket import Framed, binary_frame
+from server.websocket import Framed
+from server.ws_frames import binary_frame
 from server.yjs_format import check_update
 
 

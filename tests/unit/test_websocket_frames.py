@@ -17,9 +17,9 @@ from server.websocket import (
     DelayQueue,
     Gate,
     Inbox,
-    binary_frame,
     text_frame,
 )
+from server.ws_frames import binary_frame
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70_000])
