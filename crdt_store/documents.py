@@ -11,7 +11,9 @@ So snapshot + remaining rows always hold every accepted update, whatever runs co
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 from array import array
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ def _append_sql(dialect: Any) -> str:
 
 
 DELETE_CHUNK = 5_000  # row ids per DELETE statement
+CREATE_BATCH = 500  # documents created per INSERT (two parameters each)
 COMPACT_PAGE_ROWS = 1_000  # row ids and sizes listed per query while compacting
 COMPACT_CHUNK_BYTES = 1024 * 1024  # update bytes read and applied at once while compacting
 
@@ -250,6 +253,9 @@ class DocumentRepository:
     def __init__(self, engine: AsyncEngine, worker: StateWorker | None = None) -> None:
         self.engine = engine
         self.worker = worker  # compaction's Yjs work runs in its process; None: in this one
+        # Documents waiting to be created (``_create``), and the task creating them.
+        self._to_create: dict[tuple[str, str], asyncio.Future[int]] = {}
+        self._creating: asyncio.Task[None] | None = None
 
     @translate_errors
     async def ensure(self, workspace_id: str, path: str) -> tuple[int, bool]:
@@ -263,21 +269,63 @@ class DocumentRepository:
         return await self._create(workspace_id, path)
 
     async def _create(self, workspace_id: str, path: str) -> tuple[int, bool]:
+        """Create the document's row; its id, and whether this call created it (False when
+        another caller or instance did). Documents asked for meanwhile are created together, in
+        one transaction and one multi-row ``INSERT`` (``CREATE_BATCH`` at a time): the first
+        clients of a fresh server, or of a deploy, open many new documents at once. ``NotFound``
+        when the workspace does not exist."""
+        key = (workspace_id, path)
+        future = self._to_create.get(key)
+        if future is not None:  # asked for by another caller: theirs to create
+            return abs(await asyncio.shield(future)), False
+        future = self._to_create[key] = asyncio.get_running_loop().create_future()
+        if self._creating is None:
+            self._creating = asyncio.create_task(self._create_waiting(), name="create-documents")
+        document_id = await asyncio.shield(future)
+        return abs(document_id), document_id > 0  # negative: it existed already
+
+    async def _create_waiting(self) -> None:
+        try:
+            while self._to_create:
+                keys = list(itertools.islice(self._to_create, CREATE_BATCH))
+                try:
+                    results = await self._insert(keys)
+                except Exception as exc:  # noqa: BLE001 - every waiter gets it (translated where it is awaited)
+                    results = dict.fromkeys(keys, exc)
+                for key in keys:
+                    future = self._to_create.pop(key)
+                    result = results[key]
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._creating = None
+
+    async def _insert(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int | Exception]:
+        """Create the rows of ``keys``: each one's id, negative when it existed already, or
+        ``NotFound`` for a workspace that does not exist."""
+        values = [{"workspace_id": workspace_id, "path": path} for workspace_id, path in keys]
         try:
             async with writing(self.engine) as conn:
-                inserted = await conn.execute(
-                    insert_ignore(conn, documents, {"workspace_id": workspace_id, "path": path}).returning(
-                        documents.c.id
-                    )
+                statement = insert_ignore(conn, documents, values).returning(
+                    documents.c.id, documents.c.workspace_id, documents.c.path
                 )
-                document_id = inserted.scalar_one_or_none()
-                if document_id is not None:
-                    return document_id, True
-                document_id = await _document_id(conn, workspace_id, path)  # created meanwhile
-        except IntegrityError:
-            raise NotFound(f"workspace {workspace_id!r} does not exist") from None
-        assert document_id is not None
-        return document_id, False
+                results: dict[tuple[str, str], int | Exception] = {
+                    (row.workspace_id, row.path): row.id for row in await conn.execute(statement)
+                }
+                for workspace_id, path in keys:
+                    if (workspace_id, path) not in results:  # created meanwhile (another instance)
+                        existing = await _document_id(conn, workspace_id, path)
+                        assert existing is not None
+                        results[workspace_id, path] = -existing
+                return results
+        except IntegrityError:  # a workspace that does not exist: each on its own, to know which
+            if len(keys) == 1:
+                return {keys[0]: NotFound(f"workspace {keys[0][0]!r} does not exist")}
+            return {key: (await self._insert([key]))[key] for key in keys}
 
     @translate_errors
     async def exists(self, workspace_id: str, path: str) -> bool:

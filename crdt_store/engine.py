@@ -54,10 +54,13 @@ def translate_errors(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T
     return wrapper
 
 
-def insert_ignore(conn: AsyncConnection, table: Table, values: dict[str, Any]) -> Insert:
-    """``INSERT ... ON CONFLICT DO NOTHING`` in the connection's dialect."""
+def insert_ignore(
+    conn: AsyncConnection, table: Table, values: dict[str, Any] | list[dict[str, Any]]
+) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` of one row (a dict) or several (a list of dicts, one
+    multi-row ``VALUES``) in the connection's dialect."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement: Insert = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    statement: Insert = dialect.insert(table).values(values).on_conflict_do_nothing()
     return statement
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 from pycrdt import Doc, Text
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from crdt_store import DocumentRepository, NotFound, Store, documents, open_store
 from crdt_store.tables import document_snapshots, document_updates
@@ -285,3 +286,35 @@ async def test_sqlite_writers_take_turns_instead_of_meeting_on_its_lock(sqlite_u
     assert (again.id, again.created) == (loaded[7].id, False)
     assert sorted(member.user_id for member in members) == sorted(f"u{i}" for i in range(20))
     assert stored.tail_count == 3
+
+
+async def test_documents_asked_for_at_once_are_created_in_one_insert(database_url: str) -> None:
+    """A wave of clients opening new documents: one multi-row INSERT creates them all, each asker
+    learns its id, a document asked for twice is created once, and a workspace that does not
+    exist fails only the documents in it."""
+    async with open_store(database_url) as store:
+        workspace = await new_workspace(store)
+        inserts: list[str] = []
+
+        def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if statement.lstrip().upper().startswith("INSERT INTO DOCUMENTS"):
+                inserts.append(statement)
+
+        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+        try:
+            asked = [(workspace, f"doc-{i}.md") for i in range(60)] + [(workspace, "doc-7.md")]
+            results = await asyncio.gather(*(store.documents._create(*key) for key in asked))
+            missing = await asyncio.gather(
+                store.documents._create(workspace, "kept.md"),
+                store.documents._create("no-such-workspace", "lost.md"),
+                return_exceptions=True,
+            )
+        finally:
+            event.remove(store.engine.sync_engine, "before_cursor_execute", count)
+        reloaded = await store.documents.load(workspace, "doc-7.md")
+    assert len(inserts) == 1 + 3  # the wave; then the pair together, and each alone to find the bad one
+    assert [created for _, created in results] == [True] * 60 + [False]
+    assert len({document_id for document_id, _ in results[:60]}) == 60
+    assert results[60][0] == results[7][0] == reloaded.id and not reloaded.created
+    assert isinstance(missing[0], tuple) and missing[0][1]
+    assert isinstance(missing[1], NotFound)
