@@ -35,7 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .config import Settings
 from .errors import error_response
 from .lingering import LingeringTransport
-from .websocket import CollabWebSocketProtocol
+from .websocket import CollabWebSocketProtocol, DelayQueue, Pending
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head = bytearray()
         self._received = b""
         self._in_head = True
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_timer: Pending | None = None
         self._start_head_timer()  # a client that sends nothing is cut off too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -223,7 +223,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._after_earlier_responses(lambda: self._end_with(error_response(status, code, message)))
 
     def _start_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+        # One queue and timer for every connection's head deadline (``DelayQueue``), not a timer each.
+        queue = DelayQueue.of(self.loop, self.head_timeout, type(self)._head_timed_out)
+        self._head_timer = queue.add(self)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:

@@ -39,8 +39,9 @@ import hashlib
 import logging
 import random
 import struct
+import weakref
 from collections.abc import Callable
-from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 import httptools
@@ -163,17 +164,19 @@ class Pending:
         self.target = None
 
 
+# Each loop's ``DelayQueue``s, by delay and call (several loops: tests run servers in threads).
+_DELAY_QUEUES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, DelayQueue]]
+_DELAY_QUEUES = weakref.WeakKeyDictionary()
+
+
 class DelayQueue:
     """``fire(target)`` ``delay`` seconds after each ``add(target)``, for any number of targets:
     one FIFO and one loop timer (for its head) instead of a ``TimerHandle`` per call (about 0.5 KB
     each with uvloop's timer). Every call has the same delay, so the queue is in time order.
     Cancelled calls stay queued until they come due (at most ``delay`` seconds)."""
 
-    _current: ClassVar[dict[tuple[float, Callable[[Any], None]], DelayQueue]] = {}
-    _current_loop: ClassVar[asyncio.AbstractEventLoop | None] = None
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float, fire: Callable[[Any], None]) -> None:
-        self._loop = loop
+    def __init__(self, delay: float, fire: Callable[[Any], None]) -> None:
+        # Not the loop: the queue is its loop's value in ``_DELAY_QUEUES`` and must not keep it alive.
         self._delay = delay
         self._fire = fire
         self._queue: collections.deque[Pending] = collections.deque()
@@ -181,25 +184,28 @@ class DelayQueue:
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop, delay: float, fire: Callable[[Any], None]) -> DelayQueue:
-        """The queue of ``loop`` for ``delay`` and ``fire``: one per server process (a process
-        running servers on several loops, as tests do, keeps the last loop's)."""
-        if cls._current_loop is not loop:
-            cls._current_loop, cls._current = loop, {}
-        queue = cls._current.get((delay, fire))
+        """The queue of ``loop`` for ``delay`` and ``fire``, made on first use."""
+        queues = _DELAY_QUEUES.get(loop)
+        if queues is None:
+            queues = _DELAY_QUEUES[loop] = {}
+        queue = queues.get((delay, fire))
         if queue is None:
-            queue = cls._current[delay, fire] = cls(loop, delay, fire)
+            queue = queues[delay, fire] = cls(delay, fire)
         return queue
 
     def add(self, target: Any) -> Pending:
-        pending = Pending(self._loop.time() + self._delay, target)
+        """Call ``fire(target)`` in ``delay`` seconds, unless the returned call is cancelled."""
+        loop = asyncio.get_running_loop()
+        pending = Pending(loop.time() + self._delay, target)
         self._queue.append(pending)
         if self._timer is None:
-            self._timer = self._loop.call_at(pending.at, self._run)
+            self._timer = loop.call_at(pending.at, self._run)
         return pending
 
     def _run(self) -> None:
         self._timer = None
-        queue, now = self._queue, self._loop.time()
+        loop = asyncio.get_running_loop()
+        queue, now = self._queue, loop.time()
         while queue and queue[0].at <= now:
             pending = queue.popleft()
             target, pending.target = pending.target, None
@@ -207,9 +213,9 @@ class DelayQueue:
                 try:
                     self._fire(target)
                 except Exception as exc:  # noqa: BLE001 - reported as a timer callback's would be; the rest go on
-                    self._loop.call_exception_handler({"message": "DelayQueue call failed", "exception": exc})
+                    loop.call_exception_handler({"message": "DelayQueue call failed", "exception": exc})
         if queue:
-            self._timer = self._loop.call_at(queue[0].at, self._run)
+            self._timer = loop.call_at(queue[0].at, self._run)
 
 
 def text_frame(text: str) -> bytes:

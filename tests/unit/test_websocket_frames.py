@@ -6,6 +6,8 @@ a large read of small frames is parsed a part at a time."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 from websockets.frames import Frame, Opcode
@@ -99,7 +101,7 @@ async def test_the_delay_queue_calls_in_order_after_its_delay_and_skips_cancelle
         if target == "last":
             done.set_result(None)
 
-    queue = DelayQueue(loop, 0.05, fire)
+    queue = DelayQueue(0.05, fire)
     added = {name: (queue.add(name), loop.time()) for name in ("a", "b", "c")}
     added["b"][0].cancel()
     await asyncio.sleep(0)  # a later turn: "last" is due after the others
@@ -123,7 +125,7 @@ async def test_a_failing_delay_queue_call_is_reported_and_the_others_still_run()
         fired.append(target)
         done.set_result(None)
 
-    queue = DelayQueue(loop, 0.01, fire)
+    queue = DelayQueue(0.01, fire)
     queue.add("bad")
     queue.add("good")
     try:
@@ -134,7 +136,7 @@ async def test_a_failing_delay_queue_call_is_reported_and_the_others_still_run()
     assert [str(exc) for exc in reported] == ["bad target"]
 
 
-def test_one_delay_queue_per_loop_delay_and_call() -> None:
+def test_one_delay_queue_per_loop_delay_and_call_and_none_keeps_its_loop() -> None:
     def fire(_: object) -> None: ...
 
     loop = asyncio.new_event_loop()
@@ -149,6 +151,10 @@ def test_one_delay_queue_per_loop_delay_and_call() -> None:
             other.close()
     finally:
         loop.close()
+    gone = weakref.ref(loop)
+    del loop, other, first
+    gc.collect()
+    assert gone() is None
 
 
 async def test_a_cancelled_gate_waiter_is_forgotten() -> None:
