@@ -158,6 +158,7 @@ class Room:
         self._pending: list[tuple[Connection | None, bytes, bytes | None, float | None]] = []
         self._full_state: bytes | None = None
         self._full_state_step2: bytes | None = None
+        self._step1: bytes | None = None  # sync step 1 with the document's state vector
         self.version = 0  # counts the updates applied, so that views of the document can be cached
         self._loop = asyncio.get_running_loop()
         self.unload_handle: asyncio.TimerHandle | None = None
@@ -168,7 +169,9 @@ class Room:
         """Start the handshake: our state vector (the client answers with what we lack) and the
         presence of everyone already here."""
         self.connections.add(conn)
-        conn.send(protocol.sync_step1(self.doc.get_state()))
+        if self._step1 is None:  # encoded once per version: a storm of joiners shares it
+            self._step1 = protocol.sync_step1(self.doc.get_state())
+        conn.send(self._step1)
         if self.awareness.states:
             update = self.awareness.encode_awareness_update(list(self.awareness.states))
             conn.send(protocol.awareness(update))
@@ -270,7 +273,7 @@ class Room:
                 log.error("document %s: an update failed while applied (%r); reloading", self.key, exc)
                 self._break()
             raise ProtocolError(f"invalid Yjs update: {exc}") from None
-        self._full_state = self._full_state_step2 = None
+        self._full_state = self._full_state_step2 = self._step1 = None
         self.version += 1
 
     def _break(self) -> None:

@@ -111,3 +111,14 @@ async def test_a_lone_update_is_relayed_as_its_client_sent_it() -> None:
     assert messages_of(b_channel.sent) == messages_of(c_channel.sent) == [frame]
     assert b_channel.sent[0] is c_channel.sent[0]  # framed once for both
     assert a_channel.sent == []
+
+
+async def test_each_joiner_gets_the_state_vector_the_document_has_when_it_joins() -> None:
+    room = a_room()
+    _, first = await joined(room)
+    before = protocol.sync_step1(room.doc.get_state())
+    room.apply_remote(an_update(7, "x"))
+    await until_written(first)  # relayed to the first: the update is in the document
+    await joined(room)  # asserts the sync step 1 of the document as it is now
+    assert protocol.sync_step1(room.doc.get_state()) != before
+    await joined(room)
