@@ -29,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - websockets without its C extension
     from websockets.utils import apply_mask as _apply_mask
 
-apply_mask: Callable[[bytes, bytes], bytes] = _apply_mask
+apply_mask: Callable[[bytes | bytearray, bytes | bytearray], bytes] = _apply_mask
 
 # Opcodes (RFC 6455 section 5.2) by value; any other value is a protocol error.
 _OPCODES = {opcode.value: opcode for opcode in Opcode}
@@ -76,7 +76,8 @@ class ServerFrames:
         self.close_rcvd: Close | None = None
         self.close_sent: Close | None = None
         self.parser_exc: Exception | None = None
-        # The start of a frame a later read completes; None once closed or failed: nothing more is read.
+        # The start of a frame a later read completes (a bytearray, or b"" for none); None once
+        # closed or failed: nothing more is read.
         self._unparsed: bytes | bytearray | None = b""
         self._fragmented: int | None = None  # bytes so far of a fragmented message, if one is open
 
@@ -85,13 +86,14 @@ class ServerFrames:
     def receive_data(self, data: bytes | bytearray) -> None:
         """Parse ``data`` (what one read brought) into frames: ``events_received`` has them.
         A fault fails the connection (``fail``: a close frame is written, ``parser_exc`` set)
-        and everything received afterwards is ignored, as after a close frame."""
-        if self._unparsed is None:  # closed or failed: discarding
+        and everything received afterwards is ignored, as after a close frame. A frame that
+        arrives over many reads is collected in one buffer, each read appended once."""
+        unparsed = self._unparsed
+        if unparsed is None:  # closed or failed: discarding
             return
-        if self._unparsed:
-            buffer = self._unparsed if isinstance(self._unparsed, bytearray) else bytearray(self._unparsed)
-            buffer += data
-            data = buffer
+        if unparsed:
+            unparsed += data  # a bytearray: grows in place
+            data = unparsed
         try:
             end = self._parse(data)
         except ProtocolError as exc:
@@ -102,8 +104,15 @@ class ServerFrames:
         except UnicodeDecodeError as exc:
             self._failed(exc, CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
         else:
-            if self._unparsed is not None:
-                self._unparsed = data[end:] if end < len(data) else b""
+            if self._unparsed is None:  # a close frame: nothing after it is read
+                return
+            if end == len(data):
+                self._unparsed = b""
+            elif isinstance(data, bytearray):
+                del data[:end]  # from the front of a bytearray: no copy of the rest
+                self._unparsed = data
+            else:
+                self._unparsed = bytearray(data[end:])
 
     def _parse(self, data: bytes | bytearray) -> int:
         """Parse the whole frames at the start of ``data``; returns where the first incomplete one
@@ -117,7 +126,7 @@ class ServerFrames:
             end = start + 4 + length
             if end > size:
                 break
-            payload = apply_mask(bytes(data[start + 4 : end]), bytes(data[start : start + 4]))
+            payload = apply_mask(data[start + 4 : end], data[start : start + 4])
             pos = end
             if head1 & 0x70:
                 raise ProtocolError("reserved bits must be 0")  # no extension is negotiated
