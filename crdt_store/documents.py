@@ -281,13 +281,19 @@ class DocumentRepository:
         future = self._to_create[key] = asyncio.get_running_loop().create_future()
         if self._creating is None:
             self._creating = asyncio.create_task(self._create_waiting(), name="create-documents")
-        document_id = await asyncio.shield(future)
+        try:
+            document_id = await asyncio.shield(future)
+        except asyncio.CancelledError:  # the creation goes on; its outcome is nobody's to read
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())
+            raise
         return abs(document_id), document_id > 0  # negative: it existed already
 
     async def _create_waiting(self) -> None:
         try:
             while self._to_create:
-                keys = list(itertools.islice(self._to_create, CREATE_BATCH))
+                # Sorted: instances creating overlapping documents take their row locks in one
+                # order (PostgreSQL), so that two batches cannot deadlock.
+                keys = sorted(itertools.islice(self._to_create, CREATE_BATCH))
                 try:
                     results = await self._insert(keys)
                 except Exception as exc:  # noqa: BLE001 - every waiter gets it (translated where it is awaited)

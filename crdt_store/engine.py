@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Any constant works; it only has to be the same for every instance sharing a database.
 MIGRATION_LOCK_KEY = 0x52544301
+DEFAULT_TIMEOUT = 10.0  # seconds (``DATABASE_TIMEOUT``'s default)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -80,8 +81,18 @@ def normalise_database_url(url: str) -> str:
     raise ValueError("must be a postgresql:// or sqlite:/// URL")
 
 
-# One lock per SQLite engine: this process's writers take turns on it (see ``writing``).
-_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+class _Writers:
+    """The turn of one SQLite engine's writers in this process (see ``writing``): its lock, and
+    how long a writer waits for it (the engine's ``timeout``, as SQLite waits for its own)."""
+
+    __slots__ = ("lock", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.lock = asyncio.Lock()
+        self.timeout = timeout
+
+
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, _Writers] = weakref.WeakKeyDictionary()
 
 
 @contextlib.asynccontextmanager
@@ -93,19 +104,31 @@ async def writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     each holding a pooled connection and its thread meanwhile: fifty clients opening fifty new
     documents at once waited up to 0.75 s for their rows that way. This process's writers queue
     on one ``asyncio.Lock`` per engine instead and go in the moment the previous one commits.
+    A writer that waits for its turn longer than the engine's ``timeout`` (``create_engine``)
+    gets ``StoreUnavailable``, as it would after waiting that long for SQLite's own lock.
     PostgreSQL locks rows, not the database: its writers do not queue here."""
     if engine.dialect.name != "sqlite":
         async with engine.begin() as conn:
             yield conn
         return
-    lock = _SQLITE_WRITERS.get(engine.sync_engine)
-    if lock is None:
-        lock = _SQLITE_WRITERS[engine.sync_engine] = asyncio.Lock()
-    async with lock, engine.begin() as conn:
-        yield conn
+    writers = _SQLITE_WRITERS.get(engine.sync_engine)
+    if writers is None:
+        writers = _SQLITE_WRITERS[engine.sync_engine] = _Writers(DEFAULT_TIMEOUT)
+    try:
+        async with asyncio.timeout(writers.timeout):
+            await writers.lock.acquire()
+    except TimeoutError:
+        raise StoreUnavailable(
+            f"database is locked: another write took longer than the {writers.timeout:g} s timeout"
+        ) from None
+    try:
+        async with engine.begin() as conn:
+            yield conn
+    finally:
+        writers.lock.release()
 
 
-def create_engine(url: str, *, timeout: float = 10.0) -> AsyncEngine:
+def create_engine(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> AsyncEngine:
     """An async engine for the URL. ``timeout`` (seconds) bounds the wait for a connection: for
     the connect itself and for a free pool slot (PostgreSQL), or for a lock (SQLite)."""
     url = normalise_database_url(url)
@@ -116,6 +139,7 @@ def create_engine(url: str, *, timeout: float = 10.0) -> AsyncEngine:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": timeout})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        _SQLITE_WRITERS[engine.sync_engine] = _Writers(timeout)
         return engine
     return create_async_engine(
         url,

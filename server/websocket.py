@@ -180,7 +180,7 @@ class DelayQueue:
         self._delay = delay
         self._fire = fire
         self._queue: collections.deque[Pending] = collections.deque()
-        self._timer: asyncio.TimerHandle | None = None
+        self._armed = False  # a timer is set for the head (its handle is not kept: it holds the loop)
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop, delay: float, fire: Callable[[Any], None]) -> DelayQueue:
@@ -198,12 +198,13 @@ class DelayQueue:
         loop = asyncio.get_running_loop()
         pending = Pending(loop.time() + self._delay, target)
         self._queue.append(pending)
-        if self._timer is None:
-            self._timer = loop.call_at(pending.at, self._run)
+        if not self._armed:
+            loop.call_at(pending.at, self._run)
+            self._armed = True
         return pending
 
     def _run(self) -> None:
-        self._timer = None
+        self._armed = False
         loop = asyncio.get_running_loop()
         queue, now = self._queue, loop.time()
         while queue and queue[0].at <= now:
@@ -215,7 +216,8 @@ class DelayQueue:
                 except Exception as exc:  # noqa: BLE001 - reported as a timer callback's would be; the rest go on
                     loop.call_exception_handler({"message": "DelayQueue call failed", "exception": exc})
         if queue:
-            self._timer = loop.call_at(queue[0].at, self._run)
+            loop.call_at(queue[0].at, self._run)
+            self._armed = True
 
 
 def text_frame(text: str) -> bytes:
@@ -750,7 +752,9 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.queue.put_nowait({"type": "websocket.receive", "text": data.decode()})
             except UnicodeDecodeError:
                 self.logger.info("closed a WebSocket that sent invalid UTF-8 in a text frame (1007)")
-                self.conn.send_close(1007)
+                # Failed, not closed: a close frame that came in the same read is echoed already,
+                # and then no second one is sent (RFC 6455 section 7.1.7).
+                self.conn.fail(1007)
                 self.handle_parser_exception()
                 return
         else:

@@ -92,7 +92,7 @@ class ServerFrames:
         if unparsed is None:  # closed or failed: discarding
             return
         if unparsed:
-            unparsed += data  # a bytearray: grows in place
+            unparsed += data  # our own bytearray: grows in place
             data = unparsed
         try:
             end = self._parse(data)
@@ -108,10 +108,10 @@ class ServerFrames:
                 return
             if end == len(data):
                 self._unparsed = b""
-            elif isinstance(data, bytearray):
+            elif isinstance(data, bytearray) and data is unparsed:
                 del data[:end]  # from the front of a bytearray: no copy of the rest
                 self._unparsed = data
-            else:
+            else:  # the caller's: copied
                 self._unparsed = bytearray(data[end:])
 
     def _parse(self, data: bytes | bytearray) -> int:
@@ -207,6 +207,8 @@ class ServerFrames:
         return writes
 
     def _send(self, opcode: Opcode, payload: bytes) -> None:
+        if opcode >= _CONTROL and len(payload) > 125:
+            raise ProtocolError("control frame too long")  # 5.5: nothing is written
         self.writes.append(binary_frame(payload, 0x80 | opcode))
 
     def _sending(self, control: bool = False) -> None:

@@ -15,7 +15,7 @@ from server.close_codes import (
 )
 from server.config import Settings
 from tests.support.rawclient import raw_client
-from tests.support.rawframes import CLOSE, client_frame, connected, read_frame
+from tests.support.rawframes import CLOSE, PING, PONG, client_frame, connected, read_frame
 from tests.support.server import RunningServer, run_server
 from tests.support.wait import wait_until
 from tests.support.yclient import yclient
@@ -99,6 +99,12 @@ PROTOCOL_FAULTS = {
     ),
     "close code 999": (client_frame(0x8, (999).to_bytes(2, "big")), 1002, "invalid status code"),
     "close of one byte": (client_frame(0x8, b"\x03"), 1002, "close frame too short"),
+    "text frame not UTF-8": (client_frame(0x1, b"ok \xff"), 1007, ""),
+    "text frame not UTF-8, then a close, in one read": (
+        client_frame(0x1, b"\xff") + client_frame(0x8, (1000).to_bytes(2, "big")),
+        1000,  # the client's close, echoed; the connection then ends
+        "",
+    ),
     "close reason not UTF-8": (
         client_frame(0x8, (1000).to_bytes(2, "big") + b"\xff"),
         1007,
@@ -109,7 +115,7 @@ PROTOCOL_FAULTS = {
 
 @pytest.mark.parametrize("name", list(PROTOCOL_FAULTS))
 async def test_a_frame_breaking_the_protocol_fails_only_that_connection_with_its_reason(
-    server: RunningServer, workspace: str, name: str
+    server: RunningServer, workspace: str, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     frames, code, reason = PROTOCOL_FAULTS[name]
     url = server.doc_url(workspace)
@@ -126,9 +132,49 @@ async def test_a_frame_breaking_the_protocol_fails_only_that_connection_with_its
         finally:
             writer.close()
         assert (int.from_bytes(payload[:2], "big"), payload[2:].decode()) == (code, reason)
+        assert not [record for record in caplog.records if record.exc_info]  # no traceback logged
         async with yclient(url) as later:
             good.text().insert(len(good.text()), " and more")
             await wait_until(lambda: str(later.text()) == "kept and more")
+
+
+async def test_a_large_frame_arriving_in_small_reads_does_not_hold_up_other_connections(
+    server: RunningServer, workspace: str
+) -> None:
+    """A frame of 32 MiB (the default limit) trickling in over thousands of reads is collected
+    as it comes, not copied whole at every read: meanwhile another connection's pings are
+    answered at once (a copy at every read held the event loop for tens of seconds)."""
+    path = f"/ws/workspaces/{workspace}"
+    big_reader, big_writer = await connected(server.port, path)
+    reader, writer = await connected(server.port, path)
+    frame = client_frame(0x2, b"\x00\x02" + bytes(32 * 1024 * 1024 - 1024))
+    try:
+
+        async def trickle() -> None:
+            for start in range(0, len(frame), 64 * 1024):
+                big_writer.write(frame[start : start + 64 * 1024])
+                await big_writer.drain()
+
+        sending = asyncio.create_task(trickle())
+        answered = 0
+        while not sending.done():
+            writer.write(client_frame(PING, b"%d" % answered))
+            async with asyncio.timeout(5):  # a stalled loop took 41 s
+                opcode, payload = await read_frame(reader)
+                while opcode != PONG:
+                    opcode, payload = await read_frame(reader)
+            assert payload == b"%d" % answered
+            answered += 1
+        await sending
+        async with asyncio.timeout(30):  # and the large frame itself is read: it is no valid update
+            opcode, payload = await read_frame(big_reader)
+            while opcode != CLOSE:
+                opcode, payload = await read_frame(big_reader)
+    finally:
+        big_writer.close()
+        writer.close()
+    assert answered > 1
+    assert int.from_bytes(payload[:2], "big") == CLOSE_4400_BAD_MESSAGE.code
 
 
 async def test_oversize_frame_is_refused_with_1009(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from pycrdt import Doc, Text
 from sqlalchemy import event, func, select, text
 
-from crdt_store import DocumentRepository, NotFound, Store, documents, open_store
+from crdt_store import DocumentRepository, NotFound, Store, StoreUnavailable, documents, engine, open_store
 from crdt_store.tables import document_snapshots, document_updates
 from tests.support.wait import wait_until
 
@@ -260,13 +261,14 @@ async def test_a_row_that_is_not_an_update_stops_compaction_not_the_worker(datab
 
 
 async def test_sqlite_writers_take_turns_instead_of_meeting_on_its_lock(sqlite_url: str) -> None:
-    """SQLite lets one connection write at a time. With no busy timeout at all (``timeout=0``: a
-    writer that finds the lock taken would fail at once, "database is locked"), fifty clients
-    opening fifty new documents, members being added and the update log appended to, all at
-    once, succeed: this process's writers queue for the lock (``engine.writing``) instead of
-    meeting on it."""
+    """SQLite lets one connection write at a time. With no busy timeout at all for SQLite's own
+    lock (``timeout=0``: a writer that finds it taken would fail at once, "database is locked";
+    the turn in this process is given 5 s), fifty clients opening fifty new documents, members
+    being added and the update log appended to, all at once, succeed: this process's writers
+    queue for their turn (``engine.writing``) instead of meeting on SQLite's lock."""
     updates, _ = edits(3)
     async with open_store(sqlite_url, timeout=0) as store:
+        engine._SQLITE_WRITERS[store.engine.sync_engine].timeout = 5.0
         workspace = await new_workspace(store)
         first = await store.documents.load(workspace, "first.md")
         loaded, members, _ = await asyncio.gather(
@@ -318,3 +320,52 @@ async def test_documents_asked_for_at_once_are_created_in_one_insert(database_ur
     assert results[60][0] == results[7][0] == reloaded.id and not reloaded.created
     assert isinstance(missing[0], tuple) and missing[0][1]
     assert isinstance(missing[1], NotFound)
+
+
+async def test_two_instances_creating_the_same_documents_at_once_do_not_deadlock(pg_url: str) -> None:
+    """Two instances' batches of new documents overlap, asked for in opposite orders: each
+    batch takes its row locks in one (sorted) order, so neither waits for the other in a cycle
+    (PostgreSQL would abort one with a deadlock, 40P01)."""
+    async with open_store(pg_url) as one, open_store(pg_url) as other:
+        workspace = await new_workspace(one)
+        for round_ in range(5):
+            keys = [(workspace, f"r{round_}/d{i:03}") for i in range(300)]
+            mine, theirs = await asyncio.gather(
+                asyncio.gather(*(one.documents._create(*key) for key in keys)),
+                asyncio.gather(*(other.documents._create(*key) for key in reversed(keys))),
+            )
+            assert [document_id for document_id, _ in mine] == [
+                document_id for document_id, _ in reversed(theirs)
+            ]
+            created = [c for _, c in mine] + [c for _, c in theirs]
+            assert created.count(True) == 300  # each document created by exactly one instance
+
+
+async def test_sqlite_writers_waiting_for_their_turn_give_up_after_the_timeout_together(
+    sqlite_url: str,
+) -> None:
+    """Another process holds the SQLite file's write lock: each waiting writer fails with
+    ``StoreUnavailable`` after the store's timeout, counted from when it asked, not one timeout
+    after another (five writers, a one-second timeout: about one second for all, not five)."""
+    async with open_store(sqlite_url, timeout=1.0) as store:
+        workspace = await new_workspace(store)
+        holder = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # the write lock, held
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            results = await asyncio.gather(
+                *(
+                    store.workspaces.set_member(workspace_id=workspace, user_id=f"u{i}", role="editor")
+                    for i in range(5)
+                ),
+                return_exceptions=True,
+            )
+            waited = loop.time() - started
+        finally:
+            holder.rollback()
+            holder.close()
+        member = await store.workspaces.set_member(workspace_id=workspace, user_id="after", role="editor")
+    assert all(isinstance(result, StoreUnavailable) for result in results), results
+    assert waited < 3.0  # one after another it would be 5 s
+    assert member.user_id == "after"  # the turn goes on once the lock is free

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+from server.ws_frames import apply_mask
 from tests.protection.helpers import upgrade_request
 
 PING, PONG, CLOSE = 0x9, 0xA, 0x8
@@ -37,7 +38,7 @@ def client_frame(opcode: int, payload: bytes, *, head1: int | None = None, maske
     if not masked:
         return first + length + payload
     mask = os.urandom(4)
-    return first + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return first + length + mask + apply_mask(payload, mask)
 
 
 async def connected(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -139,9 +139,13 @@ async def test_a_failing_delay_queue_call_is_reported_and_the_others_still_run()
 def test_one_delay_queue_per_loop_delay_and_call_and_none_keeps_its_loop() -> None:
     def fire(_: object) -> None: ...
 
+    async def queue_one(queue: DelayQueue) -> None:
+        queue.add("still queued when the loop closes")
+
     loop = asyncio.new_event_loop()
     try:
         first = DelayQueue.of(loop, 15.0, fire)
+        loop.run_until_complete(queue_one(first))
         assert DelayQueue.of(loop, 15.0, fire) is first
         assert DelayQueue.of(loop, 30.0, fire) is not first
         other = asyncio.new_event_loop()

@@ -75,13 +75,17 @@ def frames(draw: st.DrawFn) -> bytes:
     return client_frame((0x80 if fin else 0) | rsv | opcode, payload, masked=masked, width=width)
 
 
+control_payloads = st.one_of(st.binary(max_size=8), st.binary(min_size=124, max_size=127))
+reasons = st.sampled_from(["", "done", "é" * 62, "x" * 124])  # a close payload is 2 + the reason
 sends = st.one_of(
     st.tuples(st.just("send_binary"), payloads),
     st.tuples(st.just("send_text"), payloads),
-    st.tuples(st.just("send_ping"), st.binary(max_size=8)),
-    st.tuples(st.just("send_pong"), st.binary(max_size=8)),
-    st.tuples(st.just("send_close"), st.sampled_from([1000, 1001, 1011, 1012, 4000, 1005, 999])),
-    st.tuples(st.just("fail"), st.sampled_from([1002, 1006, 1007, 1009, 1011])),
+    st.tuples(st.just("send_ping"), control_payloads),
+    st.tuples(st.just("send_pong"), control_payloads),
+    st.tuples(
+        st.just("send_close"), st.tuples(st.sampled_from([1000, 1001, 1011, 1012, 4000, 1005, 999]), reasons)
+    ),
+    st.tuples(st.just("fail"), st.tuples(st.sampled_from([1002, 1006, 1007, 1009, 1011]), reasons)),
 )
 
 
@@ -100,10 +104,9 @@ def outcome(protocol: Any) -> tuple[Any, ...]:
 
 def call(protocol: Any, method: str, argument: Any) -> Any:
     try:
-        if method == "send_close":
-            getattr(protocol, method)(argument, "done" if argument != 1005 else "")
-        elif method == "fail":
-            getattr(protocol, method)(argument, "failed")
+        if method in ("send_close", "fail"):
+            code, reason = argument
+            getattr(protocol, method)(code, "" if code == 1005 else reason)
         else:
             getattr(protocol, method)(argument)
     except (InvalidState, ProtocolError) as exc:
@@ -117,18 +120,24 @@ def call(protocol: Any, method: str, argument: Any) -> Any:
     cuts=[],
     interleaved=[],
     max_size=None,
+    as_bytearray=False,
 )
 @example(  # a ping of 126 bytes, in the 2-byte length form
-    stream=client_frame(0x89, bytes(126)), cuts=[3], interleaved=[], max_size=None
+    stream=client_frame(0x89, bytes(126)), cuts=[3], interleaved=[], max_size=None, as_bytearray=False
 )
 @given(
     stream=st.lists(frames(), max_size=12).map(b"".join),
     cuts=st.lists(st.integers(0, 2000), max_size=6),
     interleaved=st.lists(st.tuples(st.integers(0, 6), sends), max_size=3),
     max_size=st.sampled_from([None, 64, 200]),
+    as_bytearray=st.booleans(),
 )
 def test_frames_are_parsed_and_answered_as_websockets_does(
-    stream: bytes, cuts: list[int], interleaved: list[tuple[int, tuple[str, Any]]], max_size: int | None
+    stream: bytes,
+    cuts: list[int],
+    interleaved: list[tuple[int, tuple[str, Any]]],
+    max_size: int | None,
+    as_bytearray: bool,
 ) -> None:
     ours = ServerFrames(max_size)
     theirs = ServerProtocol(state=OPEN, max_size=max_size)
@@ -139,8 +148,14 @@ def test_frames_are_parsed_and_answered_as_websockets_does(
             if at == index:
                 assert call(ours, method, argument) == call(theirs, method, argument)
                 assert outcome(ours) == outcome(theirs)
-        ours.receive_data(read)
-        theirs.receive_data(read)
+        if as_bytearray:  # the caller's buffer, reused once read: neither may keep it
+            ours_read, theirs_read = bytearray(read), bytearray(read)
+            ours.receive_data(ours_read)
+            theirs.receive_data(theirs_read)
+            ours_read[:] = theirs_read[:] = b"\xff" * len(read)
+        else:
+            ours.receive_data(read)
+            theirs.receive_data(read)
         assert outcome(ours) == outcome(theirs)
 
 
