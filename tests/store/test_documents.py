@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import uuid
 from typing import Any
@@ -369,3 +370,25 @@ async def test_sqlite_writers_waiting_for_their_turn_give_up_after_the_timeout_t
     assert all(isinstance(result, StoreUnavailable) for result in results), results
     assert waited < 3.0  # one after another it would be 5 s
     assert member.user_id == "after"  # the turn goes on once the lock is free
+
+
+async def test_a_caller_that_leaves_while_its_document_is_created_leaves_no_unread_error(
+    sqlite_url: str,
+) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        async with open_store(sqlite_url) as store:
+            asking = asyncio.create_task(store.documents._create("no-such-workspace", "x.md"))
+            await asyncio.sleep(0)  # one turn: it asked, and the creation is about to start
+            creating = store.documents._creating
+            asking.cancel()  # the client went away while its document was being created
+            await asyncio.gather(asking, return_exceptions=True)
+            assert creating is not None
+            await creating  # the creation failed (no such workspace), and nobody waits for it
+            del asking, creating
+            gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert [context["message"] for context in reported] == []
