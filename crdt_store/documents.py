@@ -46,6 +46,7 @@ def _append_sql(dialect: Any) -> str:
 
 DELETE_CHUNK = 5_000  # row ids per DELETE statement
 CREATE_BATCH = 500  # documents created per INSERT (two parameters each)
+DocumentKey = tuple[str, str]  # workspace id, document path
 COMPACT_PAGE_ROWS = 1_000  # row ids and sizes listed per query while compacting
 COMPACT_CHUNK_BYTES = 1024 * 1024  # update bytes read and applied at once while compacting
 
@@ -254,7 +255,7 @@ class DocumentRepository:
         self.engine = engine
         self.worker = worker  # compaction's Yjs work runs in its process; None: in this one
         # Documents waiting to be created (``_create``), and the task creating them.
-        self._to_create: dict[tuple[str, str], asyncio.Future[int]] = {}
+        self._to_create: dict[DocumentKey, asyncio.Future[tuple[int, bool]]] = {}
         self._creating: asyncio.Task[None] | None = None
 
     @translate_errors
@@ -277,16 +278,16 @@ class DocumentRepository:
         key = (workspace_id, path)
         future = self._to_create.get(key)
         if future is not None:  # asked for by another caller: theirs to create
-            return abs(await asyncio.shield(future)), False
+            document_id, _ = await asyncio.shield(future)
+            return document_id, False
         future = self._to_create[key] = asyncio.get_running_loop().create_future()
         if self._creating is None:
             self._creating = asyncio.create_task(self._create_waiting(), name="create-documents")
         try:
-            document_id = await asyncio.shield(future)
+            return await asyncio.shield(future)
         except asyncio.CancelledError:  # the creation goes on; its outcome is nobody's to read
             future.add_done_callback(lambda done: done.cancelled() or done.exception())
             raise
-        return abs(document_id), document_id > 0  # negative: it existed already
 
     async def _create_waiting(self) -> None:
         try:
@@ -310,23 +311,25 @@ class DocumentRepository:
         finally:
             self._creating = None
 
-    async def _insert(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int | Exception]:
-        """Create the rows of ``keys``: each one's id, negative when it existed already, or
-        ``NotFound`` for a workspace that does not exist."""
+    async def _insert(
+        self, keys: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[int, bool] | Exception]:
+        """Create the rows of ``keys``: each one's id and whether this created it (False: it
+        existed already), or ``NotFound`` for a workspace that does not exist."""
         values = [{"workspace_id": workspace_id, "path": path} for workspace_id, path in keys]
         try:
             async with writing(self.engine) as conn:
                 statement = insert_ignore(conn, documents, values).returning(
                     documents.c.id, documents.c.workspace_id, documents.c.path
                 )
-                results: dict[tuple[str, str], int | Exception] = {
-                    (row.workspace_id, row.path): row.id for row in await conn.execute(statement)
+                results: dict[DocumentKey, tuple[int, bool] | Exception] = {
+                    (row.workspace_id, row.path): (row.id, True) for row in await conn.execute(statement)
                 }
                 for workspace_id, path in keys:
                     if (workspace_id, path) not in results:  # created meanwhile (another instance)
                         existing = await _document_id(conn, workspace_id, path)
                         assert existing is not None
-                        results[workspace_id, path] = -existing
+                        results[workspace_id, path] = (existing, False)
                 return results
         except IntegrityError:  # a workspace that does not exist: each on its own, to know which
             if len(keys) == 1:
