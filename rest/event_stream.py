@@ -31,7 +31,7 @@ from server.events.models import ResyncRequired, Welcome
 from server.limits import Ticket
 from server.services import Services
 from server.vocabulary import iso_z, utcnow
-from server.websocket import Framed
+from server.ws_frames import Framed
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from typing import Any, Protocol
 
 from . import metrics
 from .close_codes import CLOSE_1003_UNSUPPORTED_DATA, CLOSE_1009_MESSAGE_TOO_BIG, CloseCode
-from .websocket import FRAMES_EXTENSION, Framed, FrameWriter
+from .websocket import FRAMES_EXTENSION, FrameWriter
+from .ws_frames import Framed
 
 Receive = Any  # ASGI callables; kept loose to avoid importing a framework here
 Send = Any

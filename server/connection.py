@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from .channel import Channel, ChannelClosed
 from .close_codes import CLOSE_1013_SEND_QUEUE_FULL, CloseCode
-from .websocket import Framed
+from .ws_frames import Framed
 
 log = logging.getLogger(__name__)
 

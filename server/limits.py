@@ -35,7 +35,7 @@ from .errors import (
     TooManyConnections,
     error_body,
 )
-from .websocket import Framed
+from .ws_frames import Framed
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .protocol import KEEPALIVE
-from .websocket import Framed
+from .ws_frames import Framed
 
 if TYPE_CHECKING:
     from .connection import Connection

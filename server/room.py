@@ -18,8 +18,7 @@ from .close_codes import CloseCode
 from .connection import Connection
 from .protocol import MessageType, ProtocolError, SyncType
 from .vocabulary import is_workspace_id
-from .websocket import Framed
-from .ws_frames import binary_frame
+from .ws_frames import Framed, binary_frame
 from .yjs_format import UpdateFacts, decode_state_vector, split_update
 
 log = logging.getLogger(__name__)

@@ -50,10 +50,11 @@ from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.protocol import OPEN
 
 from .errors import error_response
 from .lingering import LingeringTransport
-from .ws_frames import ServerFrames, binary_frame
+from .ws_frames import Framed, ServerFrames, binary_frame
 
 FRAMES_EXTENSION = "collab.frames"
 READ_QUEUE_FRAMES = 32
@@ -223,24 +224,6 @@ class DelayQueue:
 def text_frame(text: str) -> bytes:
     """An unmasked, final text frame carrying ``text`` (UTF-8, RFC 6455 5.6)."""
     return binary_frame(text.encode(), 0x81)
-
-
-class Framed:
-    """Binary messages framed once for any number of receivers: ``wire`` holds their WebSocket
-    frames back to back (``binary_frame``; server frames are unmasked, so the bytes are the same
-    for every receiver, RFC 6455 5.1), ``messages`` the messages themselves, for a channel that
-    frames what it sends, ``payload_bytes`` their total size (counted once, not per receiver).
-    ``len()`` is the size of ``wire``."""
-
-    __slots__ = ("messages", "payload_bytes", "wire")
-
-    def __init__(self, messages: list[bytes], wire: bytes | None = None) -> None:
-        self.messages = messages
-        self.wire = b"".join(map(binary_frame, messages)) if wire is None else wire
-        self.payload_bytes = sum(map(len, messages))
-
-    def __len__(self) -> int:
-        return len(self.wire)
 
 
 class FrameWriter:
@@ -596,11 +579,12 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.conn.parser_exc is None:
             super().data_received(data)
 
-    def _parse(self, data: bytes | bytearray) -> None:
+    def _parse(self, data: bytes | bytearray, *, owned: bool = False) -> None:
         """Parse ``data`` ``PARSE_BYTES`` at a time until ``TURN_FRAMES`` frames came out of it (or
         the application's queue is full), and keep the rest for a later turn of the loop: the next
         one, or, when the queue is full, once the application has taken what it holds. A large
-        frame is parsed in one turn; tens of thousands of tiny ones are not."""
+        frame is parsed in one turn; tens of thousands of tiny ones are not. ``owned``: ``data``
+        is this protocol's own buffer (``_unparsed``), kept and trimmed instead of copied."""
         view = memoryview(data)
         start = 0
         self._frames_this_turn = 0
@@ -613,7 +597,12 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         finally:
             del self._frames_this_turn  # back to the class's None
         if start < len(view):
-            self._unparsed = bytearray(view[start:])
+            if owned and isinstance(data, bytearray):  # left by an earlier turn: trimmed in place
+                view.release()
+                del data[:start]
+                self._unparsed = data
+            else:
+                self._unparsed = bytearray(view[start:])
             self.transport.pause_reading()
             if not self.read_paused:
                 self.loop.call_soon(self._parse_more)
@@ -628,7 +617,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         if unparsed is None or self.read_paused or not self.accepted:  # parsed, queue full, or held
             return
         del self._unparsed  # back to the class's None
-        self._parse(unparsed)
+        self._parse(unparsed, owned=True)
         self._resume_reading()
 
     def _resume_reading(self) -> None:
@@ -669,6 +658,14 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
             else:
                 self._resume_reading()
         return message
+
+    def shutdown(self) -> None:
+        """The server stops: close with 1012 (uvicorn's), unless a close frame went out already,
+        the peer's echoed or one of a failure, which the application has not sent itself: then
+        the connection only ends (a second close frame would be refused with ``InvalidState``)."""
+        if self.handshake_complete and self.conn.state is not OPEN:
+            self.close_sent = True
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._parse_all()  # what the client sent before it left is the application's

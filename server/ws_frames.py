@@ -10,6 +10,9 @@ the state of a fragmented message. It keeps ``websockets``' rules and answers: t
 protocol error, 1009 for a frame over ``max_size``, 1007 for a close reason that is not UTF-8),
 the same frames written back (pongs, the echoed close), the same exceptions for a send in the
 wrong state (``InvalidState``); ``tests/unit/test_ws_frames.py`` holds it to that.
+
+Server frames are unmasked, so one message's frame is the same bytes for every receiver:
+``binary_frame`` writes one, ``Framed`` holds several framed once for any number of receivers.
 """
 
 from __future__ import annotations
@@ -278,3 +281,21 @@ class ServerFrames:
         """Write ``response``; the connection ends with it, nothing more is read."""
         self.writes.append(response.serialize())
         self._unparsed = None
+
+
+class Framed:
+    """Binary messages framed once for any number of receivers: ``wire`` holds their WebSocket
+    frames back to back (``binary_frame``; server frames are unmasked, so the bytes are the same
+    for every receiver, RFC 6455 5.1), ``messages`` the messages themselves, for a channel that
+    frames what it sends, ``payload_bytes`` their total size (counted once, not per receiver).
+    ``len()`` is the size of ``wire``."""
+
+    __slots__ = ("messages", "payload_bytes", "wire")
+
+    def __init__(self, messages: list[bytes], wire: bytes | None = None) -> None:
+        self.messages = messages
+        self.wire = b"".join(map(binary_frame, messages)) if wire is None else wire
+        self.payload_bytes = sum(map(len, messages))
+
+    def __len__(self) -> int:
+        return len(self.wire)

@@ -1,6 +1,6 @@
 """``server.room.Room``: the updates accepted in one turn of the event loop are relayed at its end,
 each as the message its client sent, in the order accepted, never back to their sender, framed
-once and written to each receiver in one piece (``server.websocket.Framed``)."""
+once and written to each receiver in one piece (``server.ws_frames.Framed``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from server import protocol
 from server.close_codes import CloseCode
 from server.connection import Connection
 from server.room import Room, RoomKey
-from server.websocket import Framed
-from server.ws_frames import binary_frame
+from server.ws_frames import Framed, binary_frame
 from server.yjs_format import check_update
 
 

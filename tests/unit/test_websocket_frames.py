@@ -22,6 +22,7 @@ from server.websocket import (
     text_frame,
 )
 from server.ws_frames import binary_frame
+from tests.support.rawframes import client_frame
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70_000])
@@ -213,6 +214,32 @@ def upgrade_headers() -> list[tuple[bytes, bytes]]:
         (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
         (b"sec-websocket-version", b"13"),
     ]
+
+
+async def test_a_server_stopping_after_the_peer_closed_ends_the_connection_without_a_second_close() -> None:
+    """The peer's close frame was answered (the echo is the server's close frame) and the transport
+    is closing when the server stops: the connection just ends; no second close frame is tried
+    (``InvalidState`` out of uvicorn's shutdown would leave the other connections open)."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    async def app(_scope: object, _receive: object, _send: object) -> None:
+        return None
+
+    config = uvicorn.Config(app=app, ws_ping_interval=None)
+    config.load()
+    protocol = CollabWebSocketProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    transport = UnreadTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.upgrade("GET", b"/ws", upgrade_headers(), "1.1")
+    await protocol.send({"type": "websocket.accept"})
+    written = transport.buffered
+    protocol.data_received(client_frame(0x8, (1000).to_bytes(2, "big")))
+    echoed = transport.buffered - written
+    protocol.shutdown()
+    assert echoed == 4  # the echo: header and code
+    assert transport.buffered - written == echoed  # nothing after it
+    assert transport.closing
 
 
 async def test_a_peer_that_never_answers_the_close_frame_is_aborted_when_data_is_unread() -> None:
