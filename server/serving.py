@@ -144,6 +144,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         protocol.adopt(self.transport, server=self.server, client=self.client, tls=self.scheme == "https")
         self.transport.set_protocol(protocol)
         protocol.upgrade(method, target, headers, http_version)
+        # This protocol is done with: its parser holds its callbacks (bound methods), a cycle that
+        # only the garbage collector would free, with everything the protocol holds.
+        self.parser = None  # type: ignore[assignment]
         if rest:
             protocol.data_received(rest)
 

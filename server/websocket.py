@@ -659,6 +659,13 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
                 self._resume_reading()
         return message
 
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        # The application is done with the connection. Its scope goes: the frame writer in it
+        # refers back to this protocol, a cycle that would leave a closed connection's objects
+        # to the garbage collector instead of freeing them as soon as the connection is lost.
+        self.scope = None  # type: ignore[assignment]
+
     def shutdown(self) -> None:
         """The server stops: close with 1012 (uvicorn's), unless a close frame went out already,
         the peer's echoed or one of a failure, which the application has not sent itself: then
