@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Row, Select, and_, delete, exists, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from .engine import translate_errors, writing
 from .errors import Conflict, NotFound
@@ -56,6 +58,18 @@ async def _member(conn: AsyncConnection, workspace_id: str, user_id: str) -> Mem
         )
     ).one_or_none()
     return Member(**row._mapping) if row else None
+
+
+def _with_roles(condition: ColumnElement[bool]) -> Select[Any]:
+    """The workspace's columns, then the ``role`` of each member matching ``condition`` (one row
+    per member; one row with a null role when none matches)."""
+    return select(workspaces, workspace_members.c.user_id, workspace_members.c.role).outerjoin(
+        workspace_members, and_(workspace_members.c.workspace_id == workspaces.c.id, condition)
+    )
+
+
+def _workspace_of(row: Row[Any]) -> Workspace:
+    return Workspace(row.id, row.name, row.visibility, row.owner_id, row.created_at, row.updated_at)
 
 
 class WorkspaceRepository:
@@ -200,6 +214,29 @@ class WorkspaceRepository:
             )
             await conn.execute(delete(documents).where(documents.c.id == document_id))
         return int(document_id)
+
+    @translate_errors
+    async def find_with_role(self, *, workspace_id: str, user_id: str) -> tuple[Workspace, str | None] | None:
+        """The workspace and ``user_id``'s role in it (None: not a member), in one query; None
+        when the workspace does not exist."""
+        query = _with_roles(workspace_members.c.user_id == user_id).where(workspaces.c.id == workspace_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else (_workspace_of(row), row.role)
+
+    @translate_errors
+    async def roster(
+        self, *, workspace_id: str, limit: int
+    ) -> tuple[Workspace, dict[str, str] | None] | None:
+        """The workspace and every member's role (user id -> role) in one query; the roles are
+        None when it has more than ``limit`` members. None when the workspace does not exist."""
+        query = _with_roles(true()).where(workspaces.c.id == workspace_id).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            return None
+        roles = {row.user_id: row.role for row in rows if row.user_id is not None}
+        return _workspace_of(rows[0]), (roles if len(rows) <= limit else None)
 
     @translate_errors
     async def member(self, *, workspace_id: str, user_id: str) -> Member | None:

@@ -30,19 +30,24 @@ class Access:
 
 
 async def resolve_access(store: Store, principal: Principal, workspace_id: str) -> Access:
-    """The caller's role in the workspace, read from the store (nothing is written).
-    Raises ``UnknownWorkspace`` or ``Forbidden``."""
-    workspace = await store.workspaces.find(workspace_id=workspace_id)
-    if workspace is None:
+    """The caller's role in the workspace, read from the store in one query (nothing is
+    written). Raises ``UnknownWorkspace`` or ``Forbidden``."""
+    found = await store.workspaces.find_with_role(workspace_id=workspace_id, user_id=principal.user_id)
+    if found is None:
         raise UnknownWorkspace(workspace_id)
-    member = await store.workspaces.member(workspace_id=workspace_id, user_id=principal.user_id)
+    return decide(principal, *found)
+
+
+def decide(principal: Principal, workspace: Workspace, role: str | None) -> Access:
+    """The rules above, for a principal whose stored role in ``workspace`` is ``role`` (None:
+    not a member). Raises ``Forbidden``."""
     if principal.role is GlobalRole.ADMIN:
-        return Access(workspace, Role.OWNER, member is not None)
-    if member is not None:
-        return Access(workspace, Role(member.role), True)
+        return Access(workspace, Role.OWNER, role is not None)
+    if role is not None:
+        return Access(workspace, Role(role), True)
     if principal.role is GlobalRole.SERVICE or workspace.visibility == Visibility.OPEN:
         return Access(workspace, Role.EDITOR)
-    raise Forbidden(f"workspace {workspace_id!r} is private and you are not a member")
+    raise Forbidden(f"workspace {workspace.id!r} is private and you are not a member")
 
 
 def require(access: Access, needed: Role) -> None:

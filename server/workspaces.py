@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -45,16 +46,21 @@ class WorkspaceEvents:
 
 class MemberAccess:
     """Members' access as ``WorkspaceService.open`` found it, so that a member's next connection
-    (reconnects, more documents, other tabs) reads nothing. Forgotten when the member's access
-    changes or the workspace is deleted (cluster commands, applied on every instance: the
-    ``Cluster`` is given this cache), entirely after a Redis outage (commands may have been
-    missed), and after ``SECONDS`` in any case."""
+    (reconnects, more documents, other tabs) reads nothing. The first member to connect to a
+    workspace reads every member's role with it (``store.workspaces.roster``, up to
+    ``ROSTER_LIMIT`` members), so that the others, connecting after a deploy or a network
+    outage, read nothing either; a workspace's roster is read at most once every ``SECONDS``.
+    Forgotten when the member's access changes or the workspace is deleted (cluster commands,
+    applied on every instance: the ``Cluster`` is given this cache), entirely after a Redis outage
+    (commands may have been missed), and after ``SECONDS`` in any case."""
 
     SECONDS = 60.0
     SIZE = 100_000
+    ROSTER_LIMIT = 1_000
 
     def __init__(self) -> None:
         self.entries: dict[tuple[str, str], tuple[float, Access]] = {}  # (workspace, user) -> (until, access)
+        self.rosters: dict[str, float] = {}  # workspace -> when its roster was last read (monotonic)
         self.version = 0  # counts changes: a read that overlapped one is not kept
 
     def get(self, workspace_id: str, user_id: str) -> Access | None:
@@ -67,7 +73,27 @@ class MemberAccess:
             return
         if len(self.entries) >= self.SIZE:
             self.entries.clear()
+            self.rosters.clear()
         self.entries[(workspace_id, user_id)] = (time.monotonic() + self.SECONDS, access)
+
+    def roster_due(self, workspace_id: str) -> bool:
+        """Whether the workspace's roster should be read: not read within ``SECONDS``. Answering
+        True counts as reading it now."""
+        now = time.monotonic()
+        if now - self.rosters.get(workspace_id, -math.inf) < self.SECONDS:
+            return False
+        self.rosters[workspace_id] = now
+        return True
+
+    def keep_roster(self, workspace: Workspace, roles: dict[str, str], version: int) -> None:
+        """Keep every member's access from a roster (user id -> role) read at ``version``."""
+        if version != self.version:
+            return
+        if len(self.entries) + len(roles) > self.SIZE:
+            self.entries.clear()
+        until = time.monotonic() + self.SECONDS
+        for user_id, role in roles.items():
+            self.entries[(workspace.id, user_id)] = (until, Access(workspace, Role(role), True))
 
     def forget(self, workspace_id: str, user_id: str | None) -> None:
         """A member's access changed (``user_id``), or the workspace was deleted (None)."""
@@ -75,12 +101,14 @@ class MemberAccess:
         if user_id is not None:
             self.entries.pop((workspace_id, user_id), None)
         else:
+            self.rosters.pop(workspace_id, None)
             for key in [key for key in self.entries if key[0] == workspace_id]:
                 del self.entries[key]
 
     def forget_all(self) -> None:
         self.version += 1
         self.entries.clear()
+        self.rosters.clear()
 
 
 class WorkspaceService:
@@ -108,6 +136,7 @@ class WorkspaceService:
         self.cluster = cluster
         self.member_access = member_access
         self._opening: dict[tuple[str, str], asyncio.Future[Access]] = {}  # reads under way, per member
+        self._rosters: dict[str, asyncio.Future[None]] = {}  # roster reads under way, per workspace
 
     @property
     def may_create(self) -> bool:
@@ -291,11 +320,31 @@ class WorkspaceService:
         return await asyncio.shield(opening)
 
     async def _read_access(self, principal: Principal, workspace_id: str) -> Access:
-        version = self.member_access.version
+        cache = self.member_access
+        roster = self._rosters.get(workspace_id)
+        if roster is None and cache.roster_due(workspace_id):
+            roster = self._rosters[workspace_id] = asyncio.ensure_future(self._read_roster(workspace_id))
+            roster.add_done_callback(lambda _: self._rosters.pop(workspace_id, None))
+        if roster is not None:  # read by the first member to connect, for every member
+            await asyncio.shield(roster)
+            cached = cache.get(workspace_id, principal.user_id)
+            if cached is not None:
+                return cached
+        version = cache.version
         access = await self._open(principal, workspace_id)
         if access.member:
-            self.member_access.keep(workspace_id, principal.user_id, access, version)
+            cache.keep(workspace_id, principal.user_id, access, version)
         return access
+
+    async def _read_roster(self, workspace_id: str) -> None:
+        version = self.member_access.version
+        found = await self.store.workspaces.roster(workspace_id=workspace_id, limit=MemberAccess.ROSTER_LIMIT)
+        if found is None:  # unknown: the next connection, once it exists, reads it again
+            self.member_access.rosters.pop(workspace_id, None)
+            return
+        workspace, roles = found
+        if roles is not None:
+            self.member_access.keep_roster(workspace, roles, version)
 
     async def _open(self, principal: Principal, workspace_id: str) -> Access:
         try:

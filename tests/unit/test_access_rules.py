@@ -7,6 +7,7 @@ The cast, in an ``open`` and a ``private`` workspace alike: alice (owner), bob (
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -546,3 +547,116 @@ async def test_create_makes_the_caller_owner_and_refuses_a_taken_id(world: World
     assert world.events.announced == [
         (workspace_id, "workspace_created", {"owner_id": "eve", "visibility": "private"})
     ]
+
+
+# -- members' access kept between connections (MemberAccess) ---------------------------------------
+
+
+class CountedReads:
+    """Counts the store reads that decide access: whole rosters, and one user's role."""
+
+    def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.rosters = 0
+        self.single = 0
+        repository = store.workspaces
+        roster, find_with_role = repository.roster, repository.find_with_role
+
+        async def counted_roster(**kwargs: Any) -> Any:
+            self.rosters += 1
+            return await roster(**kwargs)
+
+        async def counted_find_with_role(**kwargs: Any) -> Any:
+            self.single += 1
+            return await find_with_role(**kwargs)
+
+        monkeypatch.setattr(repository, "roster", counted_roster)
+        monkeypatch.setattr(repository, "find_with_role", counted_find_with_role)
+
+
+async def test_the_first_member_to_connect_reads_every_members_access(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = CountedReads(world.store, monkeypatch)
+    service = world.service()
+    workspace_id = world.private_id
+    roles = [(await service.open(PEOPLE[who], workspace_id)).role for who in ("alice", "bob", "carol")]
+    assert roles == [Role.OWNER, Role.EDITOR, Role.VIEWER]
+    assert (reads.rosters, reads.single) == (1, 0)
+    # Someone who is no member is read alone each time; the roster is not read again.
+    for _ in range(3):
+        with pytest.raises(Forbidden):
+            await service.open(PEOPLE["eve"], workspace_id)
+    assert (reads.rosters, reads.single) == (1, 3)
+
+
+async def test_members_connecting_at_once_share_one_roster_read(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = CountedReads(world.store, monkeypatch)
+    service = world.service()
+    who = ["alice", "bob", "carol"] * 3
+    accesses = await asyncio.gather(*(service.open(PEOPLE[name], world.open_id) for name in who))
+    assert [access.role for access in accesses] == [Role.OWNER, Role.EDITOR, Role.VIEWER] * 3
+    assert (reads.rosters, reads.single) == (1, 0)
+
+
+async def test_a_change_of_access_after_the_roster_was_read_is_followed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = CountedReads(world.store, monkeypatch)
+    service = world.service()
+    workspace_id = world.private_id
+    alice = await service.open(PEOPLE["alice"], workspace_id)
+    await service.set_member(alice, "bob", role="viewer", display_name=None)
+    await service.set_member(alice, "eve", role="editor", display_name=None)
+    await service.remove_member(alice, "carol")
+    assert (await service.open(PEOPLE["bob"], workspace_id)).role == Role.VIEWER
+    assert (await service.open(PEOPLE["eve"], workspace_id)).role == Role.EDITOR
+    with pytest.raises(Forbidden):
+        await service.open(PEOPLE["carol"], workspace_id)
+    assert (reads.rosters, reads.single) == (1, 3)
+
+
+async def test_a_roster_read_that_overlaps_a_change_of_access_is_not_kept(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = world.service()
+    workspace_id = world.private_id
+    repository = world.store.workspaces
+    roster = repository.roster
+
+    async def roster_then_bob_is_removed(**kwargs: Any) -> Any:
+        found = await roster(**kwargs)  # bob still an editor in what was read
+        await repository.remove_member(workspace_id=workspace_id, user_id="bob")
+        world.cluster.run(RevokeAccess(workspace_id, "bob"))
+        return found
+
+    monkeypatch.setattr(repository, "roster", roster_then_bob_is_removed)
+    assert (await service.open(PEOPLE["alice"], workspace_id)).role == Role.OWNER
+    with pytest.raises(Forbidden):
+        await service.open(PEOPLE["bob"], workspace_id)
+
+
+async def test_a_workspace_over_the_roster_limit_is_read_member_by_member(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(MemberAccess, "ROSTER_LIMIT", 2)  # three members
+    reads = CountedReads(world.store, monkeypatch)
+    service = world.service()
+    for _ in range(2):  # the second time from what was kept
+        for who in ("alice", "bob", "carol"):
+            await service.open(PEOPLE[who], world.open_id)
+    assert (reads.rosters, reads.single) == (1, 3)
+
+
+async def test_the_roster_of_an_unknown_workspace_is_read_once_it_exists(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = World(store, unknown_id(), unknown_id())
+    reads = CountedReads(store, monkeypatch)
+    service = world.service(auth=True, auto_create=True)
+    assert (await service.open(PEOPLE["eve"], world.open_id)).role == Role.OWNER  # creates it
+    await store.workspaces.set_member(workspace_id=world.open_id, user_id="bob", role="viewer")
+    assert (await service.open(PEOPLE["bob"], world.open_id)).role == Role.VIEWER
+    assert (await service.open(PEOPLE["eve"], world.open_id)).role == Role.OWNER
+    assert reads.rosters == 2
