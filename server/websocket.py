@@ -7,8 +7,10 @@ Sending a frame through ASGI costs a message dict, a coroutine, the ``websockets
 and its output buffer, for every frame and every receiver. Server frames are unmasked, so a data
 frame (binary, or text: the JSON event channel's messages) is a two-to-ten-byte header and the
 payload: ``FrameWriter`` (offered to the application in ``scope["extensions"]["collab.frames"]``)
-writes it to the transport at once. Everything else (handshake, pings, close) goes the ordinary
-way, through the same transport, in order.
+writes the frames of one turn of the event loop in one transport write at the end of the turn.
+The 101 answering the upgrade goes out with them: a joining client's 101 and its room's sync step 1
+are one system call, not two. Everything else (pings, close) goes the ordinary way, through the same
+transport, in order: whatever is written or closed that way first writes a 101 still held.
 
 Received frames are queued for the application as uvicorn does, but reading from the socket pauses
 only when ``READ_QUEUE_FRAMES`` frames wait or a large one (``READ_QUEUE_LARGE`` bytes) arrives, not
@@ -41,7 +43,7 @@ import random
 import struct
 import weakref
 from collections.abc import Callable
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 from urllib.parse import unquote
 
 import httptools
@@ -232,13 +234,25 @@ class FrameWriter:
     write at the end of that turn (``flush``): one system call for a whole batch of events or
     updates to this connection, not one per frame."""
 
-    __slots__ = ("_loop", "_pending", "_protocol", "writable")
+    __slots__ = ("_head", "_loop", "_pending", "_protocol", "writable")
 
     def __init__(self, protocol: CollabWebSocketProtocol) -> None:
         self._protocol = protocol
-        self._loop = asyncio.get_running_loop()
+        self._loop = protocol.loop
         self._pending: list[bytes] | None = None
+        self._head = False  # the first pending item is the 101
         self.writable: Gate = protocol.writable  # closed while the transport is paused
+
+    def write_head(self, head: bytes) -> None:
+        """Write ``head``, the 101 answering the upgrade, at the end of this turn ahead of the
+        frames written in it: the answer and the first messages (a room's sync step 1) go out in
+        one system call. The protocol is told once it is written (``head_written``)."""
+        if self._pending is None:
+            self._pending = [head]
+            self._loop.call_soon(self.flush)
+        else:
+            self._pending.insert(0, head)
+        self._head = True
 
     def write(self, payload: bytes | str | Framed) -> bool:
         """Write ``payload`` as one frame (binary; text for a ``str``; ``Framed`` as framed), at
@@ -270,8 +284,13 @@ class FrameWriter:
         """Write the frames of this turn now (before anything else is sent the ordinary way, such
         as a close frame, so that nothing overtakes them)."""
         pending, self._pending = self._pending, None
-        if pending and not self._protocol.transport.is_closing():
-            self._protocol.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        protocol = self._protocol
+        if not pending or protocol.transport.is_closing():
+            return
+        protocol.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if self._head:
+            self._head = False
+            protocol.head_written()
 
 
 # -- the opening handshake (RFC 6455 section 4.2) ----------------------------------------------------
@@ -547,11 +566,25 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.logger.isEnabledFor(logging.DEBUG):
             for line in response.decode("latin-1").split("\r\n")[:-2]:
                 self.logger.debug("> %s", line)
-        self.handshake_complete = self.accepted = True
-        self.transport.write(response)
+        self.handshake_complete = True
+        self._frame_writer().write_head(response)
+
+    def head_written(self) -> None:
+        """The 101 is written (``FrameWriter.flush``): frames are read from here on, and the
+        keepalive pings start."""
+        self.accepted = True
         self.start_keepalive()
         if self._unparsed is not None:  # frames that came with or after the request: now, in order
             self.loop.call_soon(self._parse_more)
+
+    def _write_held(self) -> None:
+        """Write the 101 now if it is still held for the end of the turn, with the frames written
+        since: something is about to be written (or the connection closed) the ordinary way."""
+        if self.handshake_complete and not self.accepted and self.scope is not None:
+            self._frame_writer().flush()
+
+    def _frame_writer(self) -> FrameWriter:
+        return cast(FrameWriter, self.scope["extensions"][FRAMES_EXTENSION])
 
     # Bytes received but not parsed yet (see the module docstring); a class attribute until needed,
     # so an idle connection holds no slot for it. While it is set, reading is paused.
@@ -562,10 +595,10 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._unparsed is not None:  # reading is paused while it is set; should a read come, in order
             self._unparsed += data
         elif not self.accepted:
-            # Before the 101 (a client should wait for it, RFC 6455 section 4.1): held, unparsed and
-            # unanswered, with reading paused, until the application accepts; dropped once it
-            # refused (the refusal's close lingers).
-            if not self.handshake_complete:
+            # Before the 101 is written (a client should wait for it, RFC 6455 section 4.1): held,
+            # unparsed and unanswered, with reading paused, until it is; dropped once the
+            # application refused (the refusal's close lingers).
+            if not self.close_sent and self.initial_response is None:
                 self._unparsed = bytearray(data)
                 self.transport.pause_reading()
         elif len(data) <= PARSE_BYTES:
@@ -659,6 +692,26 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
                 self._resume_reading()
         return message
 
+    async def run_asgi(self) -> None:
+        """uvicorn's, except that a 101 still held for the end of the turn (``FrameWriter``) is
+        written before the connection is closed when the application returns or fails."""
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        self._write_held()
+        if self.close_timer is None:
+            self.transport.close()
+
     def on_task_complete(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         # The application is done with the connection. Its scope goes: the frame writer in it
@@ -672,6 +725,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         the connection only ends (a second close frame would be refused with ``InvalidState``)."""
         if self.handshake_complete and self.conn.state is not OPEN:
             self.close_sent = True
+        self._write_held()
         super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -733,6 +787,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
             if not self.transport.is_closing():
                 self._write_accept(message)
         else:
+            self._write_held()
             await super().send(message)
         if message["type"] == "websocket.close":
             self._parse_all()  # its frames are dropped; the peer's close reply is awaited

@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
+from typing import Any
 
 import pytest
+from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 
 from server.websocket import (
+    FRAMES_EXTENSION,
     PARSE_BYTES,
     READ_QUEUE_FRAMES,
     CollabWebSocketProtocol,
@@ -23,6 +26,7 @@ from server.websocket import (
 )
 from server.ws_frames import binary_frame
 from tests.support.rawframes import client_frame
+from tests.support.wait import wait_until
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70_000])
@@ -223,20 +227,24 @@ async def test_a_server_stopping_after_the_peer_closed_ends_the_connection_witho
     import uvicorn
     from uvicorn.server import ServerState
 
-    async def app(_scope: object, _receive: object, _send: object) -> None:
-        return None
+    async def app(_scope: object, _receive: object, _send: object) -> None:  # the test plays its part
+        await asyncio.Event().wait()
 
     config = uvicorn.Config(app=app, ws_ping_interval=None)
     config.load()
-    protocol = CollabWebSocketProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    state = ServerState()
+    protocol = CollabWebSocketProtocol(config, state, {}, _loop=asyncio.get_running_loop())
     transport = UnreadTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     protocol.upgrade("GET", b"/ws", upgrade_headers(), "1.1")
     await protocol.send({"type": "websocket.accept"})
+    await wait_until(lambda: protocol.accepted)  # the 101 is written at the end of the turn
     written = transport.buffered
     protocol.data_received(client_frame(0x8, (1000).to_bytes(2, "big")))
     echoed = transport.buffered - written
     protocol.shutdown()
+    for task in state.tasks:
+        task.cancel()
     assert echoed == 4  # the echo: header and code
     assert transport.buffered - written == echoed  # nothing after it
     assert transport.closing
@@ -301,6 +309,7 @@ async def accepted_protocol(transport: UnreadTransport) -> CollabWebSocketProtoc
     protocol.connection_made(transport)  # type: ignore[arg-type]
     protocol.upgrade("GET", b"/ws", upgrade_headers(), "1.1")
     await protocol.send({"type": "websocket.accept"})
+    await wait_until(lambda: protocol.accepted)  # the 101 is written at the end of the turn
     assert (await protocol.receive())["type"] == "websocket.connect"
     return protocol
 
@@ -373,3 +382,85 @@ async def test_a_large_frame_in_one_read_is_parsed_in_one_turn() -> None:
     protocol.data_received(Frame(Opcode.BINARY, payload).serialize(mask=True, extensions=[]))
     assert protocol._unparsed is None and protocol.queue.qsize() == 1
     assert (await protocol.receive())["bytes"] == payload  # type: ignore[typeddict-item]
+
+
+class RecordingTransport(UnreadTransport):
+    """``UnreadTransport`` that keeps each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.writes.append(bytes(data))
+
+
+async def upgraded(app: Any) -> tuple[CollabWebSocketProtocol, RecordingTransport, ServerState]:
+    """A ``CollabWebSocketProtocol`` running ``app`` for an upgrade request, on a recording transport."""
+    import uvicorn
+
+    config = uvicorn.Config(app=app, ws_ping_interval=None)
+    config.load()
+    state = ServerState()
+    protocol = CollabWebSocketProtocol(config, state, {}, _loop=asyncio.get_running_loop())
+    transport = RecordingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.upgrade("GET", b"/ws", upgrade_headers(), "1.1")
+    return protocol, transport, state
+
+
+async def test_the_101_and_the_frames_written_in_its_turn_go_out_in_one_write() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        frames = scope["extensions"][FRAMES_EXTENSION]
+        assert frames.write(b"\x00\x00\x01\x00") and frames.write("hello")  # sync step 1, then text
+        await asyncio.Event().wait()
+
+    protocol, transport, state = await upgraded(app)
+    await wait_until(lambda: protocol.accepted)
+    assert len(transport.writes) == 1
+    head, _, frames = transport.writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert frames == binary_frame(b"\x00\x00\x01\x00") + text_frame("hello")
+    for task in state.tasks:
+        task.cancel()
+
+
+@pytest.mark.parametrize("then", ["close", "send", "return", "raise", "shutdown"])
+async def test_what_follows_the_accept_in_its_turn_never_overtakes_the_101(then: str) -> None:
+    """Whatever comes after the accept in the same turn of the loop (a close or a frame sent the
+    ASGI way, the application returning or failing, the server stopping) finds the 101 written
+    before it."""
+
+    async def app(_scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        if then == "close":
+            await send({"type": "websocket.close", "code": 4000, "reason": "bye"})
+        elif then == "send":
+            await send({"type": "websocket.send", "bytes": b"\x01"})
+        elif then == "raise":
+            raise RuntimeError("a fault of the application's")
+        elif then == "shutdown":
+            protocol.shutdown()
+        if then in ("close", "send", "shutdown"):
+            await asyncio.Event().wait()
+
+    protocol, transport, state = await upgraded(app)
+    ends = then in ("return", "raise")  # the connection is closed after the 101
+    await wait_until(lambda: transport.closing if ends else len(transport.writes) == 2)
+    sent = b"".join(transport.writes)
+    assert sent.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), sent
+    after = sent.partition(b"\r\n\r\n")[2]
+    expected = {
+        "close": b"\x88\x05" + (4000).to_bytes(2, "big") + b"bye",
+        "send": binary_frame(b"\x01"),
+        "return": b"",
+        "raise": b"",
+        "shutdown": b"\x88\x02" + (1012).to_bytes(2, "big"),
+    }[then]
+    assert after == expected
+    for task in state.tasks:
+        task.cancel()
