@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import unquote
 
 import jwt
 
@@ -163,6 +163,17 @@ def guest() -> Principal:
     return Principal(user_id=f"guest-{suffix}", name=f"Guest {suffix}", guest=True)
 
 
+def query_parameter(query: bytes, name: str) -> str | None:
+    """The first non-empty value of ``name`` in a query string, decoded as ``parse_qs`` decodes
+    it (``&``-separated fields, ``+`` as a space, percent-escapes as UTF-8; fields without ``=`` or
+    without a value ignored), without decoding the other fields."""
+    for field in query.decode("latin-1").split("&"):
+        key, equals, value = field.partition("=")
+        if equals and value and unquote(key.replace("+", " ")) == name:
+            return unquote(value.replace("+", " "))
+    return None
+
+
 def token_from_scope(scope: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """The token of an HTTP or WebSocket request, and the subprotocol to accept if it came that way.
 
@@ -174,9 +185,9 @@ def token_from_scope(scope: Mapping[str, Any]) -> tuple[str | None, str | None]:
             scheme, _, credentials = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and credentials.strip():
                 return credentials.strip(), None
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    if query.get("token"):
-        return query["token"][0], None
+    token = query_parameter(scope.get("query_string", b""), "token")
+    if token:
+        return token, None
     subprotocols: list[str] = scope.get("subprotocols") or []
     if BEARER_SUBPROTOCOL in subprotocols:
         index = subprotocols.index(BEARER_SUBPROTOCOL)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -240,6 +240,19 @@ def publish_fanout_latencies() -> None:
         FANOUT_LATENCY.observe(latency)
 
 
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _labelled(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once (``labels`` takes a lock and builds its key at
+    every call: once per connection, a visible share of a join's time)."""
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
 class connection_span:
     """An accepted WebSocket connection, from accept to close: the connection gauges, and one log
     line as it opens and one as it closes, with the connection id, the endpoint (``sync`` for a
@@ -257,7 +270,7 @@ class connection_span:
         self.started = 0.0
 
     def __enter__(self) -> None:
-        CONNECTIONS_OPENED.labels(self.endpoint).inc()
+        _labelled(CONNECTIONS_OPENED, self.endpoint).inc()
         log.info(
             "WebSocket connection %s opened: %s%s user=%s",
             self.conn.id,
@@ -270,7 +283,7 @@ class connection_span:
     def __exit__(self, *exc_info: object) -> None:
         conn = self.conn
         code = conn.close_code.code if conn.close_code is not None else None
-        CONNECTIONS_CLOSED.labels(self.endpoint, str(code)).inc()
+        _labelled(CONNECTIONS_CLOSED, self.endpoint, str(code)).inc()
         log.info(
             "WebSocket connection %s closed: %s%s user=%s duration=%.1fs code=%s",
             conn.id,
