@@ -34,7 +34,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
     import uvicorn
 
     from .logs import quiet_refusals
-    from .serving import server_options
+    from .serving import server_options, trust_proxies
 
     options: dict[str, Any] = {
         "host": settings.host,
@@ -53,6 +53,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
     }
     options.update(overrides)
     config = uvicorn.Config(app, **options)
+    trust_proxies(config)
     quiet_refusals()
     return config
 

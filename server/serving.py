@@ -25,11 +25,13 @@ import asyncio
 import logging
 import socket
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, cast
 
 import httptools
 import uvicorn
+from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .config import Settings
@@ -138,7 +140,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     ) -> None:
         self.connections.discard(self)
         protocol = self.ws_protocol_class(  # type: ignore[call-arg, misc]
-            config=self.config, server_state=self.server_state, app_state=self.app_state
+            config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=self.loop
         )
         assert isinstance(protocol, CollabWebSocketProtocol)
         protocol.adopt(self.transport, server=self.server, client=self.client, tls=self.scheme == "https")
@@ -256,6 +258,42 @@ def guarded_http(settings: Settings) -> type[GuardedHttpProtocol]:
     )
 
 
+class ProxyHeaders(ProxyHeadersMiddleware):
+    """uvicorn's ``ProxyHeadersMiddleware`` (the client's address and scheme from
+    ``X-Forwarded-For`` and ``X-Forwarded-Proto`` when the peer is one of ``FORWARDED_ALLOW_IPS``),
+    returning the application's coroutine instead of awaiting it: no coroutine and frame of its own
+    for as long as each WebSocket lives, nor one more frame to resume at every message."""
+
+    def __call__(  # type: ignore[override]
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> Awaitable[None]:
+        if scope["type"] != "lifespan":
+            self._rewrite(cast(MutableMapping[str, Any], scope))
+        return self.app(scope, receive, send)
+
+    def _rewrite(self, scope: MutableMapping[str, Any]) -> None:
+        client = scope.get("client")
+        if (client[0] if client else None) not in self.trusted_hosts:
+            return
+        proto: bytes | None = None
+        forwarded_for: list[bytes] = []
+        for name, value in scope["headers"]:
+            if name == b"x-forwarded-proto":
+                proto = value
+            elif name == b"x-forwarded-for":
+                forwarded_for.append(value)
+        if proto is not None:
+            scheme = proto.decode("latin1").strip()
+            if scheme in {"http", "https", "ws", "wss"}:
+                scope["scheme"] = scheme.replace("http", "ws") if scope["type"] == "websocket" else scheme
+        if forwarded_for:
+            host, port = self.trusted_hosts.get_trusted_client_address(
+                b", ".join(forwarded_for).decode("latin1")
+            )
+            if host:  # an empty X-Forwarded-For leaves the client as it is
+                scope["client"] = (host, port)
+
+
 class DrainingServer(uvicorn.Server):
     """See the module docstring. ``drain(timeout)`` is the app's (``CollaborationApp.drain``)."""
 
@@ -280,4 +318,13 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "http": guarded_http(settings),
         "ws": CollabWebSocketProtocol,
         "timeout_graceful_shutdown": settings.shutdown_timeout,
+        "interface": "asgi3",  # the application's ``__call__`` returns its coroutine (``ProxyHeaders``)
     }
+
+
+def trust_proxies(config: uvicorn.Config) -> None:
+    """Have ``ProxyHeaders`` do what uvicorn's own middleware would (``proxy_headers``, on by
+    default, trusting ``FORWARDED_ALLOW_IPS``)."""
+    if config.proxy_headers:
+        config.app = ProxyHeaders(cast(Any, config.app), trusted_hosts=config.forwarded_allow_ips)
+        config.proxy_headers = False

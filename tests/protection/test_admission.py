@@ -116,6 +116,20 @@ async def test_connections_per_address_are_bounded_and_other_addresses_are_not(
                 assert isinstance(frame, bytes)
 
 
+async def test_behind_a_trusted_proxy_the_forwarded_address_is_the_clients(
+    make_settings: SettingsFactory, workspace: str
+) -> None:
+    """The proxy (127.0.0.1, trusted by default: ``FORWARDED_ALLOW_IPS``) forwards two clients:
+    each has its own share of connections; a client the proxy forwards twice has not."""
+    async with run_server(make_settings(max_connections_per_ip=1)) as server:
+        url = server.doc_url(workspace)
+        alice = {"additional_headers": {"X-Forwarded-For": "203.0.113.7"}}
+        bob = {"additional_headers": {"X-Forwarded-For": "198.51.100.2"}}
+        async with raw_client(url, **alice), raw_client(url, **bob):
+            status, body, _ = await refusal_of(url, **alice)
+            assert (status, body["error"]["code"]) == (429, "too_many_connections")
+
+
 async def test_connection_attempts_per_address_are_rate_limited(
     make_settings: SettingsFactory, workspace: str
 ) -> None:
