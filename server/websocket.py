@@ -70,7 +70,9 @@ T = TypeVar("T")
 
 class Inbox(Generic[T]):
     """The part of ``asyncio.Queue`` uvicorn's WebSocket protocol uses (``put_nowait``, ``get``,
-    ``qsize``, ``empty``), unbounded, for one reader at a time: its ASGI ``receive``."""
+    ``qsize``, ``empty``), unbounded, for one reader at a time: its ASGI ``receive``, which waits
+    on ``wait()`` and takes with ``get_nowait()`` so that no coroutine of the queue's own sits in
+    every connection's chain of suspended coroutines."""
 
     __slots__ = ("_head", "_items", "_waiter")
 
@@ -82,20 +84,30 @@ class Inbox(Generic[T]):
     def put_nowait(self, item: T) -> None:
         self._items.append(item)
         waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future done once an item is put. RuntimeError if another reader is waiting."""
+        waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            raise RuntimeError("Inbox: another reader is already waiting")
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
 
     async def get(self) -> T:
         """The oldest item, waiting for one. RuntimeError if another ``get`` is waiting."""
         while self._head == len(self._items):
-            if self._waiter is not None:
-                raise RuntimeError("Inbox.get: another reader is already waiting")
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self.wait()
+        return self.get_nowait()
+
+    def get_nowait(self) -> T:
+        """The oldest item; IndexError when there is none."""
         items, head = self._items, self._head
+        if head == len(items):
+            raise IndexError("Inbox.get_nowait: empty")
         item = items[head]
         head += 1
         if head == len(items):
@@ -361,6 +373,24 @@ def path_and_query(target: bytes) -> tuple[bytes, bytes] | None:
     return (path, url.query or b"") if path.startswith(b"/") else None
 
 
+class _RequestHead:
+    """httptools' callbacks for one request head: its target and fields (names lowercase)."""
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
 _LOGGER = logging.getLogger("uvicorn.error")
 # The parts of a connection's ASGI scope that are the same for every connection, shared between
 # them: the service's application and middleware only read them.
@@ -472,6 +502,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         self.frames: list[bytes] = []
         self.curr_msg_data_type = "bytes"
         self.request = self.response = None  # type: ignore[assignment]  # websockets' objects: none here
+        self.scope = None  # type: ignore[assignment]  # until the upgrade is taken (and once the app is done)
         self._accept: bytes = b""  # Sec-WebSocket-Accept, once the request is checked
         self.accepted = False  # the 101 is written: frames are parsed from here on
 
@@ -541,6 +572,24 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         task.add_done_callback(self.on_task_complete)
         self.tasks.add(task)
 
+    def _upgrade_from(self, request: bytes) -> None:
+        """Take over an upgrade request written out again by uvicorn's own HTTP protocol (run as
+        ``uvicorn --ws server.websocket:CollabWebSocketProtocol`` without ``serving``'s HTTP
+        protocol, which hands over the request it parsed instead)."""
+        head = _RequestHead()
+        parser = httptools.HttpRequestParser(head)
+        try:
+            parser.feed_data(request)
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError:
+            head.complete = False
+        if not head.complete:
+            self.handshake_initiated = True
+            self._refuse_upgrade(Refusal(400, "bad_request", "the request is not valid HTTP/1.1"))
+            return
+        self.upgrade(parser.get_method().decode("latin-1"), head.url, head.headers, parser.get_http_version())
+
     def _refuse_upgrade(self, refusal: Refusal) -> None:
         self.logger.info("refused a WebSocket upgrade: %d %s", refusal.status, refusal.message)
         self.handshake_complete = self.close_sent = True
@@ -580,7 +629,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
     def _write_held(self) -> None:
         """Write the 101 now if it is still held for the end of the turn, with the frames written
         since: something is about to be written (or the connection closed) the ordinary way."""
-        if self.handshake_complete and not self.accepted and self.scope is not None:
+        if self.handshake_complete and not self.accepted and not self.close_sent and self.scope is not None:
             self._frame_writer().flush()
 
     def _frame_writer(self) -> FrameWriter:
@@ -592,6 +641,9 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
     _frames_this_turn: int | None = None  # counted while ``_parse`` runs
 
     def data_received(self, data: bytes) -> None:
+        if not self.handshake_initiated:  # handed over by uvicorn's own HTTP protocol: the request
+            self._upgrade_from(data)
+            return
         if self._unparsed is not None:  # reading is paused while it is set; should a read come, in order
             self._unparsed += data
         elif not self.accepted:
@@ -682,7 +734,10 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.feed(bytes(unparsed))
 
     async def receive(self) -> ASGIReceiveEvent:
-        message = await self.queue.get()
+        queue: Inbox[ASGIReceiveEvent] = self.queue
+        while queue.empty():
+            await queue.wait()
+        message = queue.get_nowait()
         if self.read_paused and self.queue.empty():
             self.read_paused = False
             if self._unparsed is not None:

@@ -88,8 +88,14 @@ async def test_production_logs_json_with_connection_lines_and_no_secret(
     assert not any(e["level"] == "ERROR" for e in entries), [e for e in entries if e["level"] == "ERROR"]
 
 
+@pytest.mark.parametrize(
+    "ws",
+    # uvicorn's own protocol, and the service's as the README runs it: handed the request by
+    # uvicorn's own HTTP protocol, written out again
+    ["websockets-sansio", "server.websocket:CollabWebSocketProtocol"],
+)
 async def test_uvicorn_command_logs_the_same_format_and_debug_is_the_services(
-    tmp_path: Path, workspace: str
+    tmp_path: Path, workspace: str, ws: str
 ) -> None:
     port = free_port()
     log_path = tmp_path / "uvicorn.log"
@@ -109,7 +115,7 @@ async def test_uvicorn_command_logs_the_same_format_and_debug_is_the_services(
                 "--port",
                 str(port),
                 "--ws",
-                "websockets-sansio",
+                ws,
             ],
             cwd=ROOT,
             env=env,

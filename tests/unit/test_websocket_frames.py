@@ -464,3 +464,27 @@ async def test_what_follows_the_accept_in_its_turn_never_overtakes_the_101(then:
     assert after == expected
     for task in state.tasks:
         task.cancel()
+
+
+async def test_a_server_stopping_while_a_refused_upgrade_lingers_stops_cleanly() -> None:
+    """An upgrade the protocol refused itself (here a key that is not 16 bytes) never had a scope;
+    its connection lingers open for a while, and the server stopping then must not fail on it."""
+
+    async def app(_scope: Any, _receive: Any, _send: Any) -> None:
+        raise AssertionError("a refused upgrade never reaches the application")
+
+    import uvicorn
+
+    config = uvicorn.Config(app=app, ws_ping_interval=None)
+    config.load()
+    protocol = CollabWebSocketProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    transport = RecordingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    headers = [
+        (b"sec-websocket-key", b"c2hvcnQ=") if name == b"sec-websocket-key" else (name, value)
+        for name, value in upgrade_headers()
+    ]
+    protocol.upgrade("GET", b"/ws", headers, "1.1")
+    assert transport.writes[0].startswith(b"HTTP/1.1 400 ")
+    protocol.shutdown()
+    assert len(transport.writes) == 1 and transport.closing
