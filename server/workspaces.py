@@ -11,7 +11,8 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any
+from collections.abc import Coroutine, Hashable
+from typing import Any, TypeVar
 
 from crdt_store import Conflict, DocumentInfo, Member, Store, Workspace
 
@@ -28,6 +29,7 @@ from .vocabulary import Role, Visibility
 __all__ = ["DocumentInfo", "Member", "Workspace", "WorkspaceEvents", "WorkspaceService"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class WorkspaceEvents:
@@ -82,6 +84,8 @@ class MemberAccess:
         now = time.monotonic()
         if now - self.rosters.get(workspace_id, -math.inf) < self.SECONDS:
             return False
+        if len(self.rosters) >= self.SIZE:
+            self.rosters.clear()
         self.rosters[workspace_id] = now
         return True
 
@@ -91,6 +95,7 @@ class MemberAccess:
             return
         if len(self.entries) + len(roles) > self.SIZE:
             self.entries.clear()
+            self.rosters.clear()
         until = time.monotonic() + self.SECONDS
         for user_id, role in roles.items():
             self.entries[(workspace.id, user_id)] = (until, Access(workspace, Role(role), True))
@@ -109,6 +114,33 @@ class MemberAccess:
         self.version += 1
         self.entries.clear()
         self.rosters.clear()
+
+
+class SharedReads:
+    """Reads of access under way, shared by the connections that need the same one at once, but
+    only while no access changed since the read began (``MemberAccess.version``): a connection
+    opened after a change of access returned is never answered by a read from before it."""
+
+    def __init__(self, member_access: MemberAccess) -> None:
+        self.member_access = member_access
+        self._reads: dict[Hashable, tuple[int, asyncio.Future[Any]]] = {}
+
+    def current(self, key: Hashable) -> asyncio.Future[Any] | None:
+        """The read of ``key`` under way, if it began after the last change of access."""
+        entry = self._reads.get(key)
+        return entry[1] if entry is not None and entry[0] == self.member_access.version else None
+
+    def start(self, key: Hashable, read: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        future = asyncio.ensure_future(read)
+        self._reads[key] = (self.member_access.version, future)
+
+        def done(_: object) -> None:
+            entry = self._reads.get(key)
+            if entry is not None and entry[1] is future:
+                del self._reads[key]
+
+        future.add_done_callback(done)
+        return future
 
 
 class WorkspaceService:
@@ -135,8 +167,7 @@ class WorkspaceService:
         self.events = events
         self.cluster = cluster
         self.member_access = member_access
-        self._opening: dict[tuple[str, str], asyncio.Future[Access]] = {}  # reads under way, per member
-        self._rosters: dict[str, asyncio.Future[None]] = {}  # roster reads under way, per workspace
+        self._reads = SharedReads(member_access)  # per member (workspace, user), per roster (workspace)
 
     @property
     def may_create(self) -> bool:
@@ -311,20 +342,17 @@ class WorkspaceService:
         if cached is not None:
             return cached
         # One read per member at once: a user whose tabs all reconnect together waits for one.
-        opening = self._opening.get(key)
-        if opening is None:
-            opening = asyncio.ensure_future(self._read_access(principal, workspace_id))
-            self._opening[key] = opening
-            opening.add_done_callback(lambda _: self._opening.pop(key, None))
+        opening = self._reads.current(key) or self._reads.start(
+            key, self._read_access(principal, workspace_id)
+        )
         # shield: one waiter leaving (its client went away) must not cancel the others' read.
         return await asyncio.shield(opening)
 
     async def _read_access(self, principal: Principal, workspace_id: str) -> Access:
         cache = self.member_access
-        roster = self._rosters.get(workspace_id)
+        roster = self._reads.current(workspace_id)
         if roster is None and cache.roster_due(workspace_id):
-            roster = self._rosters[workspace_id] = asyncio.ensure_future(self._read_roster(workspace_id))
-            roster.add_done_callback(lambda _: self._rosters.pop(workspace_id, None))
+            roster = self._reads.start(workspace_id, self._read_roster(workspace_id))
         if roster is not None:  # read by the first member to connect, for every member
             await asyncio.shield(roster)
             cached = cache.get(workspace_id, principal.user_id)

@@ -660,3 +660,40 @@ async def test_the_roster_of_an_unknown_workspace_is_read_once_it_exists(
     assert (await service.open(PEOPLE["bob"], world.open_id)).role == Role.VIEWER
     assert (await service.open(PEOPLE["eve"], world.open_id)).role == Role.OWNER
     assert reads.rosters == 2
+
+
+async def test_a_connection_opened_after_a_change_of_access_is_not_answered_by_a_read_from_before_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(MemberAccess, "ROSTER_LIMIT", 0)  # every member read alone
+    service = world.service()
+    workspace_id = world.private_id
+    alice = await service.open(PEOPLE["alice"], workspace_id)
+    repository = world.store.workspaces
+    find_with_role = repository.find_with_role
+    in_flight, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_first_read(**kwargs: Any) -> Any:
+        found = await find_with_role(**kwargs)
+        if not in_flight.is_set():  # bob's first read: what it found is held until released
+            in_flight.set()
+            await release.wait()
+        return found
+
+    monkeypatch.setattr(repository, "find_with_role", slow_first_read)
+    before = asyncio.ensure_future(service.open(PEOPLE["bob"], workspace_id))
+    await asyncio.wait_for(in_flight.wait(), 5)
+    await service.remove_member(alice, "bob")
+    after = asyncio.ensure_future(service.open(PEOPLE["bob"], workspace_id))
+    with pytest.raises(Forbidden):
+        await asyncio.wait_for(asyncio.shield(after), 5)  # read anew, without waiting for the old read
+    release.set()
+    assert (await before).role == Role.EDITOR  # began before the change: as it was then
+
+
+def test_the_rosters_read_are_remembered_up_to_the_cache_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MemberAccess, "SIZE", 100)
+    cache = MemberAccess()
+    assert all(cache.roster_due(f"w-{n}") for n in range(1000))
+    assert len(cache.rosters) <= 100
+    assert not cache.roster_due("w-999")  # the latest are remembered
