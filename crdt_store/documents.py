@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import itertools
 from array import array
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -46,6 +46,7 @@ def _append_sql(dialect: Any) -> str:
 
 DELETE_CHUNK = 5_000  # row ids per DELETE statement
 CREATE_BATCH = 500  # documents created per INSERT (two parameters each)
+READ_BATCH = 200  # documents read together by loads asked for at once
 DocumentKey = tuple[str, str]  # workspace id, document path
 COMPACT_PAGE_ROWS = 1_000  # row ids and sizes listed per query while compacting
 COMPACT_CHUNK_BYTES = 1024 * 1024  # update bytes read and applied at once while compacting
@@ -220,32 +221,91 @@ async def _write_snapshot(
 
 async def _stored(conn: AsyncConnection, document_id: int) -> StoredDocument:
     """The stored state of an existing document: its snapshot, then its log's rows, oldest first."""
-    # The tail is read before the snapshot: a compaction committing in between moves rows from the
-    # tail into the snapshot, so reading in this order can only see a row twice (harmless: Yjs
+    return (await _stored_many(conn, [document_id]))[document_id]
+
+
+async def _stored_many(conn: AsyncConnection, document_ids: Sequence[int]) -> dict[int, StoredDocument]:
+    """``_stored`` of each document, in two queries for all of them."""
+    # The tails are read before the snapshots: a compaction committing in between moves rows from
+    # a tail into its snapshot, so reading in this order can only see a row twice (harmless: Yjs
     # updates are idempotent), never miss one.
-    tail = (
-        (
-            await conn.execute(
-                select(document_updates.c.data)
-                .where(document_updates.c.document_id == document_id)
-                .order_by(document_updates.c.id)
-            )
-        )
-        .scalars()
-        .all()
+    tails: dict[int, list[bytes]] = {document_id: [] for document_id in document_ids}
+    query = (
+        select(document_updates.c.document_id, document_updates.c.data)
+        .where(document_updates.c.document_id.in_(document_ids))
+        .order_by(document_updates.c.document_id, document_updates.c.id)
     )
-    snapshot = (
-        await conn.execute(
-            select(document_snapshots.c.state).where(document_snapshots.c.document_id == document_id)
-        )
-    ).scalar_one_or_none()
-    return StoredDocument(
-        id=document_id,
-        updates=([snapshot] if snapshot else []) + list(tail),
-        tail_count=len(tail),
-        tail_bytes=sum(len(u) for u in tail),
-        created=False,
+    for document_id, data in await conn.execute(query):
+        tails[document_id].append(data)
+    query = select(document_snapshots.c.document_id, document_snapshots.c.state).where(
+        document_snapshots.c.document_id.in_(document_ids)
     )
+    snapshots: dict[int, bytes] = {document_id: state for document_id, state in await conn.execute(query)}
+    stored = {}
+    for document_id, tail in tails.items():
+        snapshot = snapshots.get(document_id)
+        stored[document_id] = StoredDocument(
+            id=document_id,
+            updates=([snapshot] if snapshot else []) + tail,
+            tail_count=len(tail),
+            tail_bytes=sum(len(u) for u in tail),
+        )
+    return stored
+
+
+K = TypeVar("K")
+R = TypeVar("R")
+
+
+class Batches(Generic[K, R]):
+    """Requests for keys that come while a batch is being handled go together into the next one:
+    ``handle`` gets up to ``size`` keys, sorted, and returns each key's result or exception. The
+    first clients of a fresh server, or of a deploy, open many documents at once; one query (or
+    one ``INSERT``) for all of them costs little more than one for each."""
+
+    def __init__(
+        self, handle: Callable[[list[K]], Awaitable[dict[K, R | Exception]]], *, size: int, name: str
+    ) -> None:
+        self._handle = handle
+        self._size = size
+        self._name = name
+        self._waiting: dict[K, asyncio.Future[R]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def get(self, key: K) -> tuple[R, bool]:
+        """``key``'s result, and whether this call asked for it first (False: it joined another
+        caller's request). Cancelled, the request goes on; its outcome is nobody's to read."""
+        future = self._waiting.get(key)
+        first = future is None
+        if future is None:
+            future = self._waiting[key] = asyncio.get_running_loop().create_future()
+            if self._task is None:
+                self._task = asyncio.create_task(self._run(), name=self._name)
+        try:
+            return await asyncio.shield(future), first
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())
+            raise
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                keys = sorted(itertools.islice(self._waiting, self._size))  # type: ignore[type-var]
+                try:
+                    results = await self._handle(keys)
+                except Exception as exc:  # noqa: BLE001 - every waiter gets it (translated where it is awaited)
+                    results = dict.fromkeys(keys, exc)
+                for key in keys:
+                    future = self._waiting.pop(key)
+                    result = results[key]
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._task = None
 
 
 class DocumentRepository:
@@ -254,9 +314,13 @@ class DocumentRepository:
     def __init__(self, engine: AsyncEngine, worker: StateWorker | None = None) -> None:
         self.engine = engine
         self.worker = worker  # compaction's Yjs work runs in its process; None: in this one
-        # Documents waiting to be created (``_create``), and the task creating them.
-        self._to_create: dict[DocumentKey, asyncio.Future[tuple[int, bool]]] = {}
-        self._creating: asyncio.Task[None] | None = None
+        # Documents opened at once are read together, and those that do not exist created together.
+        self._reads: Batches[DocumentKey, StoredDocument | None] = Batches(
+            self._read, size=READ_BATCH, name="read-documents"
+        )
+        self._creations: Batches[DocumentKey, tuple[int, bool]] = Batches(
+            self._insert, size=CREATE_BATCH, name="create-documents"
+        )
 
     @translate_errors
     async def ensure(self, workspace_id: str, path: str) -> tuple[int, bool]:
@@ -272,44 +336,27 @@ class DocumentRepository:
     async def _create(self, workspace_id: str, path: str) -> tuple[int, bool]:
         """Create the document's row; its id, and whether this call created it (False when
         another caller or instance did). Documents asked for meanwhile are created together, in
-        one transaction and one multi-row ``INSERT`` (``CREATE_BATCH`` at a time): the first
-        clients of a fresh server, or of a deploy, open many new documents at once. ``NotFound``
-        when the workspace does not exist."""
-        key = (workspace_id, path)
-        future = self._to_create.get(key)
-        if future is not None:  # asked for by another caller: theirs to create
-            document_id, _ = await asyncio.shield(future)
-            return document_id, False
-        future = self._to_create[key] = asyncio.get_running_loop().create_future()
-        if self._creating is None:
-            self._creating = asyncio.create_task(self._create_waiting(), name="create-documents")
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:  # the creation goes on; its outcome is nobody's to read
-            future.add_done_callback(lambda done: done.cancelled() or done.exception())
-            raise
+        one transaction and one multi-row ``INSERT`` (``CREATE_BATCH`` at a time; sorted, so that
+        instances creating overlapping documents take their row locks in one order on PostgreSQL
+        and cannot deadlock). ``NotFound`` when the workspace does not exist."""
+        (document_id, created), first = await self._creations.get((workspace_id, path))
+        return document_id, created and first
 
-    async def _create_waiting(self) -> None:
-        try:
-            while self._to_create:
-                # Sorted: instances creating overlapping documents take their row locks in one
-                # order (PostgreSQL), so that two batches cannot deadlock.
-                keys = sorted(itertools.islice(self._to_create, CREATE_BATCH))
-                try:
-                    results = await self._insert(keys)
-                except Exception as exc:  # noqa: BLE001 - every waiter gets it (translated where it is awaited)
-                    results = dict.fromkeys(keys, exc)
-                for key in keys:
-                    future = self._to_create.pop(key)
-                    result = results[key]
-                    if future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-        finally:
-            self._creating = None
+    async def _read(self, keys: list[DocumentKey]) -> dict[DocumentKey, StoredDocument | Exception | None]:
+        """The stored state of each of ``keys`` (None: it does not exist), on one connection."""
+        found: dict[DocumentKey, int] = {}
+        async with self.engine.connect() as conn:
+            by_workspace: dict[str, list[str]] = {}
+            for workspace_id, path in keys:
+                by_workspace.setdefault(workspace_id, []).append(path)
+            for workspace_id, paths in by_workspace.items():
+                query = select(documents.c.id, documents.c.path).where(
+                    documents.c.workspace_id == workspace_id, documents.c.path.in_(paths)
+                )
+                for document_id, path in await conn.execute(query):
+                    found[workspace_id, path] = document_id
+            stored = await _stored_many(conn, list(found.values())) if found else {}
+        return {key: stored[found[key]] if key in found else None for key in keys}
 
     async def _insert(
         self, keys: list[tuple[str, str]]
@@ -344,12 +391,12 @@ class DocumentRepository:
     @translate_errors
     async def load(self, workspace_id: str, path: str) -> StoredDocument:
         """Read a document: its snapshot and the updates not merged into it yet. A document that
-        does not exist yet is created (``ensure``), empty. An existing one is read on one
-        connection, without a write transaction."""
-        async with self.engine.connect() as conn:
-            document_id = await _document_id(conn, workspace_id, path)
-            if document_id is not None:
-                return await _stored(conn, document_id)
+        does not exist yet is created (``ensure``), empty. An existing one is read without a
+        write transaction; documents loaded at once are read together (``READ_BATCH`` at a time:
+        one query for their ids, one for their logs' rows, one for their snapshots)."""
+        stored, _ = await self._reads.get((workspace_id, path))
+        if stored is not None:
+            return stored
         document_id, created = await self._create(workspace_id, path)
         if created:
             return StoredDocument(id=document_id, updates=[], tail_count=0, tail_bytes=0, created=True)

@@ -323,6 +323,40 @@ async def test_documents_asked_for_at_once_are_created_in_one_insert(database_ur
     assert isinstance(missing[1], NotFound)
 
 
+async def test_documents_loaded_at_once_are_read_together(database_url: str) -> None:
+    """A wave of clients opening documents of two workspaces, some stored (with snapshot and
+    tail, or tail only), some new: the stored ones are read in three queries for all of them and
+    each load gets its own document whole; the new ones are created."""
+    async with open_store(database_url) as store:
+        first, second = await new_workspace(store), await new_workspace(store)
+        expected: dict[tuple[str, str], str] = {}
+        for n, workspace in enumerate([first, second] * 3):
+            updates, text = edits(5 + n, prefix=f"{n}:")
+            stored = await store.documents.load(workspace, f"doc-{n}.md")
+            await store.documents.append([(stored.id, update) for update in updates])
+            if n % 2:
+                await store.documents.compact(stored.id)
+            expected[workspace, f"doc-{n}.md"] = text
+        reads: list[str] = []
+
+        def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if statement.lstrip().upper().startswith("SELECT"):
+                reads.append(statement)
+
+        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+        try:
+            asked = [*expected, (first, "new.md"), (second, "doc-0.md")]
+            loaded = await asyncio.gather(*(store.documents.load(*key) for key in asked))
+        finally:
+            event.remove(store.engine.sync_engine, "before_cursor_execute", count)
+    assert len(reads) == 2 + 2  # each workspace's documents, their logs' rows, their snapshots
+    for key, document in zip(asked, loaded, strict=True):
+        assert replay(document.updates) == expected.get(key, ""), key
+    assert not any(document.created for document in loaded[:6])
+    assert loaded[6].created and loaded[7].created  # doc-0.md of the other workspace is another document
+    assert loaded[7].id != loaded[0].id
+
+
 async def test_two_instances_creating_the_same_documents_at_once_do_not_deadlock(pg_url: str) -> None:
     """Two instances' batches of new documents overlap, asked for in opposite orders: each
     batch takes its row locks in one (sorted) order, so neither waits for the other in a cycle
@@ -382,7 +416,7 @@ async def test_a_caller_that_leaves_while_its_document_is_created_leaves_no_unre
         async with open_store(sqlite_url) as store:
             asking = asyncio.create_task(store.documents._create("no-such-workspace", "x.md"))
             await asyncio.sleep(0)  # one turn: it asked, and the creation is about to start
-            creating = store.documents._creating
+            creating = store.documents._creations._task
             asking.cancel()  # the client went away while its document was being created
             await asyncio.gather(asking, return_exceptions=True)
             assert creating is not None
