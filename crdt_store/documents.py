@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Row, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -46,7 +46,8 @@ def _append_sql(dialect: Any) -> str:
 
 DELETE_CHUNK = 5_000  # row ids per DELETE statement
 CREATE_BATCH = 500  # documents created per INSERT (two parameters each)
-READ_BATCH = 200  # documents read together by loads asked for at once
+READ_BATCH = 25  # documents read together by loads asked for at once
+READ_CONCURRENCY = 4  # batches of them read at once (each on a pooled connection)
 DocumentKey = tuple[str, str]  # workspace id, document path
 COMPACT_PAGE_ROWS = 1_000  # row ids and sizes listed per query while compacting
 COMPACT_CHUNK_BYTES = 1024 * 1024  # update bytes read and applied at once while compacting
@@ -258,54 +259,71 @@ R = TypeVar("R")
 
 
 class Batches(Generic[K, R]):
-    """Requests for keys that come while a batch is being handled go together into the next one:
-    ``handle`` gets up to ``size`` keys, sorted, and returns each key's result or exception. The
-    first clients of a fresh server, or of a deploy, open many documents at once; one query (or
-    one ``INSERT``) for all of them costs little more than one for each."""
+    """Requests for keys made in one turn of the event loop go together into one batch: ``handle``
+    gets up to ``size`` keys, sorted, and returns each key's result or exception. The first
+    clients of a fresh server, or of a deploy, open many documents at once; one query (or one
+    ``INSERT``) for many of them costs little more than one for each. Up to ``concurrency``
+    batches run at once, so that a slow one (a large document's rows) holds up only its own keys;
+    a key asked for again while its batch runs joins it."""
 
     def __init__(
-        self, handle: Callable[[list[K]], Awaitable[dict[K, R | Exception]]], *, size: int, name: str
+        self,
+        handle: Callable[[list[K]], Awaitable[dict[K, R | Exception]]],
+        *,
+        size: int,
+        concurrency: int,
+        name: str,
     ) -> None:
         self._handle = handle
         self._size = size
+        self._concurrency = concurrency
         self._name = name
-        self._waiting: dict[K, asyncio.Future[R]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._waiting: dict[K, asyncio.Future[R]] = {}  # asked for, in no batch yet
+        self._taken: dict[K, asyncio.Future[R]] = {}  # in a batch under way
+        self.tasks: set[asyncio.Task[None]] = set()  # the batches under way, and one about to start
+        self._starting = False  # a batch task is created and takes what waits when it starts
 
     async def get(self, key: K) -> tuple[R, bool]:
         """``key``'s result, and whether this call asked for it first (False: it joined another
         caller's request). Cancelled, the request goes on; its outcome is nobody's to read."""
-        future = self._waiting.get(key)
+        future = self._waiting.get(key) or self._taken.get(key)
         first = future is None
         if future is None:
             future = self._waiting[key] = asyncio.get_running_loop().create_future()
-            if self._task is None:
-                self._task = asyncio.create_task(self._run(), name=self._name)
+            self._start()
         try:
             return await asyncio.shield(future), first
         except asyncio.CancelledError:
             future.add_done_callback(lambda done: done.cancelled() or done.exception())
             raise
 
+    def _start(self) -> None:
+        if self._waiting and not self._starting and len(self.tasks) < self._concurrency:
+            self._starting = True
+            task = asyncio.create_task(self._run(), name=self._name)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
     async def _run(self) -> None:
-        try:
-            while self._waiting:
-                keys = sorted(itertools.islice(self._waiting, self._size))  # type: ignore[type-var]
-                try:
-                    results = await self._handle(keys)
-                except Exception as exc:  # noqa: BLE001 - every waiter gets it (translated where it is awaited)
-                    results = dict.fromkeys(keys, exc)
-                for key in keys:
-                    future = self._waiting.pop(key)
-                    result = results[key]
-                    if future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-        finally:
-            self._task = None
+        self._starting = False
+        while self._waiting:
+            keys = sorted(itertools.islice(self._waiting, self._size))  # type: ignore[type-var]
+            for key in keys:
+                self._taken[key] = self._waiting.pop(key)
+            self._start()  # more than one batch waits: the next one alongside
+            try:
+                results = await self._handle(keys)
+            except Exception as exc:  # noqa: BLE001 - every waiter gets it (translated where it is awaited)
+                results = dict.fromkeys(keys, exc)
+            for key in keys:
+                future = self._taken.pop(key)
+                result = results[key]
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
 
 class DocumentRepository:
@@ -316,10 +334,10 @@ class DocumentRepository:
         self.worker = worker  # compaction's Yjs work runs in its process; None: in this one
         # Documents opened at once are read together, and those that do not exist created together.
         self._reads: Batches[DocumentKey, StoredDocument | None] = Batches(
-            self._read, size=READ_BATCH, name="read-documents"
+            self._read, size=READ_BATCH, concurrency=READ_CONCURRENCY, name="read-documents"
         )
         self._creations: Batches[DocumentKey, tuple[int, bool]] = Batches(
-            self._insert, size=CREATE_BATCH, name="create-documents"
+            self._insert, size=CREATE_BATCH, concurrency=1, name="create-documents"
         )
 
     @translate_errors
@@ -343,18 +361,21 @@ class DocumentRepository:
         return document_id, created and first
 
     async def _read(self, keys: list[DocumentKey]) -> dict[DocumentKey, StoredDocument | Exception | None]:
-        """The stored state of each of ``keys`` (None: it does not exist), on one connection."""
-        found: dict[DocumentKey, int] = {}
-        async with self.engine.connect() as conn:
-            by_workspace: dict[str, list[str]] = {}
-            for workspace_id, path in keys:
-                by_workspace.setdefault(workspace_id, []).append(path)
-            for workspace_id, paths in by_workspace.items():
-                query = select(documents.c.id, documents.c.path).where(
-                    documents.c.workspace_id == workspace_id, documents.c.path.in_(paths)
+        """The stored state of each of ``keys`` (None: it does not exist), in three queries on one
+        connection."""
+        by_workspace: dict[str, list[str]] = {}
+        for workspace_id, path in keys:
+            by_workspace.setdefault(workspace_id, []).append(path)
+        query = select(documents.c.id, documents.c.workspace_id, documents.c.path).where(
+            or_(
+                *(
+                    and_(documents.c.workspace_id == workspace_id, documents.c.path.in_(paths))
+                    for workspace_id, paths in by_workspace.items()
                 )
-                for document_id, path in await conn.execute(query):
-                    found[workspace_id, path] = document_id
+            )
+        )
+        async with self.engine.connect() as conn:
+            found = {(row.workspace_id, row.path): row.id for row in await conn.execute(query)}
             stored = await _stored_many(conn, list(found.values())) if found else {}
         return {key: stored[found[key]] if key in found else None for key in keys}
 
@@ -392,8 +413,9 @@ class DocumentRepository:
     async def load(self, workspace_id: str, path: str) -> StoredDocument:
         """Read a document: its snapshot and the updates not merged into it yet. A document that
         does not exist yet is created (``ensure``), empty. An existing one is read without a
-        write transaction; documents loaded at once are read together (``READ_BATCH`` at a time:
-        one query for their ids, one for their logs' rows, one for their snapshots)."""
+        write transaction; documents loaded at once are read together (``READ_BATCH`` at a time,
+        ``READ_CONCURRENCY`` batches at once: one query for their ids, one for their logs' rows,
+        one for their snapshots)."""
         stored, _ = await self._reads.get((workspace_id, path))
         if stored is not None:
             return stored

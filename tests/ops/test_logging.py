@@ -89,13 +89,18 @@ async def test_production_logs_json_with_connection_lines_and_no_secret(
 
 
 @pytest.mark.parametrize(
-    "ws",
-    # uvicorn's own protocol, and the service's as the README runs it: handed the request by
-    # uvicorn's own HTTP protocol, written out again
-    ["websockets-sansio", "server.websocket:CollabWebSocketProtocol"],
+    "protocols",
+    [
+        ["--ws", "websockets-sansio"],  # uvicorn's own
+        # The service's, as the README runs it: handed the request written out again by uvicorn's
+        # own HTTP protocol, or the one httptools parsed by the service's.
+        ["--ws", "server.websocket:CollabWebSocketProtocol"],
+        ["--http", "server.serving:GuardedHttpProtocol", "--ws", "server.websocket:CollabWebSocketProtocol"],
+    ],
+    ids=["websockets-sansio", "service-ws", "service-http-and-ws"],
 )
 async def test_uvicorn_command_logs_the_same_format_and_debug_is_the_services(
-    tmp_path: Path, workspace: str, ws: str
+    tmp_path: Path, workspace: str, protocols: list[str]
 ) -> None:
     port = free_port()
     log_path = tmp_path / "uvicorn.log"
@@ -114,8 +119,7 @@ async def test_uvicorn_command_logs_the_same_format_and_debug_is_the_services(
                 "server.main:app",
                 "--port",
                 str(port),
-                "--ws",
-                ws,
+                *protocols,
             ],
             cwd=ROOT,
             env=env,

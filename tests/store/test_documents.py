@@ -349,12 +349,38 @@ async def test_documents_loaded_at_once_are_read_together(database_url: str) -> 
             loaded = await asyncio.gather(*(store.documents.load(*key) for key in asked))
         finally:
             event.remove(store.engine.sync_engine, "before_cursor_execute", count)
-    assert len(reads) == 2 + 2  # each workspace's documents, their logs' rows, their snapshots
+    assert len(reads) == 3  # the documents' ids, their logs' rows, their snapshots
     for key, document in zip(asked, loaded, strict=True):
         assert replay(document.updates) == expected.get(key, ""), key
     assert not any(document.created for document in loaded[:6])
     assert loaded[6].created and loaded[7].created  # doc-0.md of the other workspace is another document
     assert loaded[7].id != loaded[0].id
+
+
+async def test_a_slow_read_holds_up_only_its_own_batch(database_url: str) -> None:
+    """A batch still reading (a large document's rows) does not hold up the loads asked for after
+    it started: they go into another batch alongside; a load of a key in the slow batch joins it."""
+    async with open_store(database_url) as store:
+        workspace = await new_workspace(store)
+        for path in ("big.md", "small.md"):
+            await store.documents.load(workspace, path)
+        reads = store.documents._reads
+        read, release, reading = reads._handle, asyncio.Event(), asyncio.Event()
+
+        async def slow_for_big(keys: list[Any]) -> Any:
+            if (workspace, "big.md") in keys:
+                reading.set()
+                await release.wait()
+            return await read(keys)
+
+        reads._handle = slow_for_big  # type: ignore[method-assign]
+        big = asyncio.ensure_future(store.documents.load(workspace, "big.md"))
+        await asyncio.wait_for(reading.wait(), 5)
+        again = asyncio.ensure_future(store.documents.load(workspace, "big.md"))
+        small = await asyncio.wait_for(store.documents.load(workspace, "small.md"), 5)
+        assert not big.done() and not again.done() and not small.created
+        release.set()
+        assert (await big).id == (await again).id
 
 
 async def test_two_instances_creating_the_same_documents_at_once_do_not_deadlock(pg_url: str) -> None:
@@ -416,7 +442,7 @@ async def test_a_caller_that_leaves_while_its_document_is_created_leaves_no_unre
         async with open_store(sqlite_url) as store:
             asking = asyncio.create_task(store.documents._create("no-such-workspace", "x.md"))
             await asyncio.sleep(0)  # one turn: it asked, and the creation is about to start
-            creating = store.documents._creations._task
+            (creating,) = store.documents._creations.tasks
             asking.cancel()  # the client went away while its document was being created
             await asyncio.gather(asking, return_exceptions=True)
             assert creating is not None
