@@ -13,6 +13,8 @@ answer to every WebSocket upgrade, and a graceful drain on SIGTERM before uvicor
 - A WebSocket upgrade goes to ``websocket.CollabWebSocketProtocol`` with the request httptools
   parsed; it answers an invalid one (405, 400, 426) with a JSON error instead of leaving the socket
   open and unanswered, as uvicorn's protocol does with a request ``websockets`` cannot parse.
+- ``ProxyHeaders`` (installed by ``trust_proxies``): uvicorn's proxy-headers middleware
+  (``FORWARDED_ALLOW_IPS``), without a coroutine of its own in every connection.
 - ``DrainingServer``: on SIGTERM/SIGINT, before uvicorn's own shutdown (which would close every
   WebSocket with 1012 and no reason, then run the app's shutdown), the app drains: it refuses new
   connections, closes its WebSockets with 1012 ``service restarting`` and stores every pending
