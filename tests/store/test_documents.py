@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 from pycrdt import Doc, Text
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 
 from crdt_store import DocumentRepository, NotFound, Store, StoreUnavailable, documents, engine, open_store
 from crdt_store.tables import document_snapshots, document_updates
+from tests.support.statements import statements
 from tests.support.wait import wait_until
 
 
@@ -297,14 +298,7 @@ async def test_documents_asked_for_at_once_are_created_in_one_insert(database_ur
     exist fails only the documents in it."""
     async with open_store(database_url) as store:
         workspace = await new_workspace(store)
-        inserts: list[str] = []
-
-        def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-            if statement.lstrip().upper().startswith("INSERT INTO DOCUMENTS"):
-                inserts.append(statement)
-
-        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
-        try:
+        with statements(store.engine, "INSERT INTO DOCUMENTS") as inserts:
             asked = [(workspace, f"doc-{i}.md") for i in range(60)] + [(workspace, "doc-7.md")]
             results = await asyncio.gather(*(store.documents._create(*key) for key in asked))
             missing = await asyncio.gather(
@@ -312,8 +306,6 @@ async def test_documents_asked_for_at_once_are_created_in_one_insert(database_ur
                 store.documents._create("no-such-workspace", "lost.md"),
                 return_exceptions=True,
             )
-        finally:
-            event.remove(store.engine.sync_engine, "before_cursor_execute", count)
         reloaded = await store.documents.load(workspace, "doc-7.md")
     assert len(inserts) == 1 + 3  # the wave; then the pair together, and each alone to find the bad one
     assert [created for _, created in results] == [True] * 60 + [False]
@@ -337,18 +329,9 @@ async def test_documents_loaded_at_once_are_read_together(database_url: str) -> 
             if n % 2:
                 await store.documents.compact(stored.id)
             expected[workspace, f"doc-{n}.md"] = text
-        reads: list[str] = []
-
-        def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-            if statement.lstrip().upper().startswith("SELECT"):
-                reads.append(statement)
-
-        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
-        try:
+        with statements(store.engine, "SELECT") as reads:
             asked = [*expected, (first, "new.md"), (second, "doc-0.md")]
             loaded = await asyncio.gather(*(store.documents.load(*key) for key in asked))
-        finally:
-            event.remove(store.engine.sync_engine, "before_cursor_execute", count)
     assert len(reads) == 3  # the documents' ids, their logs' rows, their snapshots
     for key, document in zip(asked, loaded, strict=True):
         assert replay(document.updates) == expected.get(key, ""), key

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import event
-
 from crdt_store import open_store
+from tests.support.statements import statements
 
 
 async def test_a_workspace_with_one_users_role(database_url: str) -> None:
@@ -59,12 +58,7 @@ async def test_each_read_is_one_statement(database_url: str) -> None:
         await store.workspaces.create(
             workspace_id=workspace_id, name="Team", visibility="open", owner_id="alice"
         )
-        statements: list[str] = []
-        listener = lambda *args: statements.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
-        event.listen(store.engine.sync_engine, "before_cursor_execute", listener)
-        try:
+        with statements(store.engine) as run:
             await store.workspaces.find_with_role(workspace_id=workspace_id, user_id="alice")
             await store.workspaces.roster(workspace_id=workspace_id, limit=10)
-        finally:
-            event.remove(store.engine.sync_engine, "before_cursor_execute", listener)
-        assert len(statements) == 2, statements
+        assert len(run) == 2, run

@@ -11,6 +11,7 @@ import weakref
 from typing import Any
 
 import pytest
+import uvicorn
 from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 
@@ -220,23 +221,30 @@ def upgrade_headers() -> list[tuple[bytes, bytes]]:
     ]
 
 
-async def test_a_server_stopping_after_the_peer_closed_ends_the_connection_without_a_second_close() -> None:
-    """The peer's close frame was answered (the echo is the server's close frame) and the transport
-    is closing when the server stops: the connection just ends; no second close frame is tried
-    (``InvalidState`` out of uvicorn's shutdown would leave the other connections open)."""
-    import uvicorn
-    from uvicorn.server import ServerState
-
-    async def app(_scope: object, _receive: object, _send: object) -> None:  # the test plays its part
-        await asyncio.Event().wait()
-
+def upgraded_on(
+    transport: UnreadTransport, app: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[CollabWebSocketProtocol, ServerState]:
+    """A ``CollabWebSocketProtocol`` on ``transport`` that took an upgrade request (``headers``,
+    ``upgrade_headers()`` unless given) and started ``app``, and the server state holding its task."""
     config = uvicorn.Config(app=app, ws_ping_interval=None)
     config.load()
     state = ServerState()
     protocol = CollabWebSocketProtocol(config, state, {}, _loop=asyncio.get_running_loop())
-    transport = UnreadTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
-    protocol.upgrade("GET", b"/ws", upgrade_headers(), "1.1")
+    protocol.upgrade("GET", b"/ws", upgrade_headers() if headers is None else headers, "1.1")
+    return protocol, state
+
+
+async def test_a_server_stopping_after_the_peer_closed_ends_the_connection_without_a_second_close() -> None:
+    """The peer's close frame was answered (the echo is the server's close frame) and the transport
+    is closing when the server stops: the connection just ends; no second close frame is tried
+    (``InvalidState`` out of uvicorn's shutdown would leave the other connections open)."""
+
+    async def app(_scope: object, _receive: object, _send: object) -> None:  # the test plays its part
+        await asyncio.Event().wait()
+
+    transport = UnreadTransport()
+    protocol, state = upgraded_on(transport, app)
     await protocol.send({"type": "websocket.accept"})
     await wait_until(lambda: protocol.accepted)  # the 101 is written at the end of the turn
     written = transport.buffered
@@ -254,19 +262,12 @@ async def test_a_peer_that_never_answers_the_close_frame_is_aborted_when_data_is
     """The server closed (its close frame sent) with data still in the socket's buffer; the peer
     reads nothing and never answers: after the close timeout the transport is aborted, not left
     waiting for a buffer that is never drained."""
-    import uvicorn
-    from uvicorn.server import ServerState
 
     async def app(_scope: object, _receive: object, _send: object) -> None:  # the test plays its part
         return None
 
-    config = uvicorn.Config(app=app, ws_ping_interval=None)
-    config.load()
-    state = ServerState()
-    protocol = CollabWebSocketProtocol(config, state, {}, _loop=asyncio.get_running_loop())
     transport = UnreadTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
-    protocol.upgrade("GET", b"/ws", upgrade_headers(), "1.1")
+    protocol, state = upgraded_on(transport, app)
     await protocol.send({"type": "websocket.accept"})
     protocol.close_timeout = 0.05
     await protocol.send({"type": "websocket.close", "code": 1000, "reason": ""})
@@ -297,17 +298,11 @@ class CountingTransport(UnreadTransport):
 
 async def accepted_protocol(transport: UnreadTransport) -> CollabWebSocketProtocol:
     """A ``CollabWebSocketProtocol`` past its handshake on ``transport``, its connect event taken."""
-    import uvicorn
-    from uvicorn.server import ServerState
 
     async def app(_scope: object, _receive: object, _send: object) -> None:  # the test plays its part
         return None
 
-    config = uvicorn.Config(app=app, ws_ping_interval=None)
-    config.load()
-    protocol = CollabWebSocketProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
-    protocol.connection_made(transport)  # type: ignore[arg-type]
-    protocol.upgrade("GET", b"/ws", upgrade_headers(), "1.1")
+    protocol, _ = upgraded_on(transport, app)
     await protocol.send({"type": "websocket.accept"})
     await wait_until(lambda: protocol.accepted)  # the 101 is written at the end of the turn
     assert (await protocol.receive())["type"] == "websocket.connect"
@@ -397,16 +392,9 @@ class RecordingTransport(UnreadTransport):
 
 
 async def upgraded(app: Any) -> tuple[CollabWebSocketProtocol, RecordingTransport, ServerState]:
-    """A ``CollabWebSocketProtocol`` running ``app`` for an upgrade request, on a recording transport."""
-    import uvicorn
-
-    config = uvicorn.Config(app=app, ws_ping_interval=None)
-    config.load()
-    state = ServerState()
-    protocol = CollabWebSocketProtocol(config, state, {}, _loop=asyncio.get_running_loop())
+    """``upgraded_on`` a recording transport."""
     transport = RecordingTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
-    protocol.upgrade("GET", b"/ws", upgrade_headers(), "1.1")
+    protocol, state = upgraded_on(transport, app)
     return protocol, transport, state
 
 
@@ -473,18 +461,12 @@ async def test_a_server_stopping_while_a_refused_upgrade_lingers_stops_cleanly()
     async def app(_scope: Any, _receive: Any, _send: Any) -> None:
         raise AssertionError("a refused upgrade never reaches the application")
 
-    import uvicorn
-
-    config = uvicorn.Config(app=app, ws_ping_interval=None)
-    config.load()
-    protocol = CollabWebSocketProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
-    transport = RecordingTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
     headers = [
         (b"sec-websocket-key", b"c2hvcnQ=") if name == b"sec-websocket-key" else (name, value)
         for name, value in upgrade_headers()
     ]
-    protocol.upgrade("GET", b"/ws", headers, "1.1")
+    transport = RecordingTransport()
+    protocol, _ = upgraded_on(transport, app, headers)
     assert transport.writes[0].startswith(b"HTTP/1.1 400 ")
     protocol.shutdown()
     assert len(transport.writes) == 1 and transport.closing
