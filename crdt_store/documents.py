@@ -46,6 +46,7 @@ def _append_sql(dialect: Any) -> str:
 
 DELETE_CHUNK = 5_000  # row ids per DELETE statement
 CREATE_BATCH = 500  # documents created per INSERT (two parameters each)
+CREATE_CONCURRENCY = 4  # batches of them created at once (each in its own transaction)
 READ_BATCH = 25  # documents read together by loads asked for at once
 READ_CONCURRENCY = 4  # batches of them read at once (each on a pooled connection)
 DocumentKey = tuple[str, str]  # workspace id, document path
@@ -337,7 +338,7 @@ class DocumentRepository:
             self._read, size=READ_BATCH, concurrency=READ_CONCURRENCY, name="read-documents"
         )
         self._creations: Batches[DocumentKey, tuple[int, bool]] = Batches(
-            self._insert, size=CREATE_BATCH, concurrency=1, name="create-documents"
+            self._insert, size=CREATE_BATCH, concurrency=CREATE_CONCURRENCY, name="create-documents"
         )
 
     @translate_errors
@@ -354,9 +355,12 @@ class DocumentRepository:
     async def _create(self, workspace_id: str, path: str) -> tuple[int, bool]:
         """Create the document's row; its id, and whether this call created it (False when
         another caller or instance did). Documents asked for meanwhile are created together, in
-        one transaction and one multi-row ``INSERT`` (``CREATE_BATCH`` at a time; sorted, so that
-        instances creating overlapping documents take their row locks in one order on PostgreSQL
-        and cannot deadlock). ``NotFound`` when the workspace does not exist."""
+        one transaction and one multi-row ``INSERT`` (``CREATE_BATCH`` at a time, up to
+        ``CREATE_CONCURRENCY`` batches at once: a batch waiting for a row another instance is
+        creating holds up only its own documents; sorted, so that transactions creating
+        overlapping documents take their row locks in one order on PostgreSQL and cannot
+        deadlock; on SQLite the batches write in turn). ``NotFound`` when the workspace does not
+        exist."""
         (document_id, created), first = await self._creations.get((workspace_id, path))
         return document_id, created and first
 

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, text
 
 from crdt_store import DocumentRepository, NotFound, Store, StoreUnavailable, documents, engine, open_store
 from crdt_store.tables import document_snapshots, document_updates
+from crdt_store.tables import documents as documents_table
 from tests.support.statements import statements
 from tests.support.wait import wait_until
 
@@ -383,6 +384,30 @@ async def test_two_instances_creating_the_same_documents_at_once_do_not_deadlock
             ]
             created = [c for _, c in mine] + [c for _, c in theirs]
             assert created.count(True) == 300  # each document created by exactly one instance
+
+
+async def test_a_creation_waiting_for_another_instances_row_holds_up_only_its_own_batch(
+    pg_url: str,
+) -> None:
+    """Another instance is creating a document in a transaction not committed yet: creating the
+    same document here waits for its row lock, and documents asked for meanwhile are created
+    alongside (not behind it); once the other instance commits, the waiting one gets its id."""
+    async with open_store(pg_url) as store, open_store(pg_url) as other:
+        workspace = await new_workspace(store)
+        async with other.engine.connect() as holder:
+            transaction = await holder.begin()
+            await holder.execute(documents_table.insert().values(workspace_id=workspace, path="held.md"))
+            held = asyncio.ensure_future(store.documents._create(workspace, "held.md"))
+            await wait_until(lambda: (workspace, "held.md") in store.documents._creations._taken)
+            free = await asyncio.wait_for(
+                asyncio.gather(*(store.documents._create(workspace, f"free-{i}.md") for i in range(3))), 10
+            )
+            assert not held.done()
+            await transaction.commit()
+        held_id, created = await asyncio.wait_for(held, 10)
+        reloaded = await store.documents.load(workspace, "held.md")
+    assert [created for _, created in free] == [True] * 3
+    assert (held_id, created) == (reloaded.id, False)  # the other instance created it
 
 
 async def test_sqlite_writers_waiting_for_their_turn_give_up_after_the_timeout_together(
