@@ -244,15 +244,24 @@ class FrameWriter:
     """Writes data frames (binary, or text for a ``str``) of one accepted WebSocket connection to
     its transport. The frames written during one turn of the event loop go out in one transport
     write at the end of that turn (``flush``): one system call for a whole batch of events or
-    updates to this connection, not one per frame."""
+    updates to this connection, not one per frame.
 
-    __slots__ = ("_head", "_loop", "_pending", "_protocol", "writable")
+    Frames the connection's own application task wrote (answers to what the client sent, the
+    101 and a room's first messages) go out sooner, when that task next waits for a frame
+    (``CollabWebSocketProtocol.receive`` calls ``flush_answers``): the client gets its answer
+    while the loop goes on with other connections, in the same one system call. Frames other
+    tasks write to it while it waits (a room's updates from other clients) still go out at the
+    end of the turn, however many connections write to it in that turn."""
+
+    __slots__ = ("_answer", "_head", "_loop", "_pending", "_protocol", "waiting", "writable")
 
     def __init__(self, protocol: CollabWebSocketProtocol) -> None:
         self._protocol = protocol
         self._loop = protocol.loop
         self._pending: list[bytes] | None = None
         self._head = False  # the first pending item is the 101
+        self._answer = False  # a pending frame was written while the application was not waiting
+        self.waiting = False  # the application waits for a frame (set by ``receive``)
         self.writable: Gate = protocol.writable  # closed while the transport is paused
 
     def write_head(self, head: bytes) -> None:
@@ -265,6 +274,7 @@ class FrameWriter:
         else:
             self._pending.insert(0, head)
         self._head = True
+        self._answer = True
 
     def write(self, payload: bytes | str | Framed) -> bool:
         """Write ``payload`` as one frame (binary; text for a ``str``; ``Framed`` as framed), at
@@ -290,12 +300,21 @@ class FrameWriter:
             self._loop.call_soon(self.flush)
         else:
             self._pending.append(frame)
+        if not self.waiting:
+            self._answer = True
         return True
+
+    def flush_answers(self) -> None:
+        """Write the pending frames now if the application wrote one of them itself: it is about
+        to wait for the client, which may be waiting for them."""
+        if self._answer:
+            self.flush()
 
     def flush(self) -> None:
         """Write the frames of this turn now (before anything else is sent the ordinary way, such
         as a close frame, so that nothing overtakes them)."""
         pending, self._pending = self._pending, None
+        self._answer = False
         protocol = self._protocol
         if not pending or protocol.transport.is_closing():
             return
@@ -735,8 +754,18 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def receive(self) -> ASGIReceiveEvent:
         queue: Inbox[ASGIReceiveEvent] = self.queue
-        while queue.empty():
-            await queue.wait()
+        if queue.empty():
+            # About to wait for the client: what the application answered goes out first.
+            frames = self._frame_writer() if self.scope is not None else None
+            if frames is not None:
+                frames.flush_answers()
+                frames.waiting = True
+            try:
+                while queue.empty():
+                    await queue.wait()
+            finally:
+                if frames is not None:
+                    frames.waiting = False
         message = queue.get_nowait()
         if self.read_paused and self.queue.empty():
             self.read_paused = False
