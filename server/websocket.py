@@ -7,10 +7,12 @@ Sending a frame through ASGI costs a message dict, a coroutine, the ``websockets
 and its output buffer, for every frame and every receiver. Server frames are unmasked, so a data
 frame (binary, or text: the JSON event channel's messages) is a two-to-ten-byte header and the
 payload: ``FrameWriter`` (offered to the application in ``scope["extensions"]["collab.frames"]``)
-writes the frames of one turn of the event loop in one transport write at the end of the turn.
+writes the frames of one turn of the event loop in one transport write at the end of the turn
+(while the loop is busy writing, at the end of the current millisecond: ``Flushes``), and a
+connection's answers to its own client as its application starts waiting for the client.
 The 101 answering the upgrade goes out with them: a joining client's 101 and its room's sync step 1
 are one system call, not two. Everything else (pings, close) goes the ordinary way, through the same
-transport, in order: whatever is written or closed that way first writes a 101 still held.
+transport, in order: whatever is written or closed that way first writes what the frame writer holds.
 
 Received frames are queued for the application as uvicorn does, but reading from the socket pauses
 only when ``READ_QUEUE_FRAMES`` frames wait or a large one (``READ_QUEUE_LARGE`` bytes) arrives, not
@@ -235,6 +237,67 @@ class DelayQueue:
             self._armed = True
 
 
+FLUSH_INTERVAL = 0.001  # seconds: how long a busy loop's frames may wait for more to the same connection
+BUSY_WRITES = 64  # connections written to within FLUSH_INTERVAL that make a loop busy
+
+# Each loop's ``Flushes`` (several loops: tests run servers in threads).
+_FLUSHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Flushes] = weakref.WeakKeyDictionary()
+
+
+class Flushes:
+    """The end-of-turn writes of one loop's ``FrameWriter``s: one loop callback writes every
+    connection written to in the turn, instead of a callback each.
+
+    While the loop is busy writing (``BUSY_WRITES`` connections written to since the current
+    ``FLUSH_INTERVAL`` began), the next round waits until that interval is over, and each
+    connection gets what came meanwhile in the same write: the updates of a busy room go out to
+    each of its clients a few at a time, one system call for several, instead of one system
+    call per update and client, which is where a busy room's time goes. A quiet loop (a room at
+    10 updates per second, a joining client's answers) writes at the end of the turn. Busy,
+    a frame waits at most ``FLUSH_INTERVAL`` longer (give or take the loop timer's 1 ms
+    resolution)."""
+
+    __slots__ = ("_armed", "_since", "_writers", "_written")
+
+    def __init__(self) -> None:
+        # Not the loop: this is its loop's value in ``_FLUSHES`` and must not keep it alive.
+        self._writers: list[FrameWriter] = []
+        self._armed = False  # a round is due (end of turn, or end of the interval)
+        self._since = float("-inf")  # when the current interval began
+        self._written = 0  # connections written to in it
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> Flushes:
+        """``loop``'s, made on first use."""
+        flushes = _FLUSHES.get(loop)
+        if flushes is None:
+            flushes = _FLUSHES[loop] = cls()
+        return flushes
+
+    def add(self, writer: FrameWriter, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``writer`` flushed in the next round (called with its first pending frame)."""
+        self._writers.append(writer)
+        if not self._armed:
+            self._armed = True
+            loop.call_soon(self._run, loop)
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        if now - self._since >= FLUSH_INTERVAL:
+            self._since, self._written = now, 0
+        elif self._written >= BUSY_WRITES:
+            loop.call_at(self._since + FLUSH_INTERVAL, self._run, loop)
+            return
+        self._armed = False
+        writers, self._writers = self._writers, []
+        self._written += len(writers)
+        for writer in writers:
+            try:
+                writer.flush()
+            except Exception as exc:  # noqa: BLE001 - reported as a callback's would be; the others are written
+                loop.call_exception_handler({"message": "FrameWriter flush failed", "exception": exc})
+
+
 def text_frame(text: str) -> bytes:
     """An unmasked, final text frame carrying ``text`` (UTF-8, RFC 6455 5.6)."""
     return binary_frame(text.encode(), 0x81)
@@ -243,8 +306,9 @@ def text_frame(text: str) -> bytes:
 class FrameWriter:
     """Writes data frames (binary, or text for a ``str``) of one accepted WebSocket connection to
     its transport. The frames written during one turn of the event loop go out in one transport
-    write at the end of that turn (``flush``): one system call for a whole batch of events or
-    updates to this connection, not one per frame.
+    write at the end of that turn (``flush``, called by ``Flushes``; while the loop is busy
+    writing, at the end of the current ``FLUSH_INTERVAL``): one system call for a whole batch of
+    events or updates to this connection, not one per frame.
 
     Frames the connection's own application task wrote (answers to what the client sent, the
     101 and a room's first messages) go out sooner, when that task next waits for a frame
@@ -253,11 +317,12 @@ class FrameWriter:
     tasks write to it while it waits (a room's updates from other clients) still go out at the
     end of the turn, however many connections write to it in that turn."""
 
-    __slots__ = ("_answer", "_head", "_loop", "_pending", "_protocol", "waiting", "writable")
+    __slots__ = ("_answer", "_flushes", "_head", "_loop", "_pending", "_protocol", "waiting", "writable")
 
     def __init__(self, protocol: CollabWebSocketProtocol) -> None:
         self._protocol = protocol
         self._loop = protocol.loop
+        self._flushes = Flushes.of(protocol.loop)
         self._pending: list[bytes] | None = None
         self._head = False  # the first pending item is the 101
         self._answer = False  # a pending frame was written while the application was not waiting
@@ -270,7 +335,7 @@ class FrameWriter:
         one system call. The protocol is told once it is written (``head_written``)."""
         if self._pending is None:
             self._pending = [head]
-            self._loop.call_soon(self.flush)
+            self._flushes.add(self, self._loop)
         else:
             self._pending.insert(0, head)
         self._head = True
@@ -297,7 +362,7 @@ class FrameWriter:
             frame = binary_frame(payload)
         if self._pending is None:
             self._pending = [frame]
-            self._loop.call_soon(self.flush)
+            self._flushes.add(self, self._loop)
         else:
             self._pending.append(frame)
         if not self.waiting:
@@ -311,12 +376,14 @@ class FrameWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write the frames of this turn now (before anything else is sent the ordinary way, such
-        as a close frame, so that nothing overtakes them)."""
+        """Write the pending frames now (before anything else is sent the ordinary way, such as a
+        close frame, so that nothing overtakes them). Once a close frame went out, or the
+        transport is closing, they are dropped: nothing may follow a close frame (RFC 6455
+        section 5.5.1)."""
         pending, self._pending = self._pending, None
         self._answer = False
         protocol = self._protocol
-        if not pending or protocol.transport.is_closing():
+        if not pending or protocol.close_sent or protocol.transport.is_closing():
             return
         protocol.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
         if self._head:
@@ -645,10 +712,11 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._unparsed is not None:  # frames that came with or after the request: now, in order
             self.loop.call_soon(self._parse_more)
 
-    def _write_held(self) -> None:
-        """Write the 101 now if it is still held for the end of the turn, with the frames written
-        since: something is about to be written (or the connection closed) the ordinary way."""
-        if self.handshake_complete and not self.accepted and not self.close_sent and self.scope is not None:
+    def _write_pending(self) -> None:
+        """Write what the frame writer holds now (a 101 held for the end of the turn, frames
+        written since the last round): something is about to be written (or the connection
+        closed) the ordinary way."""
+        if self.handshake_complete and not self.close_sent and self.scope is not None:
             self._frame_writer().flush()
 
     def _frame_writer(self) -> FrameWriter:
@@ -777,8 +845,8 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         return message
 
     async def run_asgi(self) -> None:
-        """uvicorn's, except that a 101 still held for the end of the turn (``FrameWriter``) is
-        written before the connection is closed when the application returns or fails."""
+        """uvicorn's, except that what the frame writer holds (a 101 held for the end of the turn,
+        frames) is written before the connection is closed when the application returns or fails."""
         try:
             result = await self.app(self.scope, self.receive, self.send)
         except ClientDisconnected:
@@ -792,7 +860,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.send_500_response()
             elif result is not None:
                 self.logger.error("ASGI callable should return None, but returned '%s'.", result)
-        self._write_held()
+        self._write_pending()
         if self.close_timer is None:
             self.transport.close()
 
@@ -809,7 +877,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
         the connection only ends (a second close frame would be refused with ``InvalidState``)."""
         if self.handshake_complete and self.conn.state is not OPEN:
             self.close_sent = True
-        self._write_held()
+        self._write_pending()
         super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -871,7 +939,7 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
             if not self.transport.is_closing():
                 self._write_accept(message)
         else:
-            self._write_held()
+            self._write_pending()
             await super().send(message)
         if message["type"] == "websocket.close":
             self._parse_all()  # its frames are dropped; the peer's close reply is awaited

@@ -16,11 +16,14 @@ from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 
 from server.websocket import (
+    BUSY_WRITES,
+    FLUSH_INTERVAL,
     FRAMES_EXTENSION,
     PARSE_BYTES,
     READ_QUEUE_FRAMES,
     CollabWebSocketProtocol,
     DelayQueue,
+    Flushes,
     Gate,
     Inbox,
     text_frame,
@@ -140,6 +143,108 @@ async def test_a_failing_delay_queue_call_is_reported_and_the_others_still_run()
         loop.set_exception_handler(None)
     assert fired == ["good"]
     assert [str(exc) for exc in reported] == ["bad target"]
+
+
+class FlushedAt:
+    """Stands for a ``FrameWriter``: records when it was flushed (loop time); ``fail``: raises."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fail: bool = False) -> None:
+        self.loop, self.fail = loop, fail
+        self.at: float | None = None
+
+    def flush(self) -> None:
+        self.at = self.loop.time()
+        if self.fail:
+            raise ValueError("flush failed")
+
+
+async def test_a_quiet_loop_flushes_every_connection_written_to_at_the_end_of_the_turn() -> None:
+    loop = asyncio.get_running_loop()
+    flushes = Flushes()
+    writers = [FlushedAt(loop) for _ in range(3)]
+    for writer in writers:
+        flushes.add(writer, loop)  # type: ignore[arg-type]
+    assert all(writer.at is None for writer in writers)  # not while the turn goes on
+    await asyncio.sleep(0)
+    assert all(writer.at is not None for writer in writers)
+
+
+async def test_a_busy_loop_flushes_once_per_interval_and_a_quiet_one_at_the_end_of_the_turn_again() -> None:
+    """A round that wrote to ``BUSY_WRITES`` connections makes the loop busy: what is written
+    next waits for the end of the interval the round began (so that more comes with it), then
+    goes out; once an interval passes without that many, the end of the turn again."""
+    loop = asyncio.get_running_loop()
+    flushes = Flushes()
+    busy = [FlushedAt(loop) for _ in range(BUSY_WRITES)]
+    for writer in busy:
+        flushes.add(writer, loop)  # type: ignore[arg-type]
+    began = loop.time()  # the round, and its interval, begin after this
+    await asyncio.sleep(0)
+    assert all(writer.at is not None for writer in busy)
+
+    waiting = FlushedAt(loop)
+    flushes.add(waiting, loop)  # type: ignore[arg-type]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    if loop.time() < began + FLUSH_INTERVAL:  # (a slow machine may have passed the interval already)
+        assert waiting.at is None
+    await wait_until(lambda: waiting.at is not None, timeout=2)
+    assert waiting.at is not None and waiting.at >= began + FLUSH_INTERVAL
+
+    await asyncio.sleep(FLUSH_INTERVAL * 2)  # an interval with one connection written to: quiet
+    quiet = FlushedAt(loop)
+    flushes.add(quiet, loop)  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert quiet.at is not None
+
+
+async def test_a_failing_flush_is_reported_and_the_other_connections_are_written() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[BaseException] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["exception"]))
+    flushes = Flushes()
+    writers = [FlushedAt(loop), FlushedAt(loop, fail=True), FlushedAt(loop)]
+    try:
+        for writer in writers:
+            flushes.add(writer, loop)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert all(writer.at is not None for writer in writers)
+    assert [str(exc) for exc in reported] == ["flush failed"]
+
+
+async def test_frames_written_while_the_loop_is_busy_reach_a_connection_together() -> None:
+    """Two updates to one connection, written while the loop is busy in different turns of
+    the same interval, go out in one transport write."""
+
+    async def app(_scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.Event().wait()
+
+    protocol, transport, state = await upgraded(app)
+    await wait_until(lambda: protocol.accepted)
+    loop = asyncio.get_running_loop()
+    flushes = Flushes.of(loop)
+    others = [FlushedAt(loop) for _ in range(BUSY_WRITES)]
+    for other in others:  # a round over many connections: the loop is busy
+        flushes.add(other, loop)  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    began = others[0].at  # at or after the interval began
+    assert began is not None
+    frames = protocol.scope["extensions"][FRAMES_EXTENSION]
+    written = len(transport.writes)
+    assert frames.write(b"update 1")
+    await asyncio.sleep(0)
+    assert frames.write(b"update 2")
+    await wait_until(lambda: len(transport.writes) > written)
+    if (
+        loop.time() - began < FLUSH_INTERVAL
+    ):  # both came within the interval (as they do but on a stalled machine)
+        assert transport.writes[written:] == [binary_frame(b"update 1") + binary_frame(b"update 2")]
+    for task in state.tasks:
+        task.cancel()
 
 
 def test_one_delay_queue_per_loop_delay_and_call_and_none_keeps_its_loop() -> None:
@@ -495,6 +600,30 @@ async def test_what_follows_the_accept_in_its_turn_never_overtakes_the_101(then:
         "shutdown": b"\x88\x02" + (1012).to_bytes(2, "big"),
     }[then]
     assert after == expected
+    for task in state.tasks:
+        task.cancel()
+
+
+async def test_frames_waiting_for_their_round_go_out_before_the_servers_close_frame_and_none_after() -> None:
+    """The server stops with frames written but not flushed yet: they go out before its close
+    frame (1012); a frame written after the close frame is not sent (RFC 6455 section 5.5.1)."""
+
+    async def app(_scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.Event().wait()
+
+    protocol, transport, state = await upgraded(app)
+    await wait_until(lambda: protocol.accepted)
+    frames = protocol.scope["extensions"][FRAMES_EXTENSION]
+    written = len(transport.writes)
+    assert frames.write(b"update")
+    protocol.shutdown()
+    assert not frames.write(b"too late")
+    await asyncio.sleep(0)  # the round that would have written it
+    assert b"".join(transport.writes[written:]) == binary_frame(b"update") + b"\x88\x02" + (1012).to_bytes(
+        2, "big"
+    )
     for task in state.tasks:
         task.cancel()
 
