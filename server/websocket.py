@@ -8,8 +8,7 @@ and its output buffer, for every frame and every receiver. Server frames are unm
 frame (binary, or text: the JSON event channel's messages) is a two-to-ten-byte header and the
 payload: ``FrameWriter`` (offered to the application in ``scope["extensions"]["collab.frames"]``)
 writes the frames of one turn of the event loop in one transport write at the end of the turn
-(while the loop is busy writing, at the end of the current millisecond: ``Flushes``), and a
-connection's answers to its own client as its application starts waiting for the client.
+(while the loop is busy writing, at the end of the current millisecond: ``Flushes``).
 The 101 answering the upgrade goes out with them: a joining client's 101 and its room's sync step 1
 are one system call, not two. Everything else (pings, close) goes the ordinary way, through the same
 transport, in order: whatever is written or closed that way first writes what the frame writer holds.
@@ -253,7 +252,7 @@ class Flushes:
     connection gets what came meanwhile in the same write: the updates of a busy room go out to
     each of its clients a few at a time, one system call for several, instead of one system
     call per update and client, which is where a busy room's time goes. A quiet loop (a room at
-    10 updates per second, a joining client's answers) writes at the end of the turn. Busy,
+    10 updates per second, a storm of joining clients) writes at the end of the turn. Busy,
     a frame waits at most ``FLUSH_INTERVAL`` longer (give or take the loop timer's 1 ms
     resolution)."""
 
@@ -290,10 +289,10 @@ class Flushes:
             return
         self._armed = False
         writers, self._writers = self._writers, []
-        self._written += len(writers)
         for writer in writers:
             try:
-                writer.flush()
+                if writer.flush():
+                    self._written += 1
             except Exception as exc:  # noqa: BLE001 - reported as a callback's would be; the others are written
                 loop.call_exception_handler({"message": "FrameWriter flush failed", "exception": exc})
 
@@ -308,16 +307,9 @@ class FrameWriter:
     its transport. The frames written during one turn of the event loop go out in one transport
     write at the end of that turn (``flush``, called by ``Flushes``; while the loop is busy
     writing, at the end of the current ``FLUSH_INTERVAL``): one system call for a whole batch of
-    events or updates to this connection, not one per frame.
+    events or updates to this connection, not one per frame."""
 
-    Frames the connection's own application task wrote (answers to what the client sent, the
-    101 and a room's first messages) go out sooner, when that task next waits for a frame
-    (``CollabWebSocketProtocol.receive`` calls ``flush_answers``): the client gets its answer
-    while the loop goes on with other connections, in the same one system call. Frames other
-    tasks write to it while it waits (a room's updates from other clients) still go out at the
-    end of the turn, however many connections write to it in that turn."""
-
-    __slots__ = ("_answer", "_flushes", "_head", "_loop", "_pending", "_protocol", "waiting", "writable")
+    __slots__ = ("_flushes", "_head", "_loop", "_pending", "_protocol", "writable")
 
     def __init__(self, protocol: CollabWebSocketProtocol) -> None:
         self._protocol = protocol
@@ -325,8 +317,6 @@ class FrameWriter:
         self._flushes = Flushes.of(protocol.loop)
         self._pending: list[bytes] | None = None
         self._head = False  # the first pending item is the 101
-        self._answer = False  # a pending frame was written while the application was not waiting
-        self.waiting = False  # the application waits for a frame (set by ``receive``)
         self.writable: Gate = protocol.writable  # closed while the transport is paused
 
     def write_head(self, head: bytes) -> None:
@@ -339,7 +329,6 @@ class FrameWriter:
         else:
             self._pending.insert(0, head)
         self._head = True
-        self._answer = True
 
     def write(self, payload: bytes | str | Framed) -> bool:
         """Write ``payload`` as one frame (binary; text for a ``str``; ``Framed`` as framed), at
@@ -365,30 +354,22 @@ class FrameWriter:
             self._flushes.add(self, self._loop)
         else:
             self._pending.append(frame)
-        if not self.waiting:
-            self._answer = True
         return True
 
-    def flush_answers(self) -> None:
-        """Write the pending frames now if the application wrote one of them itself: it is about
-        to wait for the client, which may be waiting for them."""
-        if self._answer:
-            self.flush()
-
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Write the pending frames now (before anything else is sent the ordinary way, such as a
-        close frame, so that nothing overtakes them). Once a close frame went out, or the
-        transport is closing, they are dropped: nothing may follow a close frame (RFC 6455
-        section 5.5.1)."""
+        close frame, so that nothing overtakes them); whether anything was written. Once a close
+        frame went out, or the transport is closing, they are dropped: nothing may follow a close
+        frame (RFC 6455 section 5.5.1)."""
         pending, self._pending = self._pending, None
-        self._answer = False
         protocol = self._protocol
         if not pending or protocol.close_sent or protocol.transport.is_closing():
-            return
+            return False
         protocol.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
         if self._head:
             self._head = False
             protocol.head_written()
+        return True
 
 
 # -- the opening handshake (RFC 6455 section 4.2) ----------------------------------------------------
@@ -822,18 +803,8 @@ class CollabWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def receive(self) -> ASGIReceiveEvent:
         queue: Inbox[ASGIReceiveEvent] = self.queue
-        if queue.empty():
-            # About to wait for the client: what the application answered goes out first.
-            frames = self._frame_writer() if self.scope is not None else None
-            if frames is not None:
-                frames.flush_answers()
-                frames.waiting = True
-            try:
-                while queue.empty():
-                    await queue.wait()
-            finally:
-                if frames is not None:
-                    frames.waiting = False
+        while queue.empty():
+            await queue.wait()
         message = queue.get_nowait()
         if self.read_paused and self.queue.empty():
             self.read_paused = False

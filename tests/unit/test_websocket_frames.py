@@ -146,16 +146,18 @@ async def test_a_failing_delay_queue_call_is_reported_and_the_others_still_run()
 
 
 class FlushedAt:
-    """Stands for a ``FrameWriter``: records when it was flushed (loop time); ``fail``: raises."""
+    """Stands for a ``FrameWriter`` with frames pending: records when it was flushed (loop time);
+    ``fail``: raises."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fail: bool = False) -> None:
         self.loop, self.fail = loop, fail
         self.at: float | None = None
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         self.at = self.loop.time()
         if self.fail:
             raise ValueError("flush failed")
+        return True
 
 
 async def test_a_quiet_loop_flushes_every_connection_written_to_at_the_end_of_the_turn() -> None:
@@ -519,51 +521,6 @@ async def test_the_101_and_the_frames_written_in_its_turn_go_out_in_one_write() 
     assert frames == binary_frame(b"\x00\x00\x01\x00") + text_frame("hello")
     for task in state.tasks:
         task.cancel()
-
-
-async def test_the_applications_answers_go_out_as_it_waits_and_others_frames_at_the_end_of_the_turn() -> None:
-    """Frames the application writes itself (the 101 and a room's sync step 1; the answer to a
-    client's message) are written from its own task as it starts waiting for the client, before
-    the loop goes on to others; frames other tasks write to the connection while it waits (a
-    room's updates) go out together at the end of the turn."""
-    writers: list[asyncio.Task[Any] | None] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        assert (await receive())["type"] == "websocket.connect"
-        await send({"type": "websocket.accept"})
-        frames = scope["extensions"][FRAMES_EXTENSION]
-        assert frames.write(b"step 1")
-        writers.append(None)  # marks the application's turn: nothing written before it waits
-        while True:
-            message = await receive()
-            assert frames.write(b"answer to " + message["bytes"])
-
-    protocol, transport, state = await upgraded(app)
-    write = transport.write
-
-    def record(data: bytes) -> None:
-        writers.append(asyncio.current_task())
-        write(data)
-
-    transport.write = record  # type: ignore[method-assign]
-    await wait_until(lambda: protocol.accepted)
-    (task,) = state.tasks
-    assert writers == [None, task]  # the 101 and step 1, from the application's task
-    assert transport.writes[0].endswith(b"\r\n\r\n" + binary_frame(b"step 1"))
-
-    frames = protocol.scope["extensions"][FRAMES_EXTENSION]  # the test plays another connection's task
-    assert frames.write(b"update 1") and frames.write(b"update 2")
-    assert len(transport.writes) == 1  # not yet: at the end of the turn, together
-    await wait_until(lambda: len(transport.writes) == 2)
-    assert transport.writes[1] == binary_frame(b"update 1") + binary_frame(b"update 2")
-    assert writers[-1] is None  # from the loop's end-of-turn call
-
-    protocol.data_received(client_frame(0x2, b"sync step 1"))
-    await wait_until(lambda: len(transport.writes) == 3)
-    assert transport.writes[2] == binary_frame(b"answer to sync step 1")
-    assert writers[-1] is task  # written as the application waits again
-    for pending in state.tasks:
-        pending.cancel()
 
 
 @pytest.mark.parametrize("then", ["close", "send", "return", "raise", "shutdown"])
