@@ -307,24 +307,29 @@ class Batches(Generic[K, R]):
 
     async def _run(self) -> None:
         self._starting = False
-        while self._waiting:
-            keys = sorted(itertools.islice(self._waiting, self._size))  # type: ignore[type-var]
-            for key in keys:
-                self._taken[key] = self._waiting.pop(key)
-            self._start()  # more than one batch waits: the next one alongside
-            try:
-                results = await self._handle(keys)
-            except Exception as exc:  # noqa: BLE001 - every waiter gets it (translated where it is awaited)
-                results = dict.fromkeys(keys, exc)
-            for key in keys:
-                future = self._taken.pop(key)
-                result = results[key]
-                if future.done():
-                    continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+        try:
+            while self._waiting:
+                keys = sorted(itertools.islice(self._waiting, self._size))  # type: ignore[type-var]
+                for key in keys:
+                    self._taken[key] = self._waiting.pop(key)
+                self._start()  # more than one batch waits: the next one alongside
+                try:
+                    results = await self._handle(keys)
+                except Exception as exc:  # noqa: BLE001 - every waiter gets it (translated where it is awaited)
+                    results = dict.fromkeys(keys, exc)
+                for key in keys:
+                    future = self._taken.pop(key)
+                    result = results[key]
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            # No longer counted from here, not from its done callback on a later turn: a key
+            # asked for in between (as every batch under way ends at once) starts a batch.
+            self.tasks.discard(asyncio.current_task())
 
 
 class DocumentRepository:

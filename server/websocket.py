@@ -280,12 +280,16 @@ class Flushes:
             self._armed = True
             loop.call_soon(self._run, loop)
 
-    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _run(self, loop: asyncio.AbstractEventLoop, due: bool = False) -> None:
+        # ``due``: called by the timer at the end of a busy interval. Not judged by the clock
+        # again: uvloop's clock counts whole milliseconds, and the difference of two ticks one
+        # millisecond apart can come out a hair under ``FLUSH_INTERVAL``, which would put the
+        # round off again and again, with a delay rounded to zero, until the next tick.
         now = loop.time()
-        if now - self._since >= FLUSH_INTERVAL:
+        if due or now - self._since >= FLUSH_INTERVAL:
             self._since, self._written = now, 0
         elif self._written >= BUSY_WRITES:
-            loop.call_at(self._since + FLUSH_INTERVAL, self._run, loop)
+            loop.call_at(self._since + FLUSH_INTERVAL, self._run, loop, True)
             return
         self._armed = False
         writers, self._writers = self._writers, []

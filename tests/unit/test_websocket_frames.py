@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+import uvloop
 from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 
@@ -198,6 +199,47 @@ async def test_a_busy_loop_flushes_once_per_interval_and_a_quiet_one_at_the_end_
     flushes.add(quiet, loop)  # type: ignore[arg-type]
     await asyncio.sleep(0)
     assert quiet.at is not None
+
+
+def test_on_uvloops_millisecond_clock_a_busy_round_waits_for_one_timer_not_a_spin() -> None:
+    """uvloop's clock counts whole milliseconds: two ticks one millisecond apart can differ by a
+    hair under ``FLUSH_INTERVAL``. The round put off to the end of a busy interval goes out when
+    its timer fires, in one call, instead of being put off again (with a delay rounded to zero)
+    until the clock ticks once more, hundreds of times a round."""
+
+    class Counted(Flushes):
+        runs = 0
+
+        def _run(self, loop: asyncio.AbstractEventLoop, *due: bool) -> None:
+            self.runs += 1
+            super()._run(loop, *due)
+
+    class Signals:
+        def __init__(self, done: asyncio.Future[None] | None = None) -> None:
+            self.done = done
+
+        def flush(self) -> bool:
+            if self.done is not None:
+                self.done.set_result(None)
+            return True
+
+    async def rounds() -> list[int]:
+        loop = asyncio.get_running_loop()
+        flushes, runs = Counted(), []
+        for _ in range(100):
+            for _ in range(BUSY_WRITES):  # a busy round
+                flushes.add(Signals(), loop)  # type: ignore[arg-type]
+            await asyncio.sleep(0)
+            flushes.runs = 0
+            done = loop.create_future()
+            flushes.add(Signals(done), loop)  # type: ignore[arg-type]  # put off to the interval's end
+            await asyncio.wait_for(done, 5)
+            runs.append(flushes.runs)
+            await asyncio.sleep(0.002)
+        return runs
+
+    runs = uvloop.run(rounds())
+    assert max(runs) <= 2, runs  # put off once, then written
 
 
 async def test_a_failing_flush_is_reported_and_the_other_connections_are_written() -> None:
