@@ -272,6 +272,24 @@ def fanout_specs(peer: Peer, rooms: int, per_room: int) -> list[dict[str, Any]]:
     ]
 
 
+QUIET_CPU = 0.05  # share of a core under which the servers together count as idle
+SETTLE_SECONDS = 20.0  # longest wait for that before a step
+
+
+def settle(peers: list[Peer]) -> float:
+    """Wait until the servers are idle (together, compaction workers included, under
+    ``QUIET_CPU`` of a core over a quarter of a second), at most ``SETTLE_SECONDS``; the seconds
+    waited. They share one core: what one still does after its step (ours compacts the documents
+    it has just stored) must not run during the next server's step."""
+    start = time.monotonic()
+    while time.monotonic() - start < SETTLE_SECONDS:
+        before = sum(sum(peer.cpu_seconds()) for peer in peers)
+        time.sleep(0.25)
+        if sum(sum(peer.cpu_seconds()) for peer in peers) - before < QUIET_CPU * 0.25:
+            break
+    return time.monotonic() - start
+
+
 def run_step(peer: Peer, group: LoadGroup, rate: int, duration: float, drain: float) -> dict[str, Any]:
     start_us = time.monotonic_ns() // 1000 + 300_000
     cpu_before = peer.cpu_seconds()
@@ -350,6 +368,7 @@ def fanout_shape(peers: list[Peer], shape: str, args: argparse.Namespace) -> dic
             runs: dict[str, list[dict[str, Any]]] = {p.name: [] for p in alive}
             for _ in range(args.repeats):
                 for peer in alive:
+                    settle(peers)
                     runs[peer.name].append(run_step(peer, groups[peer.name], rate, args.duration, args.drain))
             for peer in list(alive):
                 summary = summarise(rate, runs[peer.name])
