@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from .channel import Channel, ChannelClosed
 from .close_codes import CLOSE_1013_SEND_QUEUE_FULL, CloseCode
+from .timers import time_at_timer
 from .ws_frames import Framed
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,14 @@ class Deadlines:
     def _schedule(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_at(self._heap[0].at, self._expire) if self._heap else None
+        if self._heap:
+            at = self._heap[0].at
+            self._timer = self._loop.call_at(at, self._expire, at)
+        else:
+            self._timer = None
 
-    def _expire(self) -> None:
-        now = self._loop.time()
+    def _expire(self, armed_at: float) -> None:
+        now = time_at_timer(self._loop, armed_at)
         heap = self._heap
         while heap and heap[0].at <= now:
             deadline = heapq.heappop(heap)

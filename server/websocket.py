@@ -57,6 +57,7 @@ from websockets.protocol import OPEN
 
 from .errors import error_response
 from .lingering import LingeringTransport
+from .timers import time_at_timer
 from .ws_frames import Framed, ServerFrames, binary_frame
 
 FRAMES_EXTENSION = "collab.frames"
@@ -215,14 +216,14 @@ class DelayQueue:
         pending = Pending(loop.time() + self._delay, target)
         self._queue.append(pending)
         if not self._armed:
-            loop.call_at(pending.at, self._run)
+            loop.call_at(pending.at, self._run, pending.at)
             self._armed = True
         return pending
 
-    def _run(self) -> None:
+    def _run(self, armed_at: float) -> None:
         self._armed = False
         loop = asyncio.get_running_loop()
-        queue, now = self._queue, loop.time()
+        queue, now = self._queue, time_at_timer(loop, armed_at)
         while queue and queue[0].at <= now:
             pending = queue.popleft()
             target, pending.target = pending.target, None
@@ -232,7 +233,7 @@ class DelayQueue:
                 except Exception as exc:  # noqa: BLE001 - reported as a timer callback's would be; the rest go on
                     loop.call_exception_handler({"message": "DelayQueue call failed", "exception": exc})
         if queue:
-            loop.call_at(queue[0].at, self._run)
+            loop.call_at(queue[0].at, self._run, queue[0].at)
             self._armed = True
 
 
@@ -256,13 +257,13 @@ class Flushes:
     a frame waits at most ``FLUSH_INTERVAL`` longer (give or take the loop timer's 1 ms
     resolution)."""
 
-    __slots__ = ("_armed", "_since", "_writers", "_written")
+    __slots__ = ("_armed", "_until", "_writers", "_written")
 
     def __init__(self) -> None:
         # Not the loop: this is its loop's value in ``_FLUSHES`` and must not keep it alive.
         self._writers: list[FrameWriter] = []
         self._armed = False  # a round is due (end of turn, or end of the interval)
-        self._since = float("-inf")  # when the current interval began
+        self._until = float("-inf")  # when the current interval ends
         self._written = 0  # connections written to in it
 
     @classmethod
@@ -280,16 +281,13 @@ class Flushes:
             self._armed = True
             loop.call_soon(self._run, loop)
 
-    def _run(self, loop: asyncio.AbstractEventLoop, due: bool = False) -> None:
-        # ``due``: called by the timer at the end of a busy interval. Not judged by the clock
-        # again: uvloop's clock counts whole milliseconds, and the difference of two ticks one
-        # millisecond apart can come out a hair under ``FLUSH_INTERVAL``, which would put the
-        # round off again and again, with a delay rounded to zero, until the next tick.
-        now = loop.time()
-        if due or now - self._since >= FLUSH_INTERVAL:
-            self._since, self._written = now, 0
+    def _run(self, loop: asyncio.AbstractEventLoop, armed_at: float | None = None) -> None:
+        # ``armed_at``: run by the timer put at the end of a busy interval (``time_at_timer``).
+        now = loop.time() if armed_at is None else time_at_timer(loop, armed_at)
+        if now >= self._until:
+            self._until, self._written = now + FLUSH_INTERVAL, 0
         elif self._written >= BUSY_WRITES:
-            loop.call_at(self._since + FLUSH_INTERVAL, self._run, loop, True)
+            loop.call_at(self._until, self._run, loop, self._until)
             return
         self._armed = False
         writers, self._writers = self._writers, []

@@ -9,6 +9,7 @@ import asyncio
 import time
 
 import pytest
+import uvloop
 
 from server.channel import ChannelClosed
 from server.close_codes import (
@@ -354,6 +355,34 @@ async def test_many_deadlines_share_one_timer_close_in_order_and_forget_the_canc
     assert soon[1].close_code is None
     assert not any(conn.is_closing for conn in conns)
     assert deadlines.live == 50
+
+
+def test_on_uvloops_millisecond_clock_a_deadline_closes_at_its_timer_not_in_a_spin() -> None:
+    """A deadline's timer closes its connection when it runs: on uvloop, whose clock counts whole
+    milliseconds, not after running again and again (with a delay rounded to zero) because the
+    clock still read a hair before the deadline (``timers.time_at_timer``)."""
+
+    class Counted(Deadlines):
+        runs = 0
+
+        def _expire(self, *armed_at: float) -> None:
+            self.runs += 1
+            super()._expire(*armed_at)
+
+    async def expiries() -> list[int]:
+        loop = asyncio.get_running_loop()
+        runs = []
+        for n in range(100):
+            deadlines = Counted(loop)
+            conn = Connection(FakeChannel(), max_queue=10)
+            deadlines.add(loop.time() + 0.01 + n % 7 / 3000, conn, CLOSE_4401_TOKEN_EXPIRED)
+            await wait_until(lambda: conn.is_closing, timeout=DEADLINE)  # noqa: B023 - awaited here
+            runs.append(deadlines.runs)
+            await asyncio.sleep(0.0013)
+        return runs
+
+    runs = uvloop.run(expiries())
+    assert max(runs) == 1, runs
 
 
 class BrokenChannel(FakeChannel):

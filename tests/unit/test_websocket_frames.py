@@ -210,9 +210,9 @@ def test_on_uvloops_millisecond_clock_a_busy_round_waits_for_one_timer_not_a_spi
     class Counted(Flushes):
         runs = 0
 
-        def _run(self, loop: asyncio.AbstractEventLoop, *due: bool) -> None:
+        def _run(self, loop: asyncio.AbstractEventLoop, *armed_at: float) -> None:
             self.runs += 1
-            super()._run(loop, *due)
+            super()._run(loop, *armed_at)
 
     class Signals:
         def __init__(self, done: asyncio.Future[None] | None = None) -> None:
@@ -262,13 +262,7 @@ async def test_frames_written_while_the_loop_is_busy_reach_a_connection_together
     """Two updates to one connection, written while the loop is busy in different turns of
     the same interval, go out in one transport write."""
 
-    async def app(_scope: Any, receive: Any, send: Any) -> None:
-        await receive()
-        await send({"type": "websocket.accept"})
-        await asyncio.Event().wait()
-
-    protocol, transport, state = await upgraded(app)
-    await wait_until(lambda: protocol.accepted)
+    protocol, transport, state = await accepted_and_waiting()
     loop = asyncio.get_running_loop()
     flushes = Flushes.of(loop)
     others = [FlushedAt(loop) for _ in range(BUSY_WRITES)]
@@ -289,6 +283,34 @@ async def test_frames_written_while_the_loop_is_busy_reach_a_connection_together
         assert transport.writes[written:] == [binary_frame(b"update 1") + binary_frame(b"update 2")]
     for task in state.tasks:
         task.cancel()
+
+
+def test_on_uvloops_millisecond_clock_a_delay_queue_call_runs_at_its_timer_not_in_a_spin() -> None:
+    """The queue's timer runs a call once it is due: on uvloop, whose clock counts whole
+    milliseconds, not after running its timer again and again (with a delay rounded to zero)
+    because the clock still read a hair before the call's time (``timers.time_at_timer``)."""
+
+    class Counted(DelayQueue):
+        runs = 0
+
+        def _run(self, *armed_at: float) -> None:
+            self.runs += 1
+            super()._run(*armed_at)
+
+    async def firings() -> list[int]:
+        loop = asyncio.get_running_loop()
+        runs = []
+        for n in range(100):
+            fired = loop.create_future()
+            queue = Counted(0.01 + n % 7 / 1000, lambda _target, done=fired: done.set_result(None))
+            queue.add("ping")
+            await asyncio.wait_for(fired, 5)
+            runs.append(queue.runs)
+            await asyncio.sleep(0.0013)
+        return runs
+
+    runs = uvloop.run(firings())
+    assert max(runs) == 1, runs
 
 
 def test_one_delay_queue_per_loop_delay_and_call_and_none_keeps_its_loop() -> None:
@@ -547,6 +569,20 @@ async def upgraded(app: Any) -> tuple[CollabWebSocketProtocol, RecordingTranspor
     return protocol, transport, state
 
 
+async def accepted_and_waiting() -> tuple[CollabWebSocketProtocol, RecordingTransport, ServerState]:
+    """``upgraded`` with an application that accepts and then waits (the test plays its part),
+    once the 101 is written."""
+
+    async def app(_scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.Event().wait()
+
+    protocol, transport, state = await upgraded(app)
+    await wait_until(lambda: protocol.accepted)
+    return protocol, transport, state
+
+
 async def test_the_101_and_the_frames_written_in_its_turn_go_out_in_one_write() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         assert (await receive())["type"] == "websocket.connect"
@@ -607,13 +643,7 @@ async def test_frames_waiting_for_their_round_go_out_before_the_servers_close_fr
     """The server stops with frames written but not flushed yet: they go out before its close
     frame (1012); a frame written after the close frame is not sent (RFC 6455 section 5.5.1)."""
 
-    async def app(_scope: Any, receive: Any, send: Any) -> None:
-        await receive()
-        await send({"type": "websocket.accept"})
-        await asyncio.Event().wait()
-
-    protocol, transport, state = await upgraded(app)
-    await wait_until(lambda: protocol.accepted)
+    protocol, transport, state = await accepted_and_waiting()
     frames = protocol.scope["extensions"][FRAMES_EXTENSION]
     written = len(transport.writes)
     assert frames.write(b"update")
