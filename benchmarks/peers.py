@@ -172,6 +172,7 @@ def start_peer(name: str, cpu: str, database_url: str, secret: str | None = None
         "RATE_LIMIT_CONNECT_IP": "0",
         "RATE_LIMIT_SYNC_MESSAGES": "0",
         "RATE_LIMIT_SYNC_BYTES": "0",
+        "RATE_LIMIT_SYNC_TIME_MS": "0",
         **settings,
     }
     label = "ours (PostgreSQL)" if database_url.startswith("postgresql") else "ours (SQLite)"

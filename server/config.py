@@ -112,6 +112,12 @@ class Settings(BaseSettings):
     rate_limit_sync_bytes: int = Field(
         default=8 * MiB, ge=0, description="Bytes per second one document connection may send (0: no limit)."
     )
+    rate_limit_sync_time_ms: int = Field(
+        default=200,
+        ge=0,
+        description="Milliseconds of the server's time per second that handling one document connection's "
+        "messages may take: applying its updates, answering its sync step 1 (0: no limit).",
+    )
     rate_limit_event_messages: int = Field(
         default=200,
         ge=0,
@@ -126,7 +132,7 @@ class Settings(BaseSettings):
         default=10.0,
         gt=0,
         le=3600,
-        description="Seconds a WebSocket may stay over its message or byte rate before it is closed "
+        description="Seconds a WebSocket may stay over its message, byte or time rate before it is closed "
         "with 4429.",
     )
     message_queue_bytes: int = Field(

@@ -104,49 +104,66 @@ _connection_keys = itertools.count(1)
 
 
 class ConnectionRate:
-    """What one WebSocket may send: messages and bytes a second (0: no limit), counted with the
-    ``limits`` library in this process's memory (a connection lives on one instance), and for
-    how long it may stay over either before it is closed with 4429. A frame larger than the
-    byte rate counts as one second's worth."""
+    """What one WebSocket may send and cost: messages and bytes a second, and for a document
+    connection milliseconds of the server's event loop a second spent handling its messages
+    (each 0: no limit), counted with the ``limits`` library in this process's memory (a
+    connection lives on one instance), and for how long it may stay over any of them before it
+    is closed with 4429. A frame larger than the byte rate counts as one second's worth."""
 
     __slots__ = (
+        "_exceeded",
         "_items",
         "_key",
         "_last_over",
         "_loop",
+        "_time",
         "close_after",
         "description",
         "over_since",
         "transport",
     )
 
-    def __init__(self, *, messages: int, size: int, close_after: float, transport: str = "websocket") -> None:
+    def __init__(
+        self, *, messages: int, size: int, close_after: float, time_ms: int = 0, transport: str = "websocket"
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self.transport = transport  # for the rate_limited metric: "websocket" or "events"
         self._key = f"connection-{next(_connection_keys)}"
-        self._items: list[tuple[RateLimitItem, bool]] = []  # (one second's allowance, counts bytes)
+        # (one second's allowance, counts bytes, the rate in words)
+        self._items: list[tuple[RateLimitItem, bool, str]] = []
         if messages > 0:
-            self._items.append((RateLimitItemPerSecond(messages), False))
+            self._items.append((RateLimitItemPerSecond(messages), False, f"{messages} messages per second"))
         if size > 0:
-            self._items.append((RateLimitItemPerSecond(size), True))
+            self._items.append((RateLimitItemPerSecond(size), True, f"{size} bytes per second"))
+        # The server's time, in microseconds: counted once a frame is handled (``charge``).
+        self._time: tuple[RateLimitItem, str] | None = None
+        if time_ms > 0:
+            self._time = (RateLimitItemPerSecond(time_ms * 1000), f"{time_ms} ms of server time per second")
         self.close_after = close_after
         self.over_since: float | None = None  # went over, and has not kept within for 2 s since
         self._last_over = -math.inf
-        parts = ([f"{messages} messages"] if messages else []) + ([f"{size} bytes"] if size else [])
-        self.description = " and ".join(parts) + " per second"
+        self._exceeded = ""  # the rate last gone over, in words
+        self.description = " and ".join(
+            [words for *_, words in self._items] + ([self._time[1]] if self._time else [])
+        )
 
     def _cost(self, item: RateLimitItem, counts_bytes: bool, size: int) -> int:
         return min(size, item.amount) if counts_bytes else 1
 
-    def _over(self, item: RateLimitItem, counts_bytes: bool) -> float:
-        """Note that the client is over ``item``; the seconds until its window allows again."""
-        metrics.rate_limited("connection_bytes" if counts_bytes else "connection_messages", self.transport)
+    def _over(self, item: RateLimitItem, limit: str, words: str) -> float:
+        """Note that the client is over ``item`` (``limit``: its name in the metric, ``words``: the
+        rate in words); the seconds until its window allows again."""
+        metrics.rate_limited(limit, self.transport)
         now = self._loop.time()
         self._last_over = now
+        self._exceeded = words
         if self.over_since is None:
             self.over_since = now
         reset_time = _CONNECTION_WINDOWS.get_window_stats(item, self._key).reset_time
         return max(reset_time - time.time(), 0.001)
+
+    def _over_item(self, item: RateLimitItem, counts_bytes: bool, words: str) -> float:
+        return self._over(item, "connection_bytes" if counts_bytes else "connection_messages", words)
 
     def _within(self) -> None:
         if self.over_since is not None and self._loop.time() - self._last_over > 2.0:
@@ -155,38 +172,63 @@ class ConnectionRate:
     def try_take(self, size: int) -> float:
         """Count a frame of ``size`` bytes; 0 when every allowance holds it, otherwise the seconds
         until the first that does not would (the frame is refused)."""
-        for item, counts_bytes in self._items:
+        for item, counts_bytes, words in self._items:
             if not _CONNECTION_WINDOWS.hit(item, self._key, cost=self._cost(item, counts_bytes, size)):
-                return self._over(item, counts_bytes)
+                return self._over_item(item, counts_bytes, words)
         self._within()
         return 0.0
 
     async def pace(self, size: int) -> None:
-        """Count a frame of ``size`` bytes, waiting until every allowance holds it. Raises
+        """Count a frame of ``size`` bytes, waiting until every allowance holds it and the
+        server's time spent on the frames before it (``charge``) is within its allowance. Raises
         ``FrameRejected`` (4429) once the client has been over for ``close_after`` seconds."""
-        for item, counts_bytes in self._items:
+        for item, counts_bytes, words in self._items:
             cost = self._cost(item, counts_bytes, size)
             while not _CONNECTION_WINDOWS.hit(item, self._key, cost=cost):
-                wait = self._over(item, counts_bytes)
+                wait = self._over_item(item, counts_bytes, words)
+                if self.persisting:
+                    raise FrameRejected(self.closing())
+                await asyncio.sleep(wait)
+        if self._time is not None:
+            item, words = self._time
+            while not _CONNECTION_WINDOWS.test(item, self._key):
+                wait = self._over(item, "connection_time", words)
                 if self.persisting:
                     raise FrameRejected(self.closing())
                 await asyncio.sleep(wait)
         self._within()
 
+    def charge(self, seconds: float) -> None:
+        """Count ``seconds`` of the server's time spent handling a frame of this connection
+        against its time allowance (none: nothing to count); once a window's allowance is spent,
+        ``pace`` holds the next frame until the next window."""
+        if self._time is None:
+            return
+        item = self._time[0]
+        remaining = _CONNECTION_WINDOWS.get_window_stats(item, self._key).remaining
+        cost = min(int(seconds * 1_000_000), remaining)
+        if cost > 0:
+            _CONNECTION_WINDOWS.hit(item, self._key, cost=cost)
+
     @property
     def persisting(self) -> bool:
-        """Over its rate, without two seconds' pause, for longer than ``close_after`` seconds."""
+        """Over a rate, without two seconds' pause, for longer than ``close_after`` seconds."""
         return self.over_since is not None and self._loop.time() - self.over_since > self.close_after
 
     def closing(self) -> CloseCode:
-        return CLOSE_4429_RATE_LIMITED.because(f"over {self.description} for {self.close_after:g} s")
+        """4429, saying which rate the client went over."""
+        return CLOSE_4429_RATE_LIMITED.because(
+            f"over {self._exceeded or self.description} for {self.close_after:g} s"
+        )
 
 
 class PacedChannel:
     """A document socket read no faster than its ``ConnectionRate``: a frame over the rate is
     delivered once the client's allowance covers it, and meanwhile nothing more is read (uvicorn
-    stops reading the socket, so a flooding client is held back by TCP and costs nothing). One
-    that stays over its rate for ``close_after`` seconds is closed with 4429."""
+    stops reading the socket, so a flooding client is held back by TCP and costs nothing). The
+    reader reports the time each frame took it (``charge``): a client whose frames cost the
+    server more than its time allowance is read more slowly in the same way. One that stays over
+    a rate for ``close_after`` seconds is closed with 4429."""
 
     __slots__ = ("_channel", "_rate", "_send_now", "path")
 
@@ -200,6 +242,10 @@ class PacedChannel:
         data = await self._channel.recv()
         await self._rate.pace(len(data))
         return data
+
+    def charge(self, seconds: float) -> None:
+        """Count ``seconds`` of the server's time spent handling the last frame received."""
+        self._rate.charge(seconds)
 
     def send_now(self, data: bytes | str | Framed) -> bool:
         """The wrapped channel's direct write (``AsgiChannel.send_now``), when it has one."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -284,6 +285,11 @@ class RoomManager:
         self._forget(room)
 
     async def _read(self, room: Room, conn: Connection, channel: Channel) -> None:
+        # A paced channel counts the server's time each message took against the client's
+        # allowance (``limits.PacedChannel``): from decoding it until the room is done with it,
+        # the other clients' turns included when it has to wait (a large update checked in a
+        # thread, which holds the interpreter as the loop would, or applied in parts).
+        charge: Callable[[float], None] | None = getattr(channel, "charge", None)
         while not conn.is_closing:
             try:
                 frame = await channel.recv()
@@ -296,12 +302,15 @@ class RoomManager:
                 log.info("connection %s to %s: %s", conn.id, room.key, exc)
                 conn.close(exc.close)
                 return
+            started = time.perf_counter()
             try:
                 message = decode(frame)
                 facts = await check_message(message)
                 if conn.is_closing:  # closed while a large message was being checked
                     return
                 await room.receive(conn, message, frame, facts)
+                if charge is not None:
+                    charge(time.perf_counter() - started)
             except DocumentBroken:
                 conn.close(CLOSE_1011_RELOADED)
                 return

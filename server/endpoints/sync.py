@@ -81,11 +81,16 @@ async def _serve(scope: Scope, receive: Receive, send: Send, services: Services,
         max_message_size=settings.max_message_size,
         frames=frame_writer(scope),
     )
-    if settings.rate_limit_sync_messages or settings.rate_limit_sync_bytes:
+    if (
+        settings.rate_limit_sync_messages
+        or settings.rate_limit_sync_bytes
+        or settings.rate_limit_sync_time_ms
+    ):
         rate = ConnectionRate(
             messages=settings.rate_limit_sync_messages,
             size=settings.rate_limit_sync_bytes,
             close_after=settings.rate_limit_close_after,
+            time_ms=settings.rate_limit_sync_time_ms,
         )
         channel = PacedChannel(channel, rate)
     await services.rooms.serve(key, channel, user=principal, can_write=access.role.can_write)

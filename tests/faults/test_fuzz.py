@@ -137,6 +137,7 @@ def fuzz_settings(make_settings: Callable[..., Settings]) -> Settings:
         persist_interval_ms=5,
         rate_limit_sync_messages=0,
         rate_limit_sync_bytes=0,
+        rate_limit_sync_time_ms=0,
         rate_limit_event_messages=0,
         rate_limit_event_bytes=0,
     )

@@ -115,6 +115,22 @@ def small_updates(count: int, *, chunk: str = "f") -> list[bytes]:
     return frames
 
 
+def long_run_appends(run: int, count: int) -> list[bytes]:
+    """A sync frame inserting ``run`` characters in one go, then ``count`` frames each appending one
+    character to it, all by one writer: each append lands on the end of one long string item,
+    which Yrs (pycrdt) merges into it and measures again (its UTF-16 length) every time, so each
+    costs the server time in proportion to ``run`` for a frame of a few bytes."""
+    doc = Doc()
+    text = doc.get("run", type=Text)
+    text += "a" * run
+    frames = [create_update_message(doc.get_update())]
+    for _ in range(count):
+        before = doc.get_state()
+        text += "b"
+        frames.append(create_update_message(doc.get_update(before)))
+    return frames
+
+
 @dataclass
 class Latencies:
     samples: list[float] = field(default_factory=list)

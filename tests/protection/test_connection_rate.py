@@ -77,3 +77,53 @@ async def test_each_refusal_is_counted_in_the_rate_limited_metric() -> None:
     rate.try_take(1)
     rate.try_take(1)
     assert counted() == before + 2
+
+
+def time_refusals() -> float:
+    labels = {"limit": "connection_time", "transport": "websocket"}
+    return REGISTRY.get_sample_value("collab_rate_limited_total", labels) or 0.0
+
+
+async def test_frames_wait_once_their_server_time_is_spent_and_a_client_that_stays_over_is_rejected() -> None:
+    rate = ConnectionRate(messages=0, size=0, close_after=0.5, time_ms=5)
+    loop = asyncio.get_running_loop()
+    refused_before = time_refusals()
+    await rate.pace(1)
+    rate.charge(0.004)  # within 5 ms a second
+    started = loop.time()
+    await rate.pace(1)
+    assert loop.time() - started < 0.5 and rate.over_since is None
+    rate.charge(0.002)  # 6 ms: the window's allowance is spent
+    window = loop.time()
+    await rate.pace(1)  # held until the next window
+    assert loop.time() > window and rate.over_since is not None
+    assert time_refusals() > refused_before
+
+    async def costly() -> None:
+        for _ in range(20):
+            await rate.pace(1)
+            rate.charge(1.0)  # a whole window's worth each time
+
+    with pytest.raises(FrameRejected) as refused:
+        await costly()
+    assert refused.value.close.code == 4429
+    assert "over 5 ms of server time per second for 0.5 s" in refused.value.close.reason
+
+
+async def test_the_reason_names_the_rate_gone_over_and_time_is_counted_only_with_an_allowance() -> None:
+    rate = ConnectionRate(messages=1, size=1_000_000, close_after=0.2, time_ms=100)
+    assert rate.description == (
+        "1 messages per second and 1000000 bytes per second and 100 ms of server time per second"
+    )
+
+    async def flood() -> None:
+        for _ in range(100):
+            await rate.pace(1)
+
+    with pytest.raises(FrameRejected) as refused:
+        await flood()
+    assert "over 1 messages per second for 0.2 s" in refused.value.close.reason
+    untimed = ConnectionRate(messages=10, size=0, close_after=10)
+    untimed.charge(5.0)  # no time allowance: nothing counted, nothing held
+    await untimed.pace(1)
+    assert untimed.over_since is None

@@ -24,6 +24,7 @@ from server.config import Settings
 from tests.protection.helpers import (
     close_of,
     http_from,
+    long_run_appends,
     parse_response,
     polite_edits,
     small_updates,
@@ -121,19 +122,26 @@ async def test_rest_limiter_lets_requests_through_when_redis_is_unreachable(
         assert time.monotonic() - started < 10
 
 
-@pytest.mark.parametrize("kind", ["messages", "bytes"])
+FLOODS: dict[str, tuple[dict[str, Any], Callable[[], list[bytes]]]] = {
+    # As fast as it can: 10,000 one-character updates,
+    "messages": ({"rate_limit_sync_messages": 100}, lambda: small_updates(10_000)),
+    # 1,000 updates of 8 KB,
+    "bytes": ({"rate_limit_sync_bytes": 50_000}, lambda: small_updates(1000, chunk="b" * 8000)),
+    # or 2,000 one-character updates that each cost the server time in proportion to a string
+    # of a million characters (hostile content: few messages, few bytes, much work).
+    "time": ({"rate_limit_sync_time_ms": 20}, lambda: long_run_appends(1_000_000, 2000)),
+}
+
+
+@pytest.mark.parametrize("kind", list(FLOODS))
 async def test_a_flooding_document_client_is_held_back_and_closed_while_a_polite_one_keeps_its_latency(
     make_settings: SettingsFactory, workspace: str, kind: str
 ) -> None:
-    limits: dict[str, Any] = (
-        {"rate_limit_sync_messages": 100, "rate_limit_sync_bytes": 0}
-        if kind == "messages"
-        else {"rate_limit_sync_messages": 0, "rate_limit_sync_bytes": 50_000}
-    )
+    limit, make_frames = FLOODS[kind]
+    limits = {"rate_limit_sync_messages": 0, "rate_limit_sync_bytes": 0, "rate_limit_sync_time_ms": 0} | limit
     async with run_server(make_settings(rate_limit_close_after=3.0, **limits)) as server:
         url = server.doc_url(workspace)
-        # As fast as it can: 10,000 one-character updates, or 1,000 updates of 8 KB.
-        frames = small_updates(10_000) if kind == "messages" else small_updates(1000, chunk="b" * 8000)
+        frames = make_frames()
         # Neither sends back what it receives (pycrdt's Provider would: each would then send the
         # flooder's admitted rate again, and be over the same limit).
         async with yclient(url, echo=False) as polite, yclient(url, echo=False) as observer:
@@ -154,6 +162,11 @@ async def test_a_flooding_document_client_is_held_back_and_closed_while_a_polite
                     await flooding
             assert code == 4429, (code, reason)
             assert "rate limit exceeded" in reason
+            assert {
+                "messages": "messages per second",
+                "bytes": "bytes per second",
+                "time": "ms of server time",
+            }[kind] in reason
             # The polite client lost nothing and kept its latency.
             for i in range(30):
                 assert f"<u{i}>" in str(observer.text()) and f"<f{i}>" in str(observer.text())
