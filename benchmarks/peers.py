@@ -62,7 +62,7 @@ from benchmarks.fanout import RESULTS, ROOT, Server, free_port, wait_for_port
 from server.auth import mint_token
 
 PEERS = Path(__file__).resolve().parent / "peers"
-LADDER = [10, 20, 40, 70, 100, 150, 250, 400, 600, 900, 1300, 2000, 3000]
+LADDER = [10, 20, 40, 70, 100, 150, 250, 400, 600, 900, 1300, 2000, 3000, 4500, 6750, 9000]
 SHAPES = {"10x10": (10, 10), "1x100": (1, 100), "100x10": (100, 10)}
 SERVER_NAMES = ["y-websocket", "hocuspocus", "relay", "ours"]
 NODE_PEERS = ("y-websocket", "hocuspocus")

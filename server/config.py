@@ -115,6 +115,7 @@ class Settings(BaseSettings):
     rate_limit_sync_time_ms: int = Field(
         default=200,
         ge=0,
+        le=1000,
         description="Milliseconds of the server's time per second that handling one document connection's "
         "messages may take: applying its updates, answering its sync step 1 (0: no limit).",
     )

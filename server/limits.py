@@ -105,12 +105,16 @@ _connection_keys = itertools.count(1)
 
 class ConnectionRate:
     """What one WebSocket may send and cost: messages and bytes a second, and for a document
-    connection milliseconds of the server's event loop a second spent handling its messages
-    (each 0: no limit), counted with the ``limits`` library in this process's memory (a
-    connection lives on one instance), and for how long it may stay over any of them before it
-    is closed with 4429. A frame larger than the byte rate counts as one second's worth."""
+    connection milliseconds a second of the server's time spent handling its messages (wall
+    time from decoding a message until the room is done with it), each 0 for no limit, counted
+    with the ``limits`` library in this process's memory (a connection lives on one instance),
+    and for how long it may stay over any of them before it is closed with 4429. A frame larger
+    than the byte rate counts as one second's worth. A message that took more time than its
+    window had left leaves the rest as a debt, paid from the windows that follow before the next
+    frame is read; a debt of more than ``close_after`` seconds' allowance closes at once."""
 
     __slots__ = (
+        "_debt",
         "_exceeded",
         "_items",
         "_key",
@@ -137,6 +141,7 @@ class ConnectionRate:
             self._items.append((RateLimitItemPerSecond(size), True, f"{size} bytes per second"))
         # The server's time, in microseconds: counted once a frame is handled (``charge``).
         self._time: tuple[RateLimitItem, str] | None = None
+        self._debt = 0  # microseconds of server time not yet taken from a window
         if time_ms > 0:
             self._time = (RateLimitItemPerSecond(time_ms * 1000), f"{time_ms} ms of server time per second")
         self.close_after = close_after
@@ -180,8 +185,9 @@ class ConnectionRate:
 
     async def pace(self, size: int) -> None:
         """Count a frame of ``size`` bytes, waiting until every allowance holds it and the
-        server's time spent on the frames before it (``charge``) is within its allowance. Raises
-        ``FrameRejected`` (4429) once the client has been over for ``close_after`` seconds."""
+        server's time spent on the frames before it (``charge``) is within its allowance, its debt
+        paid. Raises ``FrameRejected`` (4429) once the client has been over for ``close_after``
+        seconds, or owes more than ``close_after`` seconds' allowance of time."""
         for item, counts_bytes, words in self._items:
             cost = self._cost(item, counts_bytes, size)
             while not _CONNECTION_WINDOWS.hit(item, self._key, cost=cost):
@@ -191,24 +197,31 @@ class ConnectionRate:
                 await asyncio.sleep(wait)
         if self._time is not None:
             item, words = self._time
-            while not _CONNECTION_WINDOWS.test(item, self._key):
+            while self._debt or not _CONNECTION_WINDOWS.test(item, self._key):
+                if self._debt and _CONNECTION_WINDOWS.test(item, self._key):
+                    self._debt = self._take_time(self._debt)  # paid from this window, as far as it goes
+                    continue
                 wait = self._over(item, "connection_time", words)
-                if self.persisting:
+                if self.persisting or self._debt > self.close_after * item.amount:
                     raise FrameRejected(self.closing())
                 await asyncio.sleep(wait)
         self._within()
 
     def charge(self, seconds: float) -> None:
         """Count ``seconds`` of the server's time spent handling a frame of this connection
-        against its time allowance (none: nothing to count); once a window's allowance is spent,
-        ``pace`` holds the next frame until the next window."""
-        if self._time is None:
-            return
+        against its time allowance (none: nothing to count): what the current window cannot
+        take becomes a debt, and ``pace`` holds the next frame until it is paid."""
+        if self._time is not None:
+            self._debt += self._take_time(int(seconds * 1_000_000))
+
+    def _take_time(self, microseconds: int) -> int:
+        """Take up to ``microseconds`` from the current window; what it could not take."""
+        assert self._time is not None
         item = self._time[0]
-        remaining = _CONNECTION_WINDOWS.get_window_stats(item, self._key).remaining
-        cost = min(int(seconds * 1_000_000), remaining)
-        if cost > 0:
-            _CONNECTION_WINDOWS.hit(item, self._key, cost=cost)
+        taken = min(microseconds, _CONNECTION_WINDOWS.get_window_stats(item, self._key).remaining)
+        if taken > 0:
+            _CONNECTION_WINDOWS.hit(item, self._key, cost=taken)
+        return microseconds - taken
 
     @property
     def persisting(self) -> bool:

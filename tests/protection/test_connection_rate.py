@@ -127,3 +127,28 @@ async def test_the_reason_names_the_rate_gone_over_and_time_is_counted_only_with
     untimed.charge(5.0)  # no time allowance: nothing counted, nothing held
     await untimed.pace(1)
     assert untimed.over_since is None
+
+
+async def test_a_message_that_took_longer_than_its_window_leaves_a_debt_paid_before_the_next_frame() -> None:
+    rate = ConnectionRate(messages=0, size=0, close_after=10, time_ms=20)
+    loop = asyncio.get_running_loop()
+    await rate.pace(1)
+    rate.charge(0.05)  # 50 ms: this window's 20, then a debt of 30
+    started = loop.time()
+    await rate.pace(1)  # the debt takes the next window whole and 10 ms of the one after
+    assert loop.time() - started > 1.0
+    await rate.pace(1)  # 10 ms of that window are left
+    rate.charge(0.005)
+    assert rate.over_since is not None and not rate.persisting
+
+
+async def test_a_debt_of_more_than_close_after_seconds_allowance_closes_at_once() -> None:
+    rate = ConnectionRate(messages=0, size=0, close_after=2, time_ms=100)
+    await rate.pace(1)
+    rate.charge(0.35)  # 250 ms owed: more than 2 s x 100 ms
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(FrameRejected) as refused:
+        await rate.pace(1)
+    assert loop.time() - started < 1.0
+    assert "over 100 ms of server time per second for 2 s" in refused.value.close.reason
