@@ -101,17 +101,20 @@ class BodyLimit:
 _CONNECTION_STORAGE = SyncMemoryStorage()
 _CONNECTION_WINDOWS = FixedWindowRateLimiter(_CONNECTION_STORAGE)
 _connection_keys = itertools.count(1)
+# A connection's server time is counted in the window store once it adds up to this much.
+TIME_GRAIN_US = 1000
 
 
 class ConnectionRate:
     """What one WebSocket may send and cost: messages and bytes a second, and for a document
-    connection milliseconds a second of the server's time spent handling its messages (wall
-    time from decoding a message until the room is done with it), each 0 for no limit, counted
-    with the ``limits`` library in this process's memory (a connection lives on one instance),
-    and for how long it may stay over any of them before it is closed with 4429. A frame larger
-    than the byte rate counts as one second's worth. A message that took more time than its
-    window had left leaves the rest as a debt, paid from the windows that follow before the next
-    frame is read; a debt of more than ``close_after`` seconds' allowance closes at once."""
+    connection milliseconds a second of the server's time spent handling its messages (wall time
+    from decoding a message until the room is done with it, counted a millisecond or more at a
+    time: ``TIME_GRAIN_US``), each 0 for no limit, counted with the ``limits`` library in this
+    process's memory (a connection lives on one instance), and for how long it may stay over any
+    of them before it is closed with 4429. A frame larger than the byte rate counts as one
+    second's worth. A message that took more time than its window had left leaves the rest as a
+    debt, paid from the windows that follow before the next frame is read; a debt of more than
+    ``close_after`` seconds' allowance closes at once."""
 
     __slots__ = (
         "_debt",
@@ -120,7 +123,9 @@ class ConnectionRate:
         "_key",
         "_last_over",
         "_loop",
+        "_spent",
         "_time",
+        "_uncounted",
         "close_after",
         "description",
         "over_since",
@@ -142,6 +147,8 @@ class ConnectionRate:
         # The server's time, in microseconds: counted once a frame is handled (``charge``).
         self._time: tuple[RateLimitItem, str] | None = None
         self._debt = 0  # microseconds of server time not yet taken from a window
+        self._uncounted = 0  # microseconds charged and not yet counted (under TIME_GRAIN_US)
+        self._spent = False  # the current window's time was used up when last counted
         if time_ms > 0:
             self._time = (RateLimitItemPerSecond(time_ms * 1000), f"{time_ms} ms of server time per second")
         self.close_after = close_after
@@ -195,7 +202,7 @@ class ConnectionRate:
                 if self.persisting:
                     raise FrameRejected(self.closing())
                 await asyncio.sleep(wait)
-        if self._time is not None:
+        if self._time is not None and (self._debt or self._spent):
             item, words = self._time
             while self._debt or not _CONNECTION_WINDOWS.test(item, self._key):
                 if self._debt and _CONNECTION_WINDOWS.test(item, self._key):
@@ -205,22 +212,29 @@ class ConnectionRate:
                 if self.persisting or self._debt > self.close_after * item.amount:
                     raise FrameRejected(self.closing())
                 await asyncio.sleep(wait)
+            self._spent = False
         self._within()
 
     def charge(self, seconds: float) -> None:
         """Count ``seconds`` of the server's time spent handling a frame of this connection
         against its time allowance (none: nothing to count): what the current window cannot
         take becomes a debt, and ``pace`` holds the next frame until it is paid."""
-        if self._time is not None:
-            self._debt += self._take_time(int(seconds * 1_000_000))
+        if self._time is None:
+            return
+        self._uncounted += int(seconds * 1_000_000)
+        if self._uncounted >= TIME_GRAIN_US:  # counted a millisecond or more at a time
+            self._debt += self._take_time(self._uncounted)
+            self._uncounted = 0
 
     def _take_time(self, microseconds: int) -> int:
         """Take up to ``microseconds`` from the current window; what it could not take."""
         assert self._time is not None
         item = self._time[0]
-        taken = min(microseconds, _CONNECTION_WINDOWS.get_window_stats(item, self._key).remaining)
+        remaining = _CONNECTION_WINDOWS.get_window_stats(item, self._key).remaining
+        taken = min(microseconds, remaining)
         if taken > 0:
             _CONNECTION_WINDOWS.hit(item, self._key, cost=taken)
+        self._spent = taken == remaining
         return microseconds - taken
 
     @property

@@ -152,3 +152,16 @@ async def test_a_debt_of_more_than_close_after_seconds_allowance_closes_at_once(
         await rate.pace(1)
     assert loop.time() - started < 1.0
     assert "over 100 ms of server time per second for 2 s" in refused.value.close.reason
+
+
+async def test_small_charges_add_up_before_they_are_counted() -> None:
+    rate = ConnectionRate(messages=0, size=0, close_after=10, time_ms=1)
+    loop = asyncio.get_running_loop()
+    await rate.pace(1)
+    rate.charge(0.0006)  # under a millisecond: not counted yet
+    started = loop.time()
+    await rate.pace(1)
+    assert loop.time() - started < 0.5 and rate.over_since is None
+    rate.charge(0.0006)  # 1.2 ms in all: the window's 1 ms, and a debt of 0.2
+    await rate.pace(1)
+    assert loop.time() - started > 0 and rate.over_since is not None
