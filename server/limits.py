@@ -105,27 +105,69 @@ _connection_keys = itertools.count(1)
 TIME_GRAIN_US = 1000
 
 
+class _ServerTime:
+    """One connection's allowance of server time, in microseconds a second, counted in its own
+    ``limits`` window (``key``, "time"). Charges add up until ``TIME_GRAIN_US`` before they are
+    counted; what a window cannot take is a debt."""
+
+    __slots__ = ("debt", "demand", "held_since", "item", "key", "last_held", "uncounted", "words")
+
+    def __init__(self, time_ms: int, key: str) -> None:
+        self.item = RateLimitItemPerSecond(time_ms * 1000)
+        self.words = f"{time_ms} ms of server time per second"
+        self.key = key
+        self.debt = 0  # microseconds not yet taken from a window
+        self.uncounted = 0.0  # microseconds charged and not yet counted
+        self.held_since: float | None = None  # first held for its debt, and held again within 2 s since
+        self.last_held = -math.inf
+        self.demand = 0.0  # microseconds charged since held_since (served or owed)
+
+    def charge(self, seconds: float) -> None:
+        if not (seconds > 0 and math.isfinite(seconds)):
+            return
+        microseconds = seconds * 1_000_000
+        self.uncounted += microseconds
+        if self.held_since is not None:
+            self.demand += microseconds
+        if self.uncounted >= TIME_GRAIN_US:  # counted a millisecond or more at a time
+            whole = int(self.uncounted)
+            self.uncounted -= whole
+            self.debt += whole
+            self.pay()
+
+    def pay(self) -> None:
+        """Pay the debt from the current window, as far as it goes."""
+        remaining = _CONNECTION_WINDOWS.get_window_stats(self.item, self.key, "time").remaining
+        taken = min(self.debt, remaining)
+        if taken > 0:
+            _CONNECTION_WINDOWS.hit(self.item, self.key, "time", cost=taken)
+            self.debt -= taken
+
+    def seconds_to_next_window(self) -> float:
+        reset_time = _CONNECTION_WINDOWS.get_window_stats(self.item, self.key, "time").reset_time
+        return max(reset_time - time.time(), 0.001)
+
+
 class ConnectionRate:
     """What one WebSocket may send and cost: messages and bytes a second, and for a document
     connection milliseconds a second of the server's time spent handling its messages (wall time
     from decoding a message until the room is done with it, counted a millisecond or more at a
     time: ``TIME_GRAIN_US``), each 0 for no limit, counted with the ``limits`` library in this
-    process's memory (a connection lives on one instance), and for how long it may stay over any
-    of them before it is closed with 4429. A frame larger than the byte rate counts as one
-    second's worth. A message that took more time than its window had left leaves the rest as a
-    debt, paid from the windows that follow before the next frame is read; a debt of more than
-    ``close_after`` seconds' allowance closes at once."""
+    process's memory (a connection lives on one instance). A frame over the message or byte rate
+    waits for the next window; a client over either for ``close_after`` seconds is closed with
+    4429. A frame larger than the byte rate counts as one second's worth. Time is counted once
+    a message is handled: what its window could not take is a debt, paid from the windows that
+    follow before the next frame is read; the client is closed with 4429 when it owes more than
+    ``close_after`` seconds' allowance, or when it has been held for its debt for ``close_after``
+    seconds (without two seconds' pause) while asking for at least 90 % of its allowance."""
 
     __slots__ = (
-        "_debt",
         "_exceeded",
         "_items",
         "_key",
         "_last_over",
         "_loop",
-        "_spent",
         "_time",
-        "_uncounted",
         "close_after",
         "description",
         "over_since",
@@ -144,28 +186,22 @@ class ConnectionRate:
             self._items.append((RateLimitItemPerSecond(messages), False, f"{messages} messages per second"))
         if size > 0:
             self._items.append((RateLimitItemPerSecond(size), True, f"{size} bytes per second"))
-        # The server's time, in microseconds: counted once a frame is handled (``charge``).
-        self._time: tuple[RateLimitItem, str] | None = None
-        self._debt = 0  # microseconds of server time not yet taken from a window
-        self._uncounted = 0  # microseconds charged and not yet counted (under TIME_GRAIN_US)
-        self._spent = False  # the current window's time was used up when last counted
-        if time_ms > 0:
-            self._time = (RateLimitItemPerSecond(time_ms * 1000), f"{time_ms} ms of server time per second")
+        self._time = _ServerTime(time_ms, self._key) if time_ms > 0 else None
         self.close_after = close_after
-        self.over_since: float | None = None  # went over, and has not kept within for 2 s since
+        self.over_since: float | None = None  # over messages or bytes, not within for 2 s since
         self._last_over = -math.inf
         self._exceeded = ""  # the rate last gone over, in words
         self.description = " and ".join(
-            [words for *_, words in self._items] + ([self._time[1]] if self._time else [])
+            [words for *_, words in self._items] + ([self._time.words] if self._time else [])
         )
 
     def _cost(self, item: RateLimitItem, counts_bytes: bool, size: int) -> int:
         return min(size, item.amount) if counts_bytes else 1
 
-    def _over(self, item: RateLimitItem, limit: str, words: str) -> float:
-        """Note that the client is over ``item`` (``limit``: its name in the metric, ``words``: the
-        rate in words); the seconds until its window allows again."""
-        metrics.rate_limited(limit, self.transport)
+    def _over(self, item: RateLimitItem, counts_bytes: bool, words: str) -> float:
+        """Note that the client is over ``item`` (``words``: the rate in words); the seconds until
+        its window allows again."""
+        metrics.rate_limited("connection_bytes" if counts_bytes else "connection_messages", self.transport)
         now = self._loop.time()
         self._last_over = now
         self._exceeded = words
@@ -173,9 +209,6 @@ class ConnectionRate:
             self.over_since = now
         reset_time = _CONNECTION_WINDOWS.get_window_stats(item, self._key).reset_time
         return max(reset_time - time.time(), 0.001)
-
-    def _over_item(self, item: RateLimitItem, counts_bytes: bool, words: str) -> float:
-        return self._over(item, "connection_bytes" if counts_bytes else "connection_messages", words)
 
     def _within(self) -> None:
         if self.over_since is not None and self._loop.time() - self._last_over > 2.0:
@@ -186,60 +219,61 @@ class ConnectionRate:
         until the first that does not would (the frame is refused)."""
         for item, counts_bytes, words in self._items:
             if not _CONNECTION_WINDOWS.hit(item, self._key, cost=self._cost(item, counts_bytes, size)):
-                return self._over_item(item, counts_bytes, words)
+                return self._over(item, counts_bytes, words)
         self._within()
         return 0.0
 
     async def pace(self, size: int) -> None:
-        """Count a frame of ``size`` bytes, waiting until every allowance holds it and the
-        server's time spent on the frames before it (``charge``) is within its allowance, its debt
-        paid. Raises ``FrameRejected`` (4429) once the client has been over for ``close_after``
-        seconds, or owes more than ``close_after`` seconds' allowance of time."""
+        """Count a frame of ``size`` bytes, waiting until every allowance holds it and the debt of
+        server time left by the frames before it (``charge``) is paid. Raises ``FrameRejected``
+        (4429) as the class says."""
         for item, counts_bytes, words in self._items:
             cost = self._cost(item, counts_bytes, size)
             while not _CONNECTION_WINDOWS.hit(item, self._key, cost=cost):
-                wait = self._over_item(item, counts_bytes, words)
+                wait = self._over(item, counts_bytes, words)
                 if self.persisting:
                     raise FrameRejected(self.closing())
                 await asyncio.sleep(wait)
-        if self._time is not None and (self._debt or self._spent):
-            item, words = self._time
-            while self._debt or not _CONNECTION_WINDOWS.test(item, self._key):
-                if self._debt and _CONNECTION_WINDOWS.test(item, self._key):
-                    self._debt = self._take_time(self._debt)  # paid from this window, as far as it goes
-                    continue
-                wait = self._over(item, "connection_time", words)
-                if self.persisting or self._debt > self.close_after * item.amount:
-                    raise FrameRejected(self.closing())
-                await asyncio.sleep(wait)
-            self._spent = False
         self._within()
+        if self._time is not None:
+            await self._pay_time(self._time)
+
+    async def _pay_time(self, allowance: _ServerTime) -> None:
+        now = self._loop.time()
+        if not allowance.debt:
+            if allowance.held_since is not None and now - allowance.last_held > 2.0:
+                allowance.held_since = None  # two whole windows without being held
+            return
+        while True:
+            allowance.pay()
+            if not allowance.debt:
+                return
+            now = self._loop.time()
+            if allowance.held_since is None:
+                allowance.held_since, allowance.demand = now, float(allowance.debt)
+            allowance.last_held = now
+            metrics.rate_limited("connection_time", self.transport)
+            self._exceeded = allowance.words
+            amount = allowance.item.amount
+            if allowance.debt > self.close_after * amount:
+                owed = f"{allowance.debt // 1000} ms of server time owed"
+                raise FrameRejected(CLOSE_4429_RATE_LIMITED.because(f"over {allowance.words}: {owed}"))
+            held = now - allowance.held_since
+            if held > self.close_after and allowance.demand >= 0.9 * amount * held:
+                raise FrameRejected(self.closing())
+            await asyncio.sleep(allowance.seconds_to_next_window())
 
     def charge(self, seconds: float) -> None:
         """Count ``seconds`` of the server's time spent handling a frame of this connection
         against its time allowance (none: nothing to count): what the current window cannot
         take becomes a debt, and ``pace`` holds the next frame until it is paid."""
-        if self._time is None:
-            return
-        self._uncounted += int(seconds * 1_000_000)
-        if self._uncounted >= TIME_GRAIN_US:  # counted a millisecond or more at a time
-            self._debt += self._take_time(self._uncounted)
-            self._uncounted = 0
-
-    def _take_time(self, microseconds: int) -> int:
-        """Take up to ``microseconds`` from the current window; what it could not take."""
-        assert self._time is not None
-        item = self._time[0]
-        remaining = _CONNECTION_WINDOWS.get_window_stats(item, self._key).remaining
-        taken = min(microseconds, remaining)
-        if taken > 0:
-            _CONNECTION_WINDOWS.hit(item, self._key, cost=taken)
-        self._spent = taken == remaining
-        return microseconds - taken
+        if self._time is not None:
+            self._time.charge(seconds)
 
     @property
     def persisting(self) -> bool:
-        """Over a rate, without two seconds' pause, for longer than ``close_after`` seconds."""
+        """Over the message or byte rate, without two seconds' pause, for longer than
+        ``close_after`` seconds."""
         return self.over_since is not None and self._loop.time() - self.over_since > self.close_after
 
     def closing(self) -> CloseCode:
