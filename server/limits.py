@@ -105,6 +105,12 @@ _connection_keys = itertools.count(1)
 TIME_GRAIN_US = 1000
 
 
+def _until_next_window(item: RateLimitItem, *identifiers: str) -> float:
+    """Seconds until the connection window of ``item`` and ``identifiers`` starts again (at least 1 ms)."""
+    reset_time = _CONNECTION_WINDOWS.get_window_stats(item, *identifiers).reset_time
+    return max(reset_time - time.time(), 0.001)
+
+
 class _ServerTime:
     """One connection's allowance of server time, in microseconds a second, counted in its own
     ``limits`` window (``key``, "time"). Charges add up until ``TIME_GRAIN_US`` before they are
@@ -142,10 +148,6 @@ class _ServerTime:
         if taken > 0:
             _CONNECTION_WINDOWS.hit(self.item, self.key, "time", cost=taken)
             self.debt -= taken
-
-    def seconds_to_next_window(self) -> float:
-        reset_time = _CONNECTION_WINDOWS.get_window_stats(self.item, self.key, "time").reset_time
-        return max(reset_time - time.time(), 0.001)
 
 
 class ConnectionRate:
@@ -207,8 +209,7 @@ class ConnectionRate:
         self._exceeded = words
         if self.over_since is None:
             self.over_since = now
-        reset_time = _CONNECTION_WINDOWS.get_window_stats(item, self._key).reset_time
-        return max(reset_time - time.time(), 0.001)
+        return _until_next_window(item, self._key)
 
     def _within(self) -> None:
         if self.over_since is not None and self._loop.time() - self._last_over > 2.0:
@@ -261,7 +262,7 @@ class ConnectionRate:
             held = now - allowance.held_since
             if held > self.close_after and allowance.demand >= 0.9 * amount * held:
                 raise FrameRejected(self.closing())
-            await asyncio.sleep(allowance.seconds_to_next_window())
+            await asyncio.sleep(_until_next_window(allowance.item, allowance.key, "time"))
 
     def charge(self, seconds: float) -> None:
         """Count ``seconds`` of the server's time spent handling a frame of this connection
