@@ -41,6 +41,10 @@ class DocumentUnavailable(ServiceError):
     status_code, code = 503, "document_view_timeout"
 
 
+class DocumentReloaded(ServiceError):
+    status_code, code = 503, "document_reloaded"
+
+
 def document_path(doc_path: str = "") -> str:
     path = doc_path.strip("/")
     if path and not RoomKey.valid_path(path):
@@ -140,6 +144,8 @@ async def _apply(
         await room.apply_update(body, facts)
     except ProtocolError as exc:
         raise BadRequest(f"not a valid Yjs update: {exc}") from None
+    except DocumentBroken as exc:
+        raise DocumentReloaded(f"{exc}; send it again (an update applied twice changes nothing)") from None
     state = base64.b64encode(room.doc.get_state()).decode()
     return UpdateApplied(applied_bytes=len(body), state_vector=state)
 

@@ -271,6 +271,23 @@ class ConnectionRate:
         if self._time is not None:
             self._time.charge(seconds)
 
+    def check_time(self, seconds: float) -> None:
+        """For a message still being handled that has cost ``seconds`` so far: raises
+        ``FrameRejected`` (4429) once charging it would leave the connection owing more than
+        ``close_after`` seconds' allowance, the rule ``pace`` applies to the next frame."""
+        allowance = self._time
+        if allowance is None or not (seconds > 0 and math.isfinite(seconds)):
+            return
+        remaining = _CONNECTION_WINDOWS.get_window_stats(allowance.item, allowance.key, "time").remaining
+        owed = allowance.debt + allowance.uncounted + seconds * 1_000_000 - remaining
+        if owed > self.close_after * allowance.item.amount:
+            metrics.rate_limited("connection_time", self.transport)
+            raise FrameRejected(
+                CLOSE_4429_RATE_LIMITED.because(
+                    f"over {allowance.words}: one message took {seconds * 1000:.0f} ms and was not finished"
+                )
+            )
+
     @property
     def persisting(self) -> bool:
         """Over the message or byte rate, without two seconds' pause, for longer than
@@ -308,6 +325,10 @@ class PacedChannel:
     def charge(self, seconds: float) -> None:
         """Count ``seconds`` of the server's time spent handling the last frame received."""
         self._rate.charge(seconds)
+
+    def check_time(self, seconds: float) -> None:
+        """``ConnectionRate.check_time``."""
+        self._rate.check_time(seconds)
 
     def send_now(self, data: bytes | str | Framed) -> bool:
         """The wrapped channel's direct write (``AsgiChannel.send_now``), when it has one."""

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from pycrdt import Awareness, Doc
+from pycrdt import Awareness, Doc, merge_updates
 
 from crdt_store.yjs_state import APPLY_BATCH, apply_batched
 
@@ -19,14 +19,31 @@ from .connection import Connection
 from .protocol import MessageType, ProtocolError, SyncType
 from .vocabulary import is_workspace_id
 from .ws_frames import Framed, binary_frame
-from .yjs_format import UpdateFacts, decode_state_vector, split_update
+from .yjs_format import UpdateFacts, decode_state_vector, split_update, split_update_soon
 
 log = logging.getLogger(__name__)
 
 
 READ_ONLY = protocol.auth_permission_denied("read-only: your role in this workspace cannot edit")
-# A larger update is applied in parts of this many structs (a few tens of milliseconds each).
+# A stored update is applied in parts of this many structs when a room loads.
 APPLY_STRUCTS = 20_000
+
+# What one struct or deletion of an update may cost Yrs to apply, at most: a constant, and time
+# in proportion to the item it splits or merges (Yrs measures a string item's UTF-16 length
+# again, and finds an offset in it by walking it), which is never longer than its client's clock.
+# Measured at 1.1 ns per clock unit for ASCII text and 3.2 for CJK (benchmarks/long_runs.py).
+STRUCT_SECONDS = 2e-6
+CLOCK_SECONDS = 4e-9
+# A client's update that could cost more than this is applied in parts of at most this cost,
+PART_SECONDS = 0.002
+# for about this long in each event-loop turn.
+TURN_SECONDS = 0.005
+
+
+def part_size(max_clock: int) -> int:
+    """How many structs and deletions an update's part may hold, in a document where no client's
+    clock is above ``max_clock``: at least one, and as many as cost at most ``PART_SECONDS``."""
+    return max(1, int(PART_SECONDS / (STRUCT_SECONDS + max_clock * CLOCK_SECONDS)))
 
 
 class DocumentBroken(Exception):
@@ -159,6 +176,7 @@ class Room:
         self._full_state_step2: bytes | None = None
         self._step1: bytes | None = None  # sync step 1 with the document's state vector
         self.version = 0  # counts the updates applied, so that views of the document can be cached
+        self._max_clock = (-1, 0)  # (version, the highest clock of any client then)
         self._loop = asyncio.get_running_loop()
         self.unload_handle: asyncio.TimerHandle | None = None
 
@@ -198,19 +216,26 @@ class Room:
     # -- messages ---------------------------------------------------------------------------------
 
     async def receive(
-        self, conn: Connection, message: protocol.Message, frame: bytes, facts: UpdateFacts | None
+        self,
+        conn: Connection,
+        message: protocol.Message,
+        frame: bytes,
+        facts: UpdateFacts | None,
+        *,
+        spent: Callable[[float], None] | None = None,
     ) -> None:
         """Handle one message from ``conn`` (``frame``: the message as received), whose payload
         passed ``yjs_format.check_message`` (``facts``: what it found in an update). Raises
         ``ProtocolError`` for a message the document cannot take; the document and everyone's
-        presence are then as they were."""
+        presence are then as they were. ``spent`` is told the seconds an update applied in
+        parts has cost so far, after each turn, and may stop it (see ``apply_update``)."""
         if message.type is MessageType.SYNC:
             if message.sync_type is SyncType.STEP1:
                 conn.send(self._sync_step2(message.payload))
             elif conn.can_write:
                 assert facts is not None
                 relayable = frame if message.sync_type is SyncType.UPDATE else None
-                await self.apply_update(message.payload, facts, origin=conn, frame=relayable)
+                await self.apply_update(message.payload, facts, origin=conn, frame=relayable, spent=spent)
             elif message.payload != protocol.EMPTY_UPDATE:
                 # Read-only: not applied, stored or relayed, and the client is told (y-protocols auth).
                 conn.send(READ_ONLY)
@@ -228,15 +253,22 @@ class Room:
         *,
         origin: Connection | None = None,
         frame: bytes | None = None,
+        spent: Callable[[float], None] | None = None,
     ) -> None:
         """Apply a client's update (checked with ``yjs_format.check_update``, which gave
         ``facts``), log it for storage, and relay it to every other connection (``frame``: the
         client's sync-update frame carrying it, relayed as received when the update is alone in
-        its turn). An update that
-        names a parent type the document does not hold is refused (``ProtocolError``): Yrs would
-        keep it waiting and fail the update that later fills the gap. A large update is applied
-        in parts, each in its own event-loop turn. The ``on_update`` listener gets the relay as a
-        function, and calls it at once or, in synchronous mode, once the update is stored."""
+        its turn). An update that names a parent type the document does not hold is refused
+        (``ProtocolError``): Yrs would keep it waiting and fail the update that later fills the gap.
+
+        An update whose structs and deletions could cost Yrs more than ``PART_SECONDS`` in this
+        document is applied in parts of at most that cost, ``TURN_SECONDS`` of them to an
+        event-loop turn; what one turn applied is logged and relayed as one update. After each
+        turn ``spent`` is told the seconds applying has cost so far; if it raises (the client's
+        time allowance, ``FrameRejected``), the rest is not applied and the exception goes on.
+
+        The ``on_update`` listener gets the relay as a function, and calls it at once or, in
+        synchronous mode, once the update is stored."""
         if update == protocol.EMPTY_UPDATE:
             return
         if facts.parents:
@@ -245,12 +277,58 @@ class Room:
                 raise ProtocolError(
                     f"the update names {missing} as a parent type, which the document does not hold"
                 )
-        if facts.structs > APPLY_STRUCTS:
-            await apply_in_parts(update, self._apply)
-        else:
-            self._apply(update)
+        size = facts.structs + facts.deletions
+        if size > 1 and size > (part := part_size(max(facts.max_clock, self._highest_clock()))):
+            await self._apply_in_turns(update, part, origin, frame, spent)
+            return
+        self._apply(update)
+        self._accepted(update, origin, frame)
+
+    def _accepted(self, update: bytes, origin: Connection | None, frame: bytes | None) -> None:
         accepted_at = time.perf_counter()
         self._on_update(self.document_id, update, lambda: self._relay(update, origin, frame, accepted_at))
+
+    def _highest_clock(self) -> int:
+        """The highest clock of any client in the document (which no item is longer than)."""
+        version, clock = self._max_clock
+        if version != self.version:
+            clock = max(decode_state_vector(self.doc.get_state()).values(), default=0)
+            self._max_clock = (self.version, clock)
+        return clock
+
+    async def _apply_in_turns(
+        self,
+        update: bytes,
+        part: int,
+        origin: Connection | None,
+        frame: bytes | None,
+        spent: Callable[[float], None] | None,
+    ) -> None:
+        parts = await split_update_soon(update, part)
+        cost = 0.0
+        at = 0
+        while True:
+            if self.broken:  # reloaded while this waited: the client syncs the rest again
+                raise DocumentBroken("the document was reloaded while an update was applied")
+            if origin is not None and origin.is_closing:
+                return
+            turn_started = time.perf_counter()
+            first = at
+            while at < len(parts) and (at == first or time.perf_counter() - turn_started < TURN_SECONDS):
+                self._apply(parts[at])
+                at += 1
+            cost += time.perf_counter() - turn_started
+            if first == 0 and at == len(parts):  # all in one turn: the update as it came
+                self._accepted(update, origin, frame)
+                return
+            applied = parts[first:at]
+            self._accepted(applied[0] if len(applied) == 1 else merge_updates(*applied), origin, None)
+            if at == len(parts):
+                return
+            if spent is not None:
+                spent(cost)
+            # A timer, not sleep(0): the loop serves the I/O and timers that are waiting first.
+            await asyncio.sleep(1e-4)
 
     def apply_remote(self, update: bytes) -> None:
         """Apply an update another instance accepted (and stores): relay it to every

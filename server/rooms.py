@@ -290,11 +290,21 @@ class RoomManager:
         # the other clients' turns included when it has to wait (a large update checked in a
         # thread, which holds the interpreter as the loop would, or applied in parts).
         charge: Callable[[float], None] | None = getattr(channel, "charge", None)
+        # And may stop an update applied in parts once it has cost more than the client may owe.
+        check_time: Callable[[float], None] | None = getattr(channel, "check_time", None)
         while not conn.is_closing:
             try:
                 frame = await channel.recv()
                 if conn.is_closing:  # closed by the server (access revoked) while waiting
                     return
+                started = time.perf_counter()
+                message = decode(frame)
+                facts = await check_message(message)
+                if conn.is_closing:  # closed while a large message was being checked
+                    return
+                await room.receive(conn, message, frame, facts, spent=check_time)
+                if charge is not None:
+                    charge(time.perf_counter() - started)
             except ChannelClosed:
                 conn.close(CLOSE_1000_NORMAL)
                 return
@@ -302,15 +312,6 @@ class RoomManager:
                 log.info("connection %s to %s: %s", conn.id, room.key, exc)
                 conn.close(exc.close)
                 return
-            started = time.perf_counter()
-            try:
-                message = decode(frame)
-                facts = await check_message(message)
-                if conn.is_closing:  # closed while a large message was being checked
-                    return
-                await room.receive(conn, message, frame, facts)
-                if charge is not None:
-                    charge(time.perf_counter() - started)
             except DocumentBroken:
                 conn.close(CLOSE_1011_RELOADED)
                 return

@@ -25,9 +25,10 @@ type it is not makes Yrs loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
@@ -201,6 +202,8 @@ class UpdateFacts:
     """What checking an update found that only the document it is applied to can confirm."""
 
     structs: int = 0  # items, garbage-collected and skipped ranges
+    deletions: int = 0  # ranges in the delete set
+    max_clock: int = 0  # the highest clock any client's structs or deletions reach
     # Shared types the update names as parents by id (the first item inserted into a nested
     # type), outside the update itself: the document must already hold them.
     parents: list[tuple[int, int]] = field(default_factory=list)
@@ -217,10 +220,12 @@ class UpdateFacts:
 class _Sections:
     """Where each client's structs lie in the update (for ``split_update``)."""
 
-    # (client, [(start offset, end offset, clock)] of each struct)
-    sections: list[tuple[int, list[tuple[int, int, int]]]] = field(default_factory=list)
+    # (client, [(start offset, end offset, first clock, clock after)] of each struct)
+    sections: list[tuple[int, list[tuple[int, int, int, int]]]] = field(default_factory=list)
     structs_end: int = 0
     empty_items: bool = False  # items of length 0 (Yrs writes some), whose successor shares their clock
+    # (client, [(start offset, end offset)] of each range) of the delete set
+    deletions: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
 
 
 def _utf16_length(encoded: bytes) -> int:
@@ -285,7 +290,7 @@ def _read_structs(  # noqa: C901
         structs = r.count("struct")
         client = r.client()
         clock = first = r.clock()
-        offsets: list[tuple[int, int, int]] | None = [] if layout is not None else None
+        offsets: list[tuple[int, int, int, int]] | None = [] if layout is not None else None
         for _ in range(structs):
             start, start_clock = r.pos, clock
             info = r.byte()
@@ -324,13 +329,14 @@ def _read_structs(  # noqa: C901
                     items.length.append(length)
                 clock += length
             if offsets is not None:
-                offsets.append((start, r.pos, start_clock))
+                offsets.append((start, r.pos, start_clock, clock))
                 if clock == start_clock and layout is not None:
                     layout.empty_items = True
         if clock > MAX_CLOCK + 1:
             raise ProtocolError(f"clocks of client {client} pass 32 bits")
         ranges.setdefault(client, []).append((first, clock))
         facts.structs += structs
+        facts.max_clock = max(facts.max_clock, clock)
         if layout is not None and offsets is not None:
             layout.sections.append((client, offsets))
     for parent, item in named_parents:
@@ -343,19 +349,29 @@ def _read_structs(  # noqa: C901
         layout.structs_end = r.pos
 
 
-def _read_delete_set(r: _Reader) -> None:
+def _read_delete_set(r: _Reader, facts: UpdateFacts, layout: _Sections | None) -> None:
     for _ in range(r.count("delete set client")):
-        r.client()
-        for _ in range(r.count("deletion")):
-            if r.clock() + r.uint() > MAX_CLOCK + 1:
+        client = r.client()
+        count = r.count("deletion")
+        offsets: list[tuple[int, int]] = []
+        for _ in range(count):
+            start = r.pos
+            end = r.clock() + r.uint()
+            if end > MAX_CLOCK + 1:
                 raise ProtocolError("a deletion passes 32-bit clocks")
+            facts.max_clock = max(facts.max_clock, end)
+            if layout is not None:
+                offsets.append((start, r.pos))
+        facts.deletions += count
+        if layout is not None and offsets:
+            layout.deletions.append((client, offsets))
 
 
 def _read_update(update: bytes, items: _Items | None = None, layout: _Sections | None = None) -> UpdateFacts:
     r = _Reader(update)
     facts = UpdateFacts()
     _read_structs(r, facts, items, layout)
-    _read_delete_set(r)
+    _read_delete_set(r, facts, layout)
     if r.remaining:
         raise ProtocolError(
             f"{r.remaining} bytes after the end of the update: not a Yjs v1 update "
@@ -390,31 +406,69 @@ def check_state_vector(state_vector: bytes) -> None:
     decode_state_vector(state_vector)
 
 
-def split_update(update: bytes, max_structs: int) -> list[bytes]:
-    """A checked update as updates of at most ``max_structs`` structs each, which together apply as
-    the whole (Yjs updates commute); the delete set travels with the last one. An update holding
-    empty items (Yrs writes some, when part of a multi-byte character is deleted) is not split:
-    their successors share their clocks, and Yrs resolves such ids by the order it saw them."""
-    layout = _Sections()
-    _read_update(update, layout=layout)
-    if layout.empty_items:
-        return [update]
-    chunks: list[bytes] = []
-    current: list[bytes] = []
-    room = max_structs
-    for client, offsets in layout.sections:
+E = TypeVar("E")
+
+
+def _groups(sections: list[tuple[int, list[E]]], size: int) -> Iterator[list[tuple[int, list[E]]]]:
+    """Each client's entries, in order, in groups of ``size`` entries (the last one fewer): each
+    group a list of (client, a run of that client's entries)."""
+    group: list[tuple[int, list[E]]] = []
+    room = size
+    for client, entries in sections:
         at = 0
-        while at < len(offsets):
-            run = offsets[at : at + room]
-            current.append(write_var_uint(len(run)) + write_var_uint(client) + write_var_uint(run[0][2]))
-            current.append(update[run[0][0] : run[-1][1]])
+        while at < len(entries):
+            run = entries[at : at + room]
+            group.append((client, run))
             at += len(run)
             room -= len(run)
             if room == 0:
-                chunks.append(write_var_uint(len(current) // 2) + b"".join(current) + b"\x00")
-                current, room = [], max_structs
-    chunks.append(write_var_uint(len(current) // 2) + b"".join(current) + update[layout.structs_end :])
-    return chunks
+                yield group
+                group, room = [], size
+    if group:
+        yield group
+
+
+def split_update(update: bytes, max_size: int) -> list[bytes]:
+    """A checked update as updates of at most ``max_size`` structs and deletions each, which
+    applied in order make the whole (Yjs updates commute; Yrs keeps a struct or deletion whose
+    dependencies are in a later part until they arrive): the structs first, each client's in
+    clock order, then the delete set's ranges. Raises ``ProtocolError`` for a malformed update,
+    and for one holding empty items that would have to be split: Yrs writes some (when part of a
+    multi-byte character is deleted), their successors share their clocks, and Yrs resolves such
+    ids by the order it saw them, so such an update applied in parts is not the update."""
+    layout = _Sections()
+    facts = _read_update(update, layout=layout)
+    if facts.structs + facts.deletions <= max_size:
+        return [update]
+    if layout.empty_items:
+        raise ProtocolError(
+            "an update holding items of length 0 applies only whole: "
+            f"at most {max_size} structs and deletions here"
+        )
+    # The structs, with an empty delete set (Yjs writeStructs: count, client, first clock, structs),
+    parts = [
+        write_var_uint(len(group))
+        + b"".join(
+            write_var_uint(len(run))
+            + write_var_uint(client)
+            + write_var_uint(run[0][2])
+            + update[run[0][0] : run[-1][1]]
+            for client, run in group
+        )
+        + b"\x00"
+        for group in _groups(layout.sections, max_size)
+    ]
+    # then the deletions, without structs (writeDeleteSet: client, count, ranges).
+    parts += [
+        b"\x00"
+        + write_var_uint(len(group))
+        + b"".join(
+            write_var_uint(client) + write_var_uint(len(run)) + update[run[0][0] : run[-1][1]]
+            for client, run in group
+        )
+        for group in _groups(layout.deletions, max_size)
+    ]
+    return parts
 
 
 # Larger payloads are read in a worker thread: the event loop gets the interpreter back every few
@@ -437,6 +491,11 @@ async def check_message(message: Message) -> UpdateFacts | None:
 async def check_update_soon(update: bytes) -> UpdateFacts:
     """``check_update``, in a worker thread when the update is large."""
     return await _off_loop(check_update, update)
+
+
+async def split_update_soon(update: bytes, max_size: int) -> list[bytes]:
+    """``split_update``, in a worker thread when the update is large."""
+    return await _off_loop(functools.partial(split_update, max_size=max_size), update)
 
 
 async def _off_loop(check: Callable[[bytes], T], payload: bytes) -> T:

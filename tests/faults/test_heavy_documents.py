@@ -8,16 +8,21 @@ import asyncio
 import contextlib
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
-from pycrdt import Array, Doc, Map, Text, write_var_uint
+import pytest
+from pycrdt import Array, Doc, Map, Text, create_update_message, read_message, write_var_uint
+from websockets.exceptions import ConnectionClosed
 
 from server.config import Settings
 from tests.support.rawclient import raw_client, step1_frame
 from tests.support.server import run_server, start_process
 from tests.support.wait import wait_until
+from tests.unit.test_update_parts import empty_item_update
 
 MiB = 1024 * 1024
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -203,3 +208,137 @@ def test_a_large_update_is_applied_without_holding_the_loop(
             pass
         assert len(frame) > len(update) // 2
         assert server.watch.longest < 0.100, f"the loop was held {server.watch.longest:.3f} s"
+
+
+RUN = 400_000  # characters in one writer's run of text
+SPLITS = 1_500
+
+
+def run_and_splits(kind: str) -> tuple[bytes, bytes, str]:
+    """One writer's run of ``RUN`` characters as one update; an update from another client that
+    splits that one string item ``SPLITS`` times (one-character insertions, or deletions, two
+    characters apart back from its end), each split costing Yrs time in proportion to the run;
+    and the text both make."""
+    writer = Doc(client_id=1)
+    writer.get("text", type=Text).insert(0, "a" * RUN)
+    run = writer.get_update()
+    if kind == "insertions":
+        other = Doc(client_id=2)
+        other.apply_update(run)
+        text = other.get("text", type=Text)
+        before = other.get_state()
+        with other.transaction():
+            for i in range(SPLITS):
+                text.insert(RUN - 2 * i - 1, "x")
+        return run, other.get_update(before), str(text)
+    # A delete set alone: client 1, SPLITS ranges of one character (Yjs writeDeleteSet).
+    ranges = b"".join(write_var_uint(RUN - 2 * i - 2) + write_var_uint(1) for i in range(SPLITS))
+    splits = b"\x00\x01" + write_var_uint(1) + write_var_uint(SPLITS) + ranges
+    both = Doc()
+    both.apply_update(run)
+    both.apply_update(splits)
+    return run, splits, str(both.get("text", type=Text))
+
+
+def document_from(ws: Any, timeout: float = 60) -> str:
+    """Send sync step 1 with an empty state vector and return the text of the document the
+    server answers with (sync step 2), skipping what arrives before it."""
+    ws.send(b"\x00\x00\x01\x00")
+    while (frame := ws.recv(timeout=timeout))[:2] != b"\x00\x01":
+        pass
+    doc = Doc()
+    doc.apply_update(read_message(frame[2:]))
+    return str(doc.get("text", type=Text))
+
+
+def close_of(ws: Any, timeout: float = 30) -> tuple[int | None, str]:
+    """Read until the server closes the connection; its close code and reason."""
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            ws.recv(timeout=timeout)
+    return ws.close_code, ws.close_reason or ""
+
+
+@pytest.mark.parametrize("kind", ["insertions", "deletions"])
+def test_an_update_splitting_a_long_item_many_times_is_applied_without_holding_the_loop(
+    make_settings: Callable[..., Settings], workspace: str, kind: str
+) -> None:
+    from websockets.sync.client import connect
+
+    from tests.support.threaded import server_thread
+
+    run, splits, expected = run_and_splits(kind)
+    whole = Doc()
+    whole.apply_update(run)
+    started = time.thread_time()
+    whole.apply_update(splits)
+    in_one_go = time.thread_time() - started  # what applying it at once would hold the loop for
+    settings = make_settings(rate_limit_sync_time_ms=0)
+    with server_thread(settings) as server:
+        url = server.doc_url(workspace)
+        with connect(url, max_size=None) as writer, connect(url, max_size=None) as observer:
+            writer.send(create_update_message(run))
+            assert len(document_from(writer)) == RUN
+            document_from(observer)
+            server.watch.reset()
+            writer.send(create_update_message(splits))
+            assert document_from(writer) == expected  # answered once the update is in
+            longest = server.watch.longest
+            # The observer got it relayed in parts, and has the same document.
+            doc = Doc()
+            doc.apply_update(run)
+            relayed = 0
+            while str(doc.get("text", type=Text)) != expected:
+                frame = observer.recv(timeout=30)
+                if frame[:2] == b"\x00\x02":
+                    doc.apply_update(read_message(frame[2:]))
+                    relayed += 1
+            assert relayed > 1
+    print(f"{kind}: loop held {longest * 1000:.1f} ms at most, {in_one_go * 1000:.0f} ms in one go")  # noqa: T201
+    assert longest < in_one_go / 4, (longest, in_one_go)
+    # What was stored is the document.
+    with server_thread(settings) as server, connect(server.doc_url(workspace), max_size=None) as reader:
+        assert document_from(reader) == expected
+
+
+def test_an_update_costing_more_than_the_clients_time_allowance_is_cut_and_what_was_applied_is_everyones(
+    make_settings: Callable[..., Settings], workspace: str
+) -> None:
+    from websockets.sync.client import connect
+
+    from tests.support.threaded import server_thread
+
+    run, splits, expected = run_and_splits("insertions")
+    settings = make_settings(rate_limit_sync_time_ms=20, rate_limit_close_after=1.0)
+    with server_thread(settings) as server:
+        url = server.doc_url(workspace)
+        with connect(url, max_size=None) as writer, connect(url, max_size=None) as observer:
+            writer.send(create_update_message(run))
+            assert len(document_from(writer)) == RUN
+            writer.send(create_update_message(splits))
+            code, reason = close_of(writer)
+            assert code == 4429, (code, reason)
+            assert "was not finished" in reason
+            # Part of it was applied, and every client has that part.
+            applied = document_from(observer)
+            assert RUN < len(applied) < len(expected)
+    with server_thread(settings) as server, connect(server.doc_url(workspace), max_size=None) as reader:
+        assert document_from(reader) == applied
+
+
+def test_an_update_holding_empty_items_that_would_have_to_be_split_is_refused(
+    make_settings: Callable[..., Settings], workspace: str
+) -> None:
+    from websockets.sync.client import connect
+
+    from tests.support.threaded import server_thread
+
+    run, _, _ = run_and_splits("deletions")
+    empty_items = empty_item_update()
+    with server_thread(make_settings()) as server, connect(server.doc_url(workspace), max_size=None) as ws:
+        ws.send(create_update_message(run))
+        document_from(ws)
+        ws.send(create_update_message(empty_items))
+        code, reason = close_of(ws)
+        assert code == 4400, (code, reason)
+        assert "items of length 0" in reason

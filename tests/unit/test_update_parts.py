@@ -1,0 +1,168 @@
+"""``yjs_format.split_update`` and ``room.part_size``: a client's update that could cost Yrs more
+than ``PART_SECONDS`` is applied in parts; the parts, applied in order, make the same document as
+the whole, each holds at most the structs and deletions asked for, and an update Yrs could only
+take whole is never split."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pycrdt import Doc, Text, merge_updates
+
+from server import room as room_module
+from server.channel import FrameRejected
+from server.close_codes import CLOSE_4429_RATE_LIMITED
+from server.protocol import ProtocolError
+from server.room import PART_SECONDS, STRUCT_SECONDS, DocumentBroken, Room, RoomKey, part_size
+from server.yjs_format import check_update, split_update
+from tests.unit.test_room_load import content, edit_log, one_by_one
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("size", [1, 2, 7, 50])
+def test_the_parts_of_an_update_applied_in_order_make_the_whole(seed: int, size: int) -> None:
+    log = edit_log(300, seed=seed)
+    base = one_by_one(log[:100])
+    update = merge_updates(*log[100:])  # three clients' structs and deletions in one update
+    facts = check_update(update)
+    assert facts.structs > size and facts.deletions > 0
+
+    parts = split_update(update, size)
+
+    held = [check_update(part) for part in parts]
+    assert all(0 < part.structs + part.deletions <= size for part in held)
+    assert sum(part.structs for part in held) == facts.structs
+    assert sum(part.deletions for part in held) == facts.deletions
+    assert max(part.max_clock for part in held) == facts.max_clock
+    whole: Doc[Any] = Doc()
+    in_parts: Doc[Any] = Doc()
+    for doc in (whole, in_parts):
+        doc.apply_update(base.get_update())
+    whole.apply_update(update)
+    for part in parts:
+        in_parts.apply_update(part)
+    assert in_parts.get_state() == whole.get_state()
+    assert content(in_parts) == content(whole)
+
+
+def empty_item_update() -> bytes:
+    """A document's state holding an item of length 0, which Yrs writes for the part of a
+    multi-byte character an edit cuts."""
+    author = Doc(client_id=5)
+    author.get("emoji", type=Text).insert(0, "a\U0001f600b")
+    editor = Doc(client_id=6)
+    editor.apply_update(author.get_update())
+    del editor.get("emoji", type=Text)[0:1]
+    third = Doc(client_id=7)
+    third.apply_update(editor.get_update())
+    third.get("emoji", type=Text).insert(1, "Z")
+    return third.get_update()
+
+
+def test_an_update_holding_an_empty_item_is_refused_rather_than_split() -> None:
+    update = empty_item_update()
+    facts = check_update(update)
+    assert split_update(update, facts.structs + facts.deletions) == [update]
+    with pytest.raises(ProtocolError, match="items of length 0 applies only whole"):
+        split_update(update, 1)
+
+
+def test_a_part_costs_at_most_part_seconds_by_the_bound_and_holds_at_least_one_struct() -> None:
+    assert part_size(0) == int(PART_SECONDS / STRUCT_SECONDS)
+    sizes = [part_size(clock) for clock in (0, 100, 10_000, 100_000, 1_000_000, 2**32)]
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[-2:] == [1, 1]
+    # 10,000 characters of one client: each struct may cost 2 + 40 us.
+    assert part_size(10_000) == 47
+
+
+def run_and_insertions(run: int, count: int) -> tuple[bytes, bytes]:
+    """One writer's run of ``run`` characters, and another client's ``count`` one-character
+    insertions into it, two characters apart back from its end, as one update."""
+    writer = Doc(client_id=1)
+    writer.get("text", type=Text).insert(0, "a" * run)
+    other = Doc(client_id=2)
+    other.apply_update(writer.get_update())
+    text = other.get("text", type=Text)
+    before = other.get_state()
+    with other.transaction():
+        for i in range(count):
+            text.insert(run - 2 * i - 1, "x")
+    return writer.get_update(), other.get_update(before)
+
+
+class Stored:
+    """A room's ``on_update`` listener: keeps what the room logged, and relays it at once."""
+
+    def __init__(self) -> None:
+        self.updates: list[bytes] = []
+
+    def __call__(self, _document_id: int, update: bytes, relay: Callable[[], None]) -> None:
+        self.updates.append(update)
+        relay()
+
+
+def loaded_room(run: bytes, stored: Stored) -> Room:
+    doc: Doc[Any] = Doc()
+    doc.apply_update(run)
+    return Room(RoomKey("ws-parts", "doc"), 1, doc, on_update=stored, on_broken=lambda _room: None)
+
+
+def text(doc: Doc[Any]) -> str:
+    return str(doc.get("text", type=Text))
+
+
+async def test_an_update_applied_within_one_turn_is_logged_and_relayed_as_it_came() -> None:
+    run, insertions = run_and_insertions(100_000, 10)
+    facts = check_update(insertions)
+    stored = Stored()
+    room = loaded_room(run, stored)
+    assert facts.structs + facts.deletions > part_size(100_000)
+
+    await room.apply_update(insertions, facts)
+
+    assert stored.updates == [insertions]
+    assert text(room.doc).count("x") == 10
+
+
+async def test_each_turn_is_logged_as_one_update_and_the_time_allowance_stops_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)  # one part to a turn
+    run, insertions = run_and_insertions(100_000, 40)
+    stored = Stored()
+    room = loaded_room(run, stored)
+    costs: list[float] = []
+
+    def spent(seconds: float) -> None:
+        costs.append(seconds)
+        if len(costs) == 3:
+            raise FrameRejected(CLOSE_4429_RATE_LIMITED)
+
+    with pytest.raises(FrameRejected):
+        await room.apply_update(insertions, check_update(insertions), spent=spent)
+
+    # Three turns, each logged; nothing after the allowance ran out; what is logged is the room.
+    assert len(stored.updates) == 3
+    assert costs == sorted(costs) and costs[0] > 0
+    replayed: Doc[Any] = Doc()
+    for update in [run, *stored.updates]:
+        replayed.apply_update(update)
+    assert text(replayed) == text(room.doc)
+    assert 0 < text(room.doc).count("x") < 40
+
+
+async def test_a_room_reloaded_between_turns_stops_the_update(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)
+    run, insertions = run_and_insertions(100_000, 40)
+    stored = Stored()
+    room = loaded_room(run, stored)
+
+    def break_room(_seconds: float) -> None:
+        room.broken = True
+
+    with pytest.raises(DocumentBroken):
+        await room.apply_update(insertions, check_update(insertions), spent=break_room)
+    assert len(stored.updates) == 1
