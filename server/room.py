@@ -19,7 +19,7 @@ from .connection import Connection
 from .protocol import MessageType, ProtocolError, SyncType
 from .vocabulary import is_workspace_id
 from .ws_frames import Framed, binary_frame
-from .yjs_format import UpdateFacts, decode_state_vector, split_update, split_update_soon
+from .yjs_format import UpdateFacts, decode_state_vector, split_update, update_parts_soon
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +30,25 @@ APPLY_STRUCTS = 20_000
 
 # What one struct or deletion of an update may cost Yrs to apply, at most: a constant, and time
 # in proportion to the item it splits or merges (Yrs measures a string item's UTF-16 length
-# again, and finds an offset in it by walking it), which is never longer than its client's clock.
-# Measured at 1.1 ns per clock unit for ASCII text and 3.2 for CJK (benchmarks/long_runs.py).
+# again, and finds an offset in it by walking it) or to the items it is placed among (Yjs's
+# conflict resolution walks the concurrent ones), neither more than the clock units of all the
+# document's clients together. Measured in benchmarks/long_runs.py.
 STRUCT_SECONDS = 2e-6
-CLOCK_SECONDS = 4e-9
+CLOCK_SECONDS = 5e-9
 # A client's update that could cost more than this is applied in parts of at most this cost,
 PART_SECONDS = 0.002
-# for about this long in each event-loop turn.
+# for about this long in each event-loop turn. A part that took less than a quarter of
+# PART_SECONDS is followed by one twice its size, up to PART_GROWTH times the bound's (so that
+# the bound, which few structs come near, does not cost a large update thousands of parts), and
+# one that took longer by one of the bound's size again.
 TURN_SECONDS = 0.005
+PART_GROWTH = 16
 
 
-def part_size(max_clock: int) -> int:
-    """How many structs and deletions an update's part may hold, in a document where no client's
-    clock is above ``max_clock``: at least one, and as many as cost at most ``PART_SECONDS``."""
-    return max(1, int(PART_SECONDS / (STRUCT_SECONDS + max_clock * CLOCK_SECONDS)))
+def part_size(units: int) -> int:
+    """How many structs and deletions an update's part may hold, in a document whose clients'
+    clocks add up to ``units``: at least one, and as many as cost at most ``PART_SECONDS``."""
+    return max(1, int(PART_SECONDS / (STRUCT_SECONDS + units * CLOCK_SECONDS)))
 
 
 class DocumentBroken(Exception):
@@ -176,7 +181,8 @@ class Room:
         self._full_state_step2: bytes | None = None
         self._step1: bytes | None = None  # sync step 1 with the document's state vector
         self.version = 0  # counts the updates applied, so that views of the document can be cached
-        self._max_clock = (-1, 0)  # (version, the highest clock of any client then)
+        # (version, the state vector then as client -> clock, its clocks added up)
+        self._state: tuple[int, dict[int, int], int] = (-1, {}, 0)
         self._loop = asyncio.get_running_loop()
         self.unload_handle: asyncio.TimerHandle | None = None
 
@@ -271,30 +277,52 @@ class Room:
         synchronous mode, once the update is stored."""
         if update == protocol.EMPTY_UPDATE:
             return
-        if facts.parents:
-            missing = facts.missing_parent(decode_state_vector(self.doc.get_state()))
-            if missing is not None:
-                raise ProtocolError(
-                    f"the update names {missing} as a parent type, which the document does not hold"
-                )
+        _, clocks, units = self._state_vector()
+        missing = facts.missing_parent(clocks)
+        if missing is not None:
+            raise ProtocolError(
+                f"the update names {missing} as a parent type, which the document does not hold"
+            )
+        missing = facts.missing_dependency(clocks)
+        if missing is not None:
+            # Yrs would keep it waiting, and apply all that waits with the update that fills the
+            # gap, at once: a cost no bound on that update would see.
+            raise ProtocolError(
+                f"the update needs {missing}, which the document does not hold: send what it lacks first"
+            )
         size = facts.structs + facts.deletions
-        if size > 1 and size > (part := part_size(max(facts.max_clock, self._highest_clock()))):
+        if size > 1 and size > (part := part_size(units + facts.length)):
             await self._apply_in_turns(update, part, origin, frame, spent)
-            return
-        self._apply(update)
-        self._accepted(update, origin, frame)
+        else:
+            self._apply(update)
+            self._accepted(update, origin, frame)
+        self._advance(facts)
 
     def _accepted(self, update: bytes, origin: Connection | None, frame: bytes | None) -> None:
         accepted_at = time.perf_counter()
         self._on_update(self.document_id, update, lambda: self._relay(update, origin, frame, accepted_at))
 
-    def _highest_clock(self) -> int:
-        """The highest clock of any client in the document (which no item is longer than)."""
-        version, clock = self._max_clock
-        if version != self.version:
-            clock = max(decode_state_vector(self.doc.get_state()).values(), default=0)
-            self._max_clock = (self.version, clock)
-        return clock
+    def _state_vector(self) -> tuple[int, dict[int, int], int]:
+        """The document's state vector (client -> clock) and its clocks added up, as of version
+        (the first), kept up to date as client updates are applied, and read from the document
+        after anything else."""
+        if self._state[0] != self.version:
+            clocks = decode_state_vector(self.doc.get_state())
+            self._state = (self.version, clocks, sum(clocks.values()))
+        return self._state
+
+    def _advance(self, facts: UpdateFacts) -> None:
+        """A client's update whose needs the document held was applied whole: its clients'
+        clocks move on to the ends of its structs (Yrs integrated them all)."""
+        version, clocks, units = self._state
+        if version + 1 != self.version:  # something else was applied meanwhile
+            return
+        for client, clock in facts.clocks.items():
+            before = clocks.get(client, 0)
+            if clock > before:
+                clocks[client] = clock
+                units += clock - before
+        self._state = (self.version, clocks, units)
 
     async def _apply_in_turns(
         self,
@@ -304,26 +332,34 @@ class Room:
         frame: bytes | None,
         spent: Callable[[float], None] | None,
     ) -> None:
-        parts = await split_update_soon(update, part)
+        parts = await update_parts_soon(update)
+        size, largest = part, part * PART_GROWTH
         cost = 0.0
-        at = 0
+        first_turn = True
         while True:
             if self.broken:  # reloaded while this waited: the client syncs the rest again
                 raise DocumentBroken("the document was reloaded while an update was applied")
             if origin is not None and origin.is_closing:
                 return
             turn_started = time.perf_counter()
-            first = at
-            while at < len(parts) and (at == first or time.perf_counter() - turn_started < TURN_SECONDS):
-                self._apply(parts[at])
-                at += 1
+            applied: list[bytes] = []
+            while parts.left and (not applied or time.perf_counter() - turn_started < TURN_SECONDS):
+                piece = parts.take(size)
+                started = time.perf_counter()
+                self._apply(piece)
+                took = time.perf_counter() - started
+                applied.append(piece)
+                if took < PART_SECONDS / 4:
+                    size = min(size * 2, largest)
+                elif took > PART_SECONDS:
+                    size = part
             cost += time.perf_counter() - turn_started
-            if first == 0 and at == len(parts):  # all in one turn: the update as it came
+            if first_turn and not parts.left:  # all in one turn: the update as it came
                 self._accepted(update, origin, frame)
                 return
-            applied = parts[first:at]
+            first_turn = False
             self._accepted(applied[0] if len(applied) == 1 else merge_updates(*applied), origin, None)
-            if at == len(parts):
+            if not parts.left:
                 return
             if spent is not None:
                 spent(cost)

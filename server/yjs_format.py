@@ -25,7 +25,6 @@ type it is not makes Yrs loop.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
@@ -203,7 +202,11 @@ class UpdateFacts:
 
     structs: int = 0  # items, garbage-collected and skipped ranges
     deletions: int = 0  # ranges in the delete set
-    max_clock: int = 0  # the highest clock any client's structs or deletions reach
+    length: int = 0  # clock units its structs span (what it adds to the document, at most)
+    # client -> the clock the document must have reached for it (its structs continue the
+    # client's, their origins and parents, and the items it deletes, outside the update itself)
+    needs: dict[int, int] = field(default_factory=dict)
+    clocks: dict[int, int] = field(default_factory=dict)  # client -> the clock after its structs
     # Shared types the update names as parents by id (the first item inserted into a nested
     # type), outside the update itself: the document must already hold them.
     parents: list[tuple[int, int]] = field(default_factory=list)
@@ -215,6 +218,13 @@ class UpdateFacts:
                 return client, clock
         return None
 
+    def missing_dependency(self, state_vector: dict[int, int]) -> tuple[int, int] | None:
+        """The first id the update needs that the document (its state vector) does not hold."""
+        for client, clock in self.needs.items():
+            if clock > state_vector.get(client, 0):
+                return client, clock - 1
+        return None
+
 
 @dataclass(slots=True)
 class _Sections:
@@ -222,10 +232,12 @@ class _Sections:
 
     # (client, [(start offset, end offset, first clock, clock after)] of each struct)
     sections: list[tuple[int, list[tuple[int, int, int, int]]]] = field(default_factory=list)
+    # the ids each struct names (origin, right origin, parent), in the order of the sections
+    names: list[list[tuple[int, int]]] = field(default_factory=list)
     structs_end: int = 0
     empty_items: bool = False  # items of length 0 (Yrs writes some), whose successor shares their clock
-    # (client, [(start offset, end offset)] of each range) of the delete set
-    deletions: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
+    # (client, [(first clock, start offset, end offset)] of each range) of the delete set
+    deletions: list[tuple[int, list[tuple[int, int, int]]]] = field(default_factory=list)
 
 
 def _utf16_length(encoded: bytes) -> int:
@@ -282,13 +294,20 @@ def _read_type_ref(r: _Reader) -> int:
 # update a client sends, and splitting it would cost a call per item.
 def _read_structs(  # noqa: C901
     r: _Reader, facts: UpdateFacts, items: _Items | None, layout: _Sections | None
-) -> None:
+) -> dict[int, list[tuple[int, int]]]:
+    """Read the structs; returns the clock ranges each client's hold (without skipped ones)."""
     ranges: dict[int, list[tuple[int, int]]] = {}  # client -> clock ranges this update holds
     types: set[tuple[int, int]] = set()  # ids of the shared types it creates
     named_parents: list[tuple[tuple[int, int], tuple[int, int]]] = []  # (parent id, item id)
+    named: list[tuple[int, int]] = []  # ids the items name: origins, right origins, parents
+    empty_items: set[tuple[int, int]] = set()  # ids of items of length 0 (Yrs writes some)
+    names = layout.names if layout is not None else None
     for _ in range(r.count("client")):
         structs = r.count("struct")
         client = r.client()
+        if client in ranges:  # Yjs writes each client's structs once (readClientsStructRefs keeps one)
+            raise ProtocolError(f"client {client}'s structs come in two sections")
+        held = ranges[client] = []
         clock = first = r.clock()
         offsets: list[tuple[int, int, int, int]] | None = [] if layout is not None else None
         for _ in range(structs):
@@ -299,12 +318,23 @@ def _read_structs(  # noqa: C901
                 length = r.uint()
                 if not length:  # Yjs never writes one, and Yrs cannot encode a document holding one
                     raise ProtocolError("an empty garbage-collected or skipped range")
+                if kind == SKIP:  # a gap: what follows continues what the document holds
+                    if clock > first:
+                        held.append((first, clock))
+                    first = clock + length
                 clock += length
+                if names is not None:
+                    names.append([])
             else:
                 origin = r.item_id() if info & _BIT_ORIGIN else None
                 right_origin = r.item_id() if info & _BIT_RIGHT_ORIGIN else None
                 parent: str | tuple[int, int] | None = None
                 keyed = False
+                start_named = len(named)
+                if origin is not None:
+                    named.append(origin)
+                if right_origin is not None:
+                    named.append(right_origin)
                 if not info & (_BIT_ORIGIN | _BIT_RIGHT_ORIGIN):
                     # The parent is written only when it cannot be taken from a neighbour.
                     if r.uint() == 1:
@@ -312,9 +342,12 @@ def _read_structs(  # noqa: C901
                     else:
                         parent = r.item_id()
                         named_parents.append((parent, (client, clock)))
+                        named.append(parent)
                     if info & _BIT_PARENT_SUB:
                         r.skip_buffer()
                         keyed = True
+                if names is not None:
+                    names.append(named[start_named:])
                 if items is not None:
                     items.client.append(client)
                     items.clock.append(clock)
@@ -328,40 +361,66 @@ def _read_structs(  # noqa: C901
                 if items is not None:
                     items.length.append(length)
                 clock += length
+            if clock == start_clock:  # an empty item: what names it names the update's
+                empty_items.add((client, clock))
             if offsets is not None:
                 offsets.append((start, r.pos, start_clock, clock))
-                if clock == start_clock and layout is not None:
-                    layout.empty_items = True
         if clock > MAX_CLOCK + 1:
             raise ProtocolError(f"clocks of client {client} pass 32 bits")
-        ranges.setdefault(client, []).append((first, clock))
+        if clock > first:
+            held.append((first, clock))
+        facts.clocks[client] = clock
         facts.structs += structs
-        facts.max_clock = max(facts.max_clock, clock)
+        facts.length += sum(end - start for start, end in held)
         if layout is not None and offsets is not None:
             layout.sections.append((client, offsets))
     for parent, item in named_parents:
-        held = any(start <= parent[1] < end for start, end in ranges.get(parent[0], ()))
-        if not held:
+        if not _within(ranges.get(parent[0]), parent[1]):
             facts.parents.append(parent)
         elif parent not in types or parent == item:
             raise ProtocolError(f"item {item} names {parent} as its parent, which is not a shared type")
+    # What the update needs the document to hold: each run of a client's structs continues the
+    # client's clock, and what the items name outside the update.
+    needs = facts.needs
+    for client, held in ranges.items():
+        for start, _ in held:
+            if start > needs.get(client, 0):
+                needs[client] = start
+    for client, clock in named:
+        if (
+            clock >= needs.get(client, 0)
+            and not _within(ranges.get(client), clock)
+            and (client, clock) not in empty_items
+        ):
+            needs[client] = clock + 1
     if layout is not None:
+        layout.empty_items = bool(empty_items)
         layout.structs_end = r.pos
+    return ranges
 
 
-def _read_delete_set(r: _Reader, facts: UpdateFacts, layout: _Sections | None) -> None:
+def _within(held: list[tuple[int, int]] | None, clock: int) -> bool:
+    return held is not None and any(start <= clock < end for start, end in held)
+
+
+def _read_delete_set(
+    r: _Reader, facts: UpdateFacts, layout: _Sections | None, ranges: dict[int, list[tuple[int, int]]]
+) -> None:
     for _ in range(r.count("delete set client")):
         client = r.client()
         count = r.count("deletion")
-        offsets: list[tuple[int, int]] = []
+        offsets: list[tuple[int, int, int]] = []
         for _ in range(count):
             start = r.pos
-            end = r.clock() + r.uint()
+            clock = r.clock()
+            end = clock + r.uint()
             if end > MAX_CLOCK + 1:
                 raise ProtocolError("a deletion passes 32-bit clocks")
-            facts.max_clock = max(facts.max_clock, end)
+            # Deleting what neither the update nor the document holds would wait in Yrs.
+            if not _within(ranges.get(client), end - 1) and end > facts.needs.get(client, 0):
+                facts.needs[client] = end
             if layout is not None:
-                offsets.append((start, r.pos))
+                offsets.append((clock, start, r.pos))
         facts.deletions += count
         if layout is not None and offsets:
             layout.deletions.append((client, offsets))
@@ -370,8 +429,8 @@ def _read_delete_set(r: _Reader, facts: UpdateFacts, layout: _Sections | None) -
 def _read_update(update: bytes, items: _Items | None = None, layout: _Sections | None = None) -> UpdateFacts:
     r = _Reader(update)
     facts = UpdateFacts()
-    _read_structs(r, facts, items, layout)
-    _read_delete_set(r, facts, layout)
+    ranges = _read_structs(r, facts, items, layout)
+    _read_delete_set(r, facts, layout, ranges)
     if r.remaining:
         raise ProtocolError(
             f"{r.remaining} bytes after the end of the update: not a Yjs v1 update "
@@ -406,69 +465,157 @@ def check_state_vector(state_vector: bytes) -> None:
     decode_state_vector(state_vector)
 
 
-E = TypeVar("E")
+def _causal_order(update: bytes, layout: _Sections) -> list[tuple[int, int]]:
+    """The structs (section index, index in it) in an order where each comes after the structs
+    of the update it continues or names (its origin, right origin, parent). A client's structs
+    only name its earlier ones, so the sections' own order is one when no struct names one of a
+    later section; otherwise a depth-first walk."""
+    sections = layout.sections
+    section_of = {client: si for si, (client, _) in enumerate(sections)}
+    flat = [(si, k) for si, (_, offsets) in enumerate(sections) for k in range(len(offsets))]
+    names = layout.names
+    if all(
+        section_of.get(client, -1) <= si
+        for (si, _), named in zip(flat, names, strict=True)
+        for client, _ in named
+    ):
+        return flat
+    first_index = list(itertools.accumulate((len(offsets) for _, offsets in sections), initial=0))
+    starts = [[struct[2] for struct in offsets] for _, offsets in sections]
+
+    def struct_at(client: int, clock: int) -> int | None:
+        si = section_of.get(client)
+        if si is None:
+            return None
+        offsets = sections[si][1]
+        k = bisect_right(starts[si], clock) - 1
+        if k < 0 or clock >= offsets[k][3] or update[offsets[k][0]] & 0x1F == SKIP:
+            return None
+        return first_index[si] + k
+
+    def depends_on(index: int) -> Iterator[int]:
+        if flat[index][1]:
+            yield index - 1
+        for client, clock in names[index]:
+            named = struct_at(client, clock)
+            if named is not None and named != index:
+                yield named
+
+    return [flat[index] for index in _depth_first(len(flat), depends_on)]
 
 
-def _groups(sections: list[tuple[int, list[E]]], size: int) -> Iterator[list[tuple[int, list[E]]]]:
-    """Each client's entries, in order, in groups of ``size`` entries (the last one fewer): each
-    group a list of (client, a run of that client's entries)."""
-    group: list[tuple[int, list[E]]] = []
-    room = size
-    for client, entries in sections:
-        at = 0
-        while at < len(entries):
-            run = entries[at : at + room]
-            group.append((client, run))
-            at += len(run)
-            room -= len(run)
-            if room == 0:
-                yield group
-                group, room = [], size
-    if group:
-        yield group
+def _depth_first(count: int, depends_on: Callable[[int], Iterator[int]]) -> list[int]:
+    """``range(count)`` in an order where each comes after those it ``depends_on`` (a cycle,
+    which Yjs never writes, is broken where the walk meets it)."""
+    order: list[int] = []
+    state = bytearray(count)  # 0: not seen, 1: its dependencies being walked, 2: placed
+    for root in range(count):
+        stack = [root]
+        while stack:
+            index = stack[-1]
+            if state[index] == 0:
+                state[index] = 1
+                stack.extend(named for named in depends_on(index) if state[named] == 0)
+            else:
+                stack.pop()
+                if state[index] == 1:
+                    state[index] = 2
+                    order.append(index)
+    return order
+
+
+class UpdateParts:
+    """A checked update taken as updates of a chosen number of structs and deletions each,
+    which applied in order make the whole (Yjs updates commute): the structs first, each after
+    the structs of the update it continues or names (so that a part never waits in Yrs for a
+    later one, to integrate with it at once), then the delete set's ranges. Raises
+    ``ProtocolError`` for a malformed update, and for one holding empty items: Yrs writes some
+    (when an edit cuts a multi-byte character), their successors share their clocks, and Yrs
+    resolves such ids by the order it saw them, so such an update applied in parts is not the
+    update."""
+
+    def __init__(self, update: bytes) -> None:
+        layout = _Sections()
+        self.facts = _read_update(update, layout=layout)
+        if layout.empty_items:
+            raise ProtocolError("an update holding items of length 0 applies only whole")
+        self._update = update
+        self._layout = layout
+        self._order = _causal_order(update, layout)
+        self._at = 0  # in the order
+        # (client, (first clock, start offset, end offset)) of each range
+        self._deletions = [(client, deletion) for client, ranges in layout.deletions for deletion in ranges]
+        self._deleted = 0  # ranges taken
+
+    @property
+    def left(self) -> int:
+        """Structs and deletions not yet taken."""
+        return len(self._order) - self._at + len(self._deletions) - self._deleted
+
+    def take(self, size: int) -> bytes:
+        """The next part: up to ``size`` structs (fewer where a client's next struct does not
+        follow its last one in the part, or where the structs end), or up to ``size`` deletions
+        once the structs are taken. Raises ``IndexError`` when nothing is left."""
+        if self._at < len(self._order):
+            return self._structs(size)
+        if self._deleted < len(self._deletions):
+            return self._deletes(size)
+        raise IndexError("no part left")
+
+    def _structs(self, size: int) -> bytes:
+        runs: dict[int, list[int]] = {}  # section index -> [first, last] index in it
+        end = min(self._at + size, len(self._order))
+        while self._at < end:
+            si, k = self._order[self._at]
+            run = runs.get(si)
+            if run is None:
+                runs[si] = [k, k]
+            elif k == run[1] + 1:
+                run[1] = k
+            else:
+                break
+            self._at += 1
+        update, sections = self._update, self._layout.sections
+        written = []
+        for si, (first, last) in runs.items():
+            client, offsets = sections[si]
+            written.append(
+                write_var_uint(last - first + 1)
+                + write_var_uint(client)
+                + write_var_uint(offsets[first][2])
+                + update[offsets[first][0] : offsets[last][1]]
+            )
+        # Yjs writeStructs (count, client, first clock, structs) and an empty delete set.
+        return write_var_uint(len(written)) + b"".join(written) + b"\x00"
+
+    def _deletes(self, size: int) -> bytes:
+        taken = self._deletions[self._deleted : self._deleted + size]
+        self._deleted += len(taken)
+        clients: dict[int, list[tuple[int, int, int]]] = {}
+        for client, deletion in taken:
+            clients.setdefault(client, []).append(deletion)
+        # No structs, then Yjs writeDeleteSet (clients: client, count, ranges).
+        return (
+            b"\x00"
+            + write_var_uint(len(clients))
+            + b"".join(
+                write_var_uint(client)
+                + write_var_uint(len(ranges))
+                # in order of clock, as Yjs writes them (Yrs merges others wrongly)
+                + b"".join(self._update[start:end] for _, start, end in sorted(ranges))
+                for client, ranges in clients.items()
+            )
+        )
 
 
 def split_update(update: bytes, max_size: int) -> list[bytes]:
-    """A checked update as updates of at most ``max_size`` structs and deletions each, which
-    applied in order make the whole (Yjs updates commute; Yrs keeps a struct or deletion whose
-    dependencies are in a later part until they arrive): the structs first, each client's in
-    clock order, then the delete set's ranges. Raises ``ProtocolError`` for a malformed update,
-    and for one holding empty items that would have to be split: Yrs writes some (when part of a
-    multi-byte character is deleted), their successors share their clocks, and Yrs resolves such
-    ids by the order it saw them, so such an update applied in parts is not the update."""
-    layout = _Sections()
-    facts = _read_update(update, layout=layout)
+    """``update`` as parts of at most ``max_size`` structs or deletions (``UpdateParts``), or
+    whole if it holds no more. Raises ``ProtocolError`` as ``UpdateParts`` does."""
+    facts = check_update(update)
     if facts.structs + facts.deletions <= max_size:
         return [update]
-    if layout.empty_items:
-        raise ProtocolError(
-            "an update holding items of length 0 applies only whole: "
-            f"at most {max_size} structs and deletions here"
-        )
-    # The structs, with an empty delete set (Yjs writeStructs: count, client, first clock, structs),
-    parts = [
-        write_var_uint(len(group))
-        + b"".join(
-            write_var_uint(len(run))
-            + write_var_uint(client)
-            + write_var_uint(run[0][2])
-            + update[run[0][0] : run[-1][1]]
-            for client, run in group
-        )
-        + b"\x00"
-        for group in _groups(layout.sections, max_size)
-    ]
-    # then the deletions, without structs (writeDeleteSet: client, count, ranges).
-    parts += [
-        b"\x00"
-        + write_var_uint(len(group))
-        + b"".join(
-            write_var_uint(client) + write_var_uint(len(run)) + update[run[0][0] : run[-1][1]]
-            for client, run in group
-        )
-        for group in _groups(layout.deletions, max_size)
-    ]
-    return parts
+    parts = UpdateParts(update)
+    return [parts.take(max_size) for _ in iter(lambda: parts.left, 0)]
 
 
 # Larger payloads are read in a worker thread: the event loop gets the interpreter back every few
@@ -493,9 +640,9 @@ async def check_update_soon(update: bytes) -> UpdateFacts:
     return await _off_loop(check_update, update)
 
 
-async def split_update_soon(update: bytes, max_size: int) -> list[bytes]:
-    """``split_update``, in a worker thread when the update is large."""
-    return await _off_loop(functools.partial(split_update, max_size=max_size), update)
+async def update_parts_soon(update: bytes) -> UpdateParts:
+    """``UpdateParts(update)``, read in a worker thread when the update is large."""
+    return await _off_loop(UpdateParts, update)
 
 
 async def _off_loop(check: Callable[[bytes], T], payload: bytes) -> T:

@@ -35,7 +35,7 @@ def test_the_parts_of_an_update_applied_in_order_make_the_whole(seed: int, size:
     assert all(0 < part.structs + part.deletions <= size for part in held)
     assert sum(part.structs for part in held) == facts.structs
     assert sum(part.deletions for part in held) == facts.deletions
-    assert max(part.max_clock for part in held) == facts.max_clock
+    assert sum(part.length for part in held) == facts.length
     whole: Doc[Any] = Doc()
     in_parts: Doc[Any] = Doc()
     for doc in (whole, in_parts):
@@ -74,8 +74,8 @@ def test_a_part_costs_at_most_part_seconds_by_the_bound_and_holds_at_least_one_s
     sizes = [part_size(clock) for clock in (0, 100, 10_000, 100_000, 1_000_000, 2**32)]
     assert sizes == sorted(sizes, reverse=True)
     assert sizes[-2:] == [1, 1]
-    # 10,000 characters of one client: each struct may cost 2 + 40 us.
-    assert part_size(10_000) == 47
+    # 10,000 characters of one client: each struct may cost 2 + 50 us.
+    assert part_size(10_000) == 38
 
 
 def run_and_insertions(run: int, count: int) -> tuple[bytes, bytes]:
@@ -166,3 +166,71 @@ async def test_a_room_reloaded_between_turns_stops_the_update(monkeypatch: pytes
     with pytest.raises(DocumentBroken):
         await room.apply_update(insertions, check_update(insertions), spent=break_room)
     assert len(stored.updates) == 1
+
+
+def chain(clients: int) -> bytes:
+    """One update holding ``clients`` clients' one-character insertions into a text, each after
+    the previous client's: Yrs writes the clients in descending order of id, so each struct comes
+    before the one it names."""
+    doc: Doc[Any] = Doc(client_id=1)
+    doc.get("text", type=Text).insert(0, "a")
+    for client_id in range(2, clients + 1):
+        following: Doc[Any] = Doc(client_id=client_id)
+        following.apply_update(doc.get_update())
+        text = following.get("text", type=Text)
+        text.insert(len(text), "b")
+        doc = following
+    return doc.get_update()
+
+
+def test_the_parts_come_after_what_they_name_so_that_none_waits_for_a_later_one() -> None:
+    update = chain(200)
+    parts = split_update(update, 1)
+    assert len(parts) == 200
+    doc: Doc[Any] = Doc()
+    for count, part in enumerate(parts, start=1):
+        doc.apply_update(part)
+        # Each part's struct is in the document at once, not waiting for the parts after it.
+        assert len(doc.get_state()) > 1 or count == 1
+        assert len(text(doc)) == count
+    whole: Doc[Any] = Doc()
+    whole.apply_update(update)
+    assert text(doc) == text(whole)
+
+
+def test_what_an_update_needs_from_the_document_is_read_from_it() -> None:
+    run, insertions = run_and_insertions(1_000, 3)
+    # Three insertions into client 1's run (its clocks up to 999), by client 2 from clock 0.
+    facts = check_update(insertions)
+    assert facts.needs[1] <= 1_000 and facts.needs.get(2, 0) == 0
+    assert facts.missing_dependency({1: 1_000}) is None
+    assert facts.missing_dependency({1: 10}) == (1, facts.needs[1] - 1)
+    # A delete set alone needs what it deletes; continuing a client's clock needs what it continues.
+    deletion = b"\x00\x01\x01\x01\x05\x02"  # client 1: clocks 5 and 6
+    assert check_update(deletion).needs == {1: 7}
+    later: Doc[Any] = Doc(client_id=2)
+    later.apply_update(run)
+    later.apply_update(insertions)
+    before = later.get_state()
+    later.get("text", type=Text).insert(0, "z")
+    assert check_update(later.get_update(before)).needs[2] == 3
+
+
+def test_one_clients_structs_in_two_sections_are_refused() -> None:
+    section = b"\x01\x03\x00" + b"\x04\x01\x01t\x01a"  # 1 struct, client 3, clock 0, "a" in root "t"
+    two = b"\x02" + section + b"\x01\x03\x01" + b"\x84\x03\x00\x01b" + b"\x00"
+    with pytest.raises(ProtocolError, match="two sections"):
+        check_update(two)
+    check_update(b"\x01" + section + b"\x00")
+
+
+async def test_an_update_needing_what_the_document_lacks_is_refused_before_anything_is_applied() -> None:
+    run, insertions = run_and_insertions(1_000, 3)
+    stored = Stored()
+    room = Room(RoomKey("ws-parts", "doc"), 1, Doc(), on_update=stored, on_broken=lambda _room: None)
+    with pytest.raises(ProtocolError, match=r"needs \(1, \d+\), which the document does not hold"):
+        await room.apply_update(insertions, check_update(insertions))
+    assert stored.updates == [] and text(room.doc) == ""
+    await room.apply_update(run, check_update(run))
+    await room.apply_update(insertions, check_update(insertions))
+    assert text(room.doc).count("x") == 3
