@@ -15,11 +15,13 @@ message costs against the client (``RATE_LIMIT_SYNC_TIME_MS``) and not only its 
 Then what one update costs when it splits such a run many times (``--splits`` one-character
 insertions or deletions, another client's, spread over the last part of the run, written as Yjs
 writes them): Yrs finds the offset in the long item by walking it, so each split costs time in
-proportion to the run too. Reported per split, per unit of the run's clock (a UTF-16 code unit),
-and against the bound the server applies a client's update in parts by (``server.room.part_size``:
-``STRUCT_SECONDS`` plus ``CLOCK_SECONDS`` per unit of the highest client clock): the measured cost
-must stay under it. And the same update applied in parts of ``part_size`` structs, as a room does:
-its total time against applying it whole, and its longest part against ``PART_SECONDS``.
+proportion to the run too; and what an item costs that Yjs places among as many concurrent
+items (``walk``: the run's length in one-character items of as many clients, all at the start
+of the text, and items of clients with higher ids placed there too). Reported per struct, per
+unit of the run's clock (a UTF-16 code unit) or per item walked, and against the bound the
+server applies a client's update in parts by (``server.room.struct_costs``): the measured cost
+must stay under it. And the same update applied in parts as a room does (``UpdateParts``, parts
+of ``PART_SECONDS`` by the bound): its total time against applying it whole, and its longest part.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ import time
 
 from pycrdt import Doc, Text, write_var_uint
 
-from server.room import CLOCK_SECONDS, PART_SECONDS, STRUCT_SECONDS, part_size
-from server.yjs_format import split_update
+from server.room import PART_SECONDS, struct_costs
+from server.yjs_format import SPLITS, WALKS, UpdateParts
 
 RUNS = [0, 250_000, 1_000_000, 4_000_000]
 SPLIT_RUNS = [250_000, 1_000_000, 4_000_000]
+WALK_ITEMS = [2_000, 10_000]
 STRING = 4  # Yjs content ref of a string
 ORIGIN, RIGHT_ORIGIN = 0x80, 0x40
 
@@ -75,6 +78,7 @@ def splitting_update(run_clock: int, splits: int, kind: str) -> bytes:
     origin and right origin are neighbouring units of the run) or deletions of one unit."""
     points = [run_clock - 3 * i - 2 for i in range(splits)]
     if kind == "deletions":
+        # from the end back, unlike Yjs (which writes them in order of clock): each is then a split
         ranges = b"".join(write_var_uint(clock) + write_var_uint(1) for clock in points)
         return b"\x00\x01" + write_var_uint(1) + write_var_uint(splits) + ranges
     items = b"".join(
@@ -90,32 +94,40 @@ def splitting_update(run_clock: int, splits: int, kind: str) -> bytes:
     return b"\x01" + write_var_uint(splits) + write_var_uint(2) + b"\x00" + items + b"\x00"
 
 
-def run_document(run: int, char: str) -> tuple[Doc, int]:
-    """A document holding one client's run of ``run`` copies of ``char``; and its clock."""
+def at_the_start(clients: range) -> bytes:
+    """One-character items of ``clients``, one each, all at the start of the text "text" (no
+    origin): concurrent, so Yjs orders each among the others."""
+    sections = b"".join(
+        write_var_uint(1) + write_var_uint(client) + b"\x00" + bytes([STRING]) + b"\x01\x04text\x01x"
+        for client in clients
+    )
+    return write_var_uint(len(clients)) + sections + b"\x00"
+
+
+def run_document(run: int, char: str) -> tuple[bytes, int]:
+    """One client's run of ``run`` copies of ``char`` as an update; and its clock."""
     writer = Doc(client_id=1)
     writer.get("text", type=Text).insert(0, char * run)
-    clock = run * len(char.encode("utf-16-le")) // 2
-    return writer, clock
+    return writer.get_update(), run * len(char.encode("utf-16-le")) // 2
 
 
-def per_split(run: int, char: str, splits: int, kind: str, repeats: int) -> tuple[float, float, float]:
-    """Median seconds per split of a run of ``run`` copies of ``char``, applied whole; median
-    seconds for the same update applied in parts of ``part_size``; the longest part."""
-    writer, clock = run_document(run, char)
-    initial = writer.get_update()
-    update = splitting_update(clock, splits, kind)
-    parts = split_update(update, part_size(clock))
+def applied(initial: bytes, update: bytes, units: int, repeats: int) -> tuple[float, float, float]:
+    """Median seconds to apply ``update`` to a document holding ``initial`` whole; median seconds
+    to apply it in parts as a room does; the longest part."""
+    costs = struct_costs(units)
     whole, in_parts, longest = [], [], 0.0
     for _ in range(repeats):
         server = Doc()
         server.apply_update(initial)
         started = time.perf_counter()
         server.apply_update(update)
-        whole.append((time.perf_counter() - started) / splits)
+        whole.append(time.perf_counter() - started)
         server = Doc()
         server.apply_update(initial)
+        parts = UpdateParts(update)
         total = 0.0
-        for part in parts:
+        while parts.left:
+            part = parts.take(PART_SECONDS, costs)
             started = time.perf_counter()
             server.apply_update(part)
             took = time.perf_counter() - started
@@ -146,28 +158,38 @@ def main() -> None:
             print(f"| {run:,} | {label} | {cost * 1e6:,.1f} us | {cost / baseline:.1f}x |")
     print()
     print(
-        f"One update of {args.splits:,} splits: per split applied whole (median of {args.repeats}), per "
-        "unit of the run's clock, against the bound; the update in parts of `part_size` structs: total "
-        f"against whole, and the longest part (bound: {PART_SECONDS * 1000:g} ms)"
+        f"One update of {args.splits:,} structs: per struct applied whole (median of {args.repeats}), per "
+        "unit of the run's clock or item walked, against the server's bound; the update in parts as a room "
+        f"applies it: total against whole, and the longest part (parts of {PART_SECONDS * 1000:g} ms "
+        "by the bound)"
     )
     print()
     print(
-        "| run (characters) | text | splits | per split | per clock unit | of the bound | parts "
-        "| in parts / whole | longest part |"
+        "| run | text | structs | per struct | per unit or item | of the bound | in parts / whole "
+        "| longest part |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for char, label in (("a", "ASCII"), ("文", "CJK"), ("\U0001f600", "emoji")):
-        for run in (int(x) for x in args.split_runs.split(",")):
-            _, clock = run_document(run, char)
-            for kind in ("insertions", "deletions"):
-                cost, in_parts, longest = per_split(run, char, args.splits, kind, args.repeats)
-                bound = STRUCT_SECONDS + clock * CLOCK_SECONDS
-                print(
-                    f"| {run:,} | {label} | {kind} | {cost * 1e3:,.3f} ms | {cost / clock * 1e9:.2f} ns "
-                    f"| {cost / bound:.0%} | {part_size(clock)} struct(s) "
-                    f"| {in_parts / (cost * args.splits):.2f}x "
-                    f"| {longest * 1e3:.2f} ms |"
-                )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows = [
+        (run, char, label, kind)
+        for char, label in (("a", "ASCII"), ("文", "CJK"), ("\U0001f600", "emoji"))
+        for run in (int(x) for x in args.split_runs.split(","))
+        for kind in ("insertions", "deletions")
+    ] + [(items, "", "one-character items", "walk") for items in WALK_ITEMS]
+    for run, char, label, kind in rows:
+        if kind == "walk":
+            initial, units = at_the_start(range(1_000, 1_000 + run)), run
+            update = at_the_start(range(2**31, 2**31 + args.splits))
+            bound = struct_costs(units)[WALKS]
+        else:
+            initial, units = run_document(run, char)
+            update = splitting_update(units, args.splits, kind)
+            bound = struct_costs(units)[WALKS if kind == "insertions" else SPLITS]
+        whole, in_parts, longest = applied(initial, update, units, args.repeats)
+        each = whole / args.splits
+        print(
+            f"| {run:,} | {label} | {kind} | {each * 1e3:,.3f} ms | {each / units * 1e9:.2f} ns "
+            f"| {each / bound:.0%} | {in_parts / whole:.2f}x | {longest * 1e3:.2f} ms |"
+        )
 
 
 if __name__ == "__main__":

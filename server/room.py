@@ -19,7 +19,7 @@ from .connection import Connection
 from .protocol import MessageType, ProtocolError, SyncType
 from .vocabulary import is_workspace_id
 from .ws_frames import Framed, binary_frame
-from .yjs_format import UpdateFacts, decode_state_vector, split_update, update_parts_soon
+from .yjs_format import SPLITS, WALKS, UpdateFacts, decode_state_vector, split_update, update_parts_soon
 
 log = logging.getLogger(__name__)
 
@@ -28,27 +28,33 @@ READ_ONLY = protocol.auth_permission_denied("read-only: your role in this worksp
 # A stored update is applied in parts of this many structs when a room loads.
 APPLY_STRUCTS = 20_000
 
-# What one struct or deletion of an update may cost Yrs to apply, at most: a constant, and time
-# in proportion to the item it splits or merges (Yrs measures a string item's UTF-16 length
-# again, and finds an offset in it by walking it) or to the items it is placed among (Yjs's
-# conflict resolution walks the concurrent ones), neither more than the clock units of all the
-# document's clients together. Measured in benchmarks/long_runs.py.
+# What one struct or deletion of an update may cost Yrs to apply, at most: a constant; for one
+# that may split an item of the document (Yrs measures a string item's UTF-16 length again, and
+# finds an offset in it by walking it), time in proportion to that item's length; for one that
+# Yjs may have to place among concurrent items, in proportion to their number. Neither is more
+# than the clock units of all the document's clients together. Measured in
+# benchmarks/long_runs.py: 1.4 ns a unit of ASCII text split, 3 for CJK; 120 ns an item walked.
 STRUCT_SECONDS = 2e-6
-CLOCK_SECONDS = 5e-9
-# A client's update that could cost more than this is applied in parts of at most this cost,
+SPLIT_SECONDS = 5e-9
+WALK_SECONDS = 150e-9
+# A client's update that could cost more than this is applied in parts of at most this cost
+# (at least one struct),
 PART_SECONDS = 0.002
-# for about this long in each event-loop turn. A part that took less than a quarter of
-# PART_SECONDS is followed by one twice its size, up to PART_GROWTH times the bound's (so that
-# the bound, which few structs come near, does not cost a large update thousands of parts), and
-# one that took longer by one of the bound's size again.
+# for about this long in each event-loop turn.
 TURN_SECONDS = 0.005
-PART_GROWTH = 16
 
 
-def part_size(units: int) -> int:
-    """How many structs and deletions an update's part may hold, in a document whose clients'
-    clocks add up to ``units``: at least one, and as many as cost at most ``PART_SECONDS``."""
-    return max(1, int(PART_SECONDS / (STRUCT_SECONDS + units * CLOCK_SECONDS)))
+def struct_costs(units: int) -> tuple[float, float, float]:
+    """What one struct may cost at most, in seconds, in a document whose clients' clocks add up
+    to ``units``: one that neither splits nor walks, one that ``SPLITS``, one that ``WALKS``
+    (``yjs_format``); a deletion may split."""
+    return STRUCT_SECONDS, STRUCT_SECONDS + units * SPLIT_SECONDS, STRUCT_SECONDS + units * WALK_SECONDS
+
+
+def update_cost(facts: UpdateFacts, costs: tuple[float, float, float]) -> float:
+    """What applying an update may cost at most, in seconds, by ``costs`` (``struct_costs``)."""
+    plain = facts.structs - facts.walks - (facts.splits - facts.deletions)
+    return plain * costs[0] + facts.splits * costs[SPLITS] + facts.walks * costs[WALKS]
 
 
 class DocumentBroken(Exception):
@@ -290,9 +296,10 @@ class Room:
             raise ProtocolError(
                 f"the update needs {missing}, which the document does not hold: send what it lacks first"
             )
-        size = facts.structs + facts.deletions
-        if size > 1 and size > (part := part_size(units + facts.length)):
-            await self._apply_in_turns(update, part, origin, frame, spent)
+        if facts.structs + facts.deletions > 1 and (
+            update_cost(facts, costs := struct_costs(units + facts.length)) > PART_SECONDS
+        ):
+            await self._apply_in_turns(update, costs, origin, frame, spent)
         else:
             self._apply(update)
             self._accepted(update, origin, frame)
@@ -327,13 +334,12 @@ class Room:
     async def _apply_in_turns(
         self,
         update: bytes,
-        part: int,
+        costs: tuple[float, float, float],
         origin: Connection | None,
         frame: bytes | None,
         spent: Callable[[float], None] | None,
     ) -> None:
         parts = await update_parts_soon(update)
-        size, largest = part, part * PART_GROWTH
         cost = 0.0
         first_turn = True
         while True:
@@ -344,15 +350,9 @@ class Room:
             turn_started = time.perf_counter()
             applied: list[bytes] = []
             while parts.left and (not applied or time.perf_counter() - turn_started < TURN_SECONDS):
-                piece = parts.take(size)
-                started = time.perf_counter()
+                piece = parts.take(PART_SECONDS, costs)
                 self._apply(piece)
-                took = time.perf_counter() - started
                 applied.append(piece)
-                if took < PART_SECONDS / 4:
-                    size = min(size * 2, largest)
-                elif took > PART_SECONDS:
-                    size = part
             cost += time.perf_counter() - turn_started
             if first_turn and not parts.left:  # all in one turn: the update as it came
                 self._accepted(update, origin, frame)
@@ -363,8 +363,9 @@ class Room:
                 return
             if spent is not None:
                 spent(cost)
-            # A timer, not sleep(0): the loop serves the I/O and timers that are waiting first.
-            await asyncio.sleep(1e-4)
+            # The loop polls for I/O (without waiting, as this task is ready) and runs what is
+            # ready before this task goes on.
+            await asyncio.sleep(0)
 
     def apply_remote(self, update: bytes) -> None:
         """Apply an update another instance accepted (and stores): relay it to every

@@ -170,6 +170,10 @@ class _Reader:
 # -- updates ---------------------------------------------------------------------------------------
 
 
+# What a struct may cost Yrs besides a constant (UpdateFacts.walks, .splits).
+WALKS, SPLITS = 2, 1
+
+
 class RootKind(StrEnum):
     """What a root shared type is, as far as its content tells."""
 
@@ -207,6 +211,11 @@ class UpdateFacts:
     # client's, their origins and parents, and the items it deletes, outside the update itself)
     needs: dict[int, int] = field(default_factory=dict)
     clocks: dict[int, int] = field(default_factory=dict)  # client -> the clock after its structs
+    # Items Yjs may have to place among concurrent ones (walking them): no origin, or one outside
+    # the update; and items that may split an item of the document (an origin or right origin
+    # outside the update), with the deletions (each may split one too).
+    walks: int = 0
+    splits: int = 0
     # Shared types the update names as parents by id (the first item inserted into a nested
     # type), outside the update itself: the document must already hold them.
     parents: list[tuple[int, int]] = field(default_factory=list)
@@ -234,6 +243,8 @@ class _Sections:
     sections: list[tuple[int, list[tuple[int, int, int, int]]]] = field(default_factory=list)
     # the ids each struct names (origin, right origin, parent), in the order of the sections
     names: list[list[tuple[int, int]]] = field(default_factory=list)
+    # for each struct, in the same order: WALKS, SPLITS or 0 (see UpdateFacts)
+    costs: bytearray = field(default_factory=bytearray)
     structs_end: int = 0
     empty_items: bool = False  # items of length 0 (Yrs writes some), whose successor shares their clock
     # (client, [(first clock, start offset, end offset)] of each range) of the delete set
@@ -301,6 +312,9 @@ def _read_structs(  # noqa: C901
     named_parents: list[tuple[tuple[int, int], tuple[int, int]]] = []  # (parent id, item id)
     named: list[tuple[int, int]] = []  # ids the items name: origins, right origins, parents
     empty_items: set[tuple[int, int]] = set()  # ids of items of length 0 (Yrs writes some)
+    # (index among the structs, origin, right origin) of each item
+    placed: list[tuple[int, tuple[int, int] | None, tuple[int, int] | None]] = []
+    index = 0
     names = layout.names if layout is not None else None
     for _ in range(r.count("client")):
         structs = r.count("struct")
@@ -348,6 +362,7 @@ def _read_structs(  # noqa: C901
                         keyed = True
                 if names is not None:
                     names.append(named[start_named:])
+                placed.append((index, origin, right_origin))
                 if items is not None:
                     items.client.append(client)
                     items.clock.append(clock)
@@ -365,6 +380,7 @@ def _read_structs(  # noqa: C901
                 empty_items.add((client, clock))
             if offsets is not None:
                 offsets.append((start, r.pos, start_clock, clock))
+            index += 1
         if clock > MAX_CLOCK + 1:
             raise ProtocolError(f"clocks of client {client} pass 32 bits")
         if clock > first:
@@ -393,9 +409,19 @@ def _read_structs(  # noqa: C901
             and (client, clock) not in empty_items
         ):
             needs[client] = clock + 1
+    costs = bytearray(index)
+    for at, origin, right_origin in placed:
+        origin_outside = origin is None or not _within(ranges.get(origin[0]), origin[1])
+        if origin_outside:
+            costs[at] = WALKS
+        elif right_origin is not None and not _within(ranges.get(right_origin[0]), right_origin[1]):
+            costs[at] = SPLITS
+    facts.walks = costs.count(WALKS)
+    facts.splits = costs.count(SPLITS)
     if layout is not None:
         layout.empty_items = bool(empty_items)
         layout.structs_end = r.pos
+        layout.costs = costs
     return ranges
 
 
@@ -422,6 +448,7 @@ def _read_delete_set(
             if layout is not None:
                 offsets.append((clock, start, r.pos))
         facts.deletions += count
+        facts.splits += count
         if layout is not None and offsets:
             layout.deletions.append((client, offsets))
 
@@ -465,21 +492,21 @@ def check_state_vector(state_vector: bytes) -> None:
     decode_state_vector(state_vector)
 
 
-def _causal_order(update: bytes, layout: _Sections) -> list[tuple[int, int]]:
-    """The structs (section index, index in it) in an order where each comes after the structs
-    of the update it continues or names (its origin, right origin, parent). A client's structs
+def _causal_order(update: bytes, layout: _Sections, flat: list[tuple[int, int]]) -> list[int]:
+    """The structs (indices into ``flat``: section index, index in it) in an order where each
+    comes after the structs of the update it continues or names (its origin, right origin,
+    parent). A client's structs
     only name its earlier ones, so the sections' own order is one when no struct names one of a
     later section; otherwise a depth-first walk."""
     sections = layout.sections
     section_of = {client: si for si, (client, _) in enumerate(sections)}
-    flat = [(si, k) for si, (_, offsets) in enumerate(sections) for k in range(len(offsets))]
     names = layout.names
     if all(
         section_of.get(client, -1) <= si
         for (si, _), named in zip(flat, names, strict=True)
         for client, _ in named
     ):
-        return flat
+        return list(range(len(flat)))
     first_index = list(itertools.accumulate((len(offsets) for _, offsets in sections), initial=0))
     starts = [[struct[2] for struct in offsets] for _, offsets in sections]
 
@@ -501,7 +528,7 @@ def _causal_order(update: bytes, layout: _Sections) -> list[tuple[int, int]]:
             if named is not None and named != index:
                 yield named
 
-    return [flat[index] for index in _depth_first(len(flat), depends_on)]
+    return _depth_first(len(flat), depends_on)
 
 
 def _depth_first(count: int, depends_on: Callable[[int], Iterator[int]]) -> list[int]:
@@ -524,6 +551,21 @@ def _depth_first(count: int, depends_on: Callable[[int], Iterator[int]]) -> list
     return order
 
 
+def _var_uint(value: int) -> bytes:
+    """lib0's writeVarUint: seven bits a byte, lowest first."""
+    if value < 0x80:
+        return _SMALL[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL = [bytes((value,)) for value in range(0x80)]
+
+
 class UpdateParts:
     """A checked update taken as updates of a chosen number of structs and deletions each,
     which applied in order make the whole (Yjs updates commute): the structs first, each after
@@ -541,7 +583,8 @@ class UpdateParts:
             raise ProtocolError("an update holding items of length 0 applies only whole")
         self._update = update
         self._layout = layout
-        self._order = _causal_order(update, layout)
+        self._flat = [(si, k) for si, (_, offsets) in enumerate(layout.sections) for k in range(len(offsets))]
+        self._order = _causal_order(update, layout, self._flat)
         self._at = 0  # in the order
         # (client, (first clock, start offset, end offset)) of each range
         self._deletions = [(client, deletion) for client, ranges in layout.deletions for deletion in ranges]
@@ -552,21 +595,28 @@ class UpdateParts:
         """Structs and deletions not yet taken."""
         return len(self._order) - self._at + len(self._deletions) - self._deleted
 
-    def take(self, size: int) -> bytes:
-        """The next part: up to ``size`` structs (fewer where a client's next struct does not
-        follow its last one in the part, or where the structs end), or up to ``size`` deletions
-        once the structs are taken. Raises ``IndexError`` when nothing is left."""
+    def take(self, budget: float, costs: tuple[float, float, float]) -> bytes:
+        """The next part: the structs that fit ``budget`` (at least one) by ``costs`` (what a
+        struct may cost: one that neither splits nor walks, one that ``SPLITS``, one that
+        ``WALKS``; fewer where a client's next struct does not follow its last one in the part),
+        or once the structs are taken the deletions that fit (each may split). Raises
+        ``IndexError`` when nothing is left."""
         if self._at < len(self._order):
-            return self._structs(size)
+            return self._structs(budget, costs)
         if self._deleted < len(self._deletions):
-            return self._deletes(size)
+            return self._deletes(max(1, int(budget / costs[SPLITS])))
         raise IndexError("no part left")
 
-    def _structs(self, size: int) -> bytes:
+    def _structs(self, budget: float, costs: tuple[float, float, float]) -> bytes:
         runs: dict[int, list[int]] = {}  # section index -> [first, last] index in it
-        end = min(self._at + size, len(self._order))
-        while self._at < end:
-            si, k = self._order[self._at]
+        classes = self._layout.costs
+        spent = 0.0
+        while self._at < len(self._order):
+            index = self._order[self._at]
+            spent += costs[classes[index]]
+            if runs and spent > budget:
+                break
+            si, k = self._flat[index]
             run = runs.get(si)
             if run is None:
                 runs[si] = [k, k]
@@ -576,17 +626,14 @@ class UpdateParts:
                 break
             self._at += 1
         update, sections = self._update, self._layout.sections
-        written = []
+        written = [_var_uint(len(runs))]
         for si, (first, last) in runs.items():
             client, offsets = sections[si]
-            written.append(
-                write_var_uint(last - first + 1)
-                + write_var_uint(client)
-                + write_var_uint(offsets[first][2])
-                + update[offsets[first][0] : offsets[last][1]]
-            )
+            written += (_var_uint(last - first + 1), _var_uint(client), _var_uint(offsets[first][2]))
+            written.append(update[offsets[first][0] : offsets[last][1]])
         # Yjs writeStructs (count, client, first clock, structs) and an empty delete set.
-        return write_var_uint(len(written)) + b"".join(written) + b"\x00"
+        written.append(b"\x00")
+        return b"".join(written)
 
     def _deletes(self, size: int) -> bytes:
         taken = self._deletions[self._deleted : self._deleted + size]
@@ -615,7 +662,7 @@ def split_update(update: bytes, max_size: int) -> list[bytes]:
     if facts.structs + facts.deletions <= max_size:
         return [update]
     parts = UpdateParts(update)
-    return [parts.take(max_size) for _ in iter(lambda: parts.left, 0)]
+    return [parts.take(max_size, (1, 1, 1)) for _ in iter(lambda: parts.left, 0)]
 
 
 # Larger payloads are read in a worker thread: the event loop gets the interpreter back every few

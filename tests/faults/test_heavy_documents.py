@@ -197,7 +197,10 @@ def test_a_large_update_is_applied_without_holding_the_loop(
         for index in range(150_000):  # 150,000 separate map entries: one struct each
             entries[f"k{index}"] = index
     update = doc.get_update()
-    with server_thread(make_settings()) as server, connect(server.doc_url(workspace), max_size=None) as ws:
+    # 150,000 items without an origin are applied a struct a part, about 3 s: more than the default
+    # time allowance lets one message take (RATE_LIMIT_SYNC_TIME_MS, README "Protection").
+    settings = make_settings(rate_limit_sync_time_ms=0)
+    with server_thread(settings) as server, connect(server.doc_url(workspace), max_size=None) as ws:
         ws.send(b"\x00\x00\x01\x00")  # sync step 1: the room is loaded
         while ws.recv(timeout=10)[:2] != b"\x00\x01":
             pass

@@ -1,7 +1,7 @@
-"""``yjs_format.split_update`` and ``room.part_size``: a client's update that could cost Yrs more
-than ``PART_SECONDS`` is applied in parts; the parts, applied in order, make the same document as
-the whole, each holds at most the structs and deletions asked for, and an update Yrs could only
-take whole is never split."""
+"""``yjs_format.UpdateParts`` and ``room.struct_costs``: a client's update that could cost Yrs
+more than ``PART_SECONDS`` is applied in parts; the parts, applied in order, make the same
+document as the whole, each holds at most what its budget allows, none waits for a later one,
+and an update Yrs could only take whole is never split."""
 
 from __future__ import annotations
 
@@ -15,7 +15,15 @@ from server import room as room_module
 from server.channel import FrameRejected
 from server.close_codes import CLOSE_4429_RATE_LIMITED
 from server.protocol import ProtocolError
-from server.room import PART_SECONDS, STRUCT_SECONDS, DocumentBroken, Room, RoomKey, part_size
+from server.room import (
+    PART_SECONDS,
+    STRUCT_SECONDS,
+    DocumentBroken,
+    Room,
+    RoomKey,
+    struct_costs,
+    update_cost,
+)
 from server.yjs_format import check_update, split_update
 from tests.unit.test_room_load import content, edit_log, one_by_one
 
@@ -69,13 +77,23 @@ def test_an_update_holding_an_empty_item_is_refused_rather_than_split() -> None:
         split_update(update, 1)
 
 
-def test_a_part_costs_at_most_part_seconds_by_the_bound_and_holds_at_least_one_struct() -> None:
-    assert part_size(0) == int(PART_SECONDS / STRUCT_SECONDS)
-    sizes = [part_size(clock) for clock in (0, 100, 10_000, 100_000, 1_000_000, 2**32)]
-    assert sizes == sorted(sizes, reverse=True)
-    assert sizes[-2:] == [1, 1]
-    # 10,000 characters of one client: each struct may cost 2 + 50 us.
-    assert part_size(10_000) == 38
+def test_what_a_struct_may_cost_grows_with_the_documents_clock_units_and_with_what_it_may_do() -> None:
+    assert struct_costs(0) == (STRUCT_SECONDS, STRUCT_SECONDS, STRUCT_SECONDS)
+    plain, splits, walks = struct_costs(10_000)
+    assert plain == STRUCT_SECONDS < splits < walks
+    # Appends after the update's own structs neither split nor walk; insertions into a run do.
+    writer: Doc[Any] = Doc(client_id=1)
+    text = writer.get("text", type=Text)
+    with writer.transaction():
+        for i in range(50):
+            text.insert(len(text), f"{i} ")
+    appends = check_update(writer.get_update())
+    assert (appends.walks, appends.splits) == (1, 0)  # the first item has no origin
+    _, insertions = run_and_insertions(10_000, 20)
+    facts = check_update(insertions)
+    assert facts.walks == 20
+    assert update_cost(facts, struct_costs(10_000)) == 20 * walks
+    assert update_cost(appends, struct_costs(0)) <= PART_SECONDS
 
 
 def run_and_insertions(run: int, count: int) -> tuple[bytes, bytes]:
@@ -119,7 +137,7 @@ async def test_an_update_applied_within_one_turn_is_logged_and_relayed_as_it_cam
     facts = check_update(insertions)
     stored = Stored()
     room = loaded_room(run, stored)
-    assert facts.structs + facts.deletions > part_size(100_000)
+    assert update_cost(facts, struct_costs(100_000)) > PART_SECONDS
 
     await room.apply_update(insertions, facts)
 
