@@ -13,9 +13,13 @@ So an update or state vector that comes from outside is read here first, and ref
 - every count and length fits in the bytes that remain (each element takes at least one byte);
 - values nest at most ``MAX_NESTING`` levels;
 - client ids fit 53 bits (lib0) and clocks 32 bits (Yrs);
-- the update ends exactly where its delete set ends (a v2-encoded update, read as v1, ends early).
+- the update ends exactly where its delete set ends (a v2-encoded update, read as v1, ends early);
+- each client's structs come in one section (Yjs's ``writeClientsStructs`` writes each client once).
 
-Reading is linear in the size of the input and allocates nothing per declared element.
+Reading is linear in the size of the input and allocates nothing per declared element. It also
+tells (``UpdateFacts``) what the update needs the document to hold, and how many of its structs may
+split an item or walk among concurrent ones, so that the room can refuse what would wait in Yrs
+and apply a costly update in parts (``UpdateParts``).
 
 ``root_kinds`` also reads the structure of a whole document (its own encoding) to tell what each
 root shared type is, from its content: Yjs does not send a root's type, and reading a root as a
