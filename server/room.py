@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 READ_ONLY = protocol.auth_permission_denied("read-only: your role in this workspace cannot edit")
-# A stored update is applied in parts of this many structs when a room loads.
-APPLY_STRUCTS = 20_000
+# A stored update is applied in parts of this many structs when a room loads (a chain of one-struct
+# clients, as a compacted document can hold, costs about 25 us a struct: 50 ms a part).
+APPLY_STRUCTS = 2_000
 
 # What one struct or deletion of an update may cost Yrs to apply, at most: a constant; for one
 # that may split an item of the document (Yrs measures a string item's UTF-16 length again, and
