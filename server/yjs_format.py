@@ -36,8 +36,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
 
-from pycrdt import write_var_uint
-
 from .protocol import Message, MessageType, ProtocolError, SyncType, read_var_uint
 
 T = TypeVar("T")
@@ -648,10 +646,10 @@ class UpdateParts:
         # No structs, then Yjs writeDeleteSet (clients: client, count, ranges).
         return (
             b"\x00"
-            + write_var_uint(len(clients))
+            + _var_uint(len(clients))
             + b"".join(
-                write_var_uint(client)
-                + write_var_uint(len(ranges))
+                _var_uint(client)
+                + _var_uint(len(ranges))
                 # in order of clock, as Yjs writes them (Yrs merges others wrongly)
                 + b"".join(self._update[start:end] for _, start, end in sorted(ranges))
                 for client, ranges in clients.items()

@@ -17,10 +17,12 @@ import httpx
 import pytest
 from pycrdt import Array, Doc, Map, Text, create_update_message, read_message, write_var_uint
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from server.config import Settings
 from tests.support.rawclient import raw_client, step1_frame
 from tests.support.server import run_server, start_process
+from tests.support.threaded import server_thread
 from tests.support.wait import wait_until
 from tests.unit.test_update_parts import empty_item_update
 
@@ -187,10 +189,6 @@ async def test_a_view_that_overruns_its_time_is_stopped(
 def test_a_large_update_is_applied_without_holding_the_loop(
     make_settings: Callable[..., Settings], workspace: str
 ) -> None:
-    from websockets.sync.client import connect
-
-    from tests.support.threaded import server_thread
-
     doc = Doc()
     entries = doc.get("entries", type=Map)
     with doc.transaction():
@@ -266,10 +264,6 @@ def close_of(ws: Any, timeout: float = 30) -> tuple[int | None, str]:
 def test_an_update_splitting_a_long_item_many_times_is_applied_without_holding_the_loop(
     make_settings: Callable[..., Settings], workspace: str, kind: str
 ) -> None:
-    from websockets.sync.client import connect
-
-    from tests.support.threaded import server_thread
-
     run, splits, expected = run_and_splits(kind)
     whole = Doc()
     whole.apply_update(run)
@@ -307,10 +301,6 @@ def test_an_update_splitting_a_long_item_many_times_is_applied_without_holding_t
 def test_an_update_costing_more_than_the_clients_time_allowance_is_cut_and_what_was_applied_is_everyones(
     make_settings: Callable[..., Settings], workspace: str
 ) -> None:
-    from websockets.sync.client import connect
-
-    from tests.support.threaded import server_thread
-
     run, splits, expected = run_and_splits("insertions")
     settings = make_settings(rate_limit_sync_time_ms=20, rate_limit_close_after=1.0)
     with server_thread(settings) as server:
@@ -332,10 +322,6 @@ def test_an_update_costing_more_than_the_clients_time_allowance_is_cut_and_what_
 def test_an_update_holding_empty_items_that_would_have_to_be_split_is_refused(
     make_settings: Callable[..., Settings], workspace: str
 ) -> None:
-    from websockets.sync.client import connect
-
-    from tests.support.threaded import server_thread
-
     run, _, _ = run_and_splits("deletions")
     empty_items = empty_item_update()
     with server_thread(make_settings()) as server, connect(server.doc_url(workspace), max_size=None) as ws:
