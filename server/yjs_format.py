@@ -12,7 +12,9 @@ So an update or state vector that comes from outside is read here first, and ref
 
 - every count and length fits in the bytes that remain (each element takes at least one byte);
 - values nest at most ``MAX_NESTING`` levels;
-- client ids fit 53 bits (lib0) and clocks 32 bits (Yrs);
+- client ids fit 53 bits (lib0) and clocks 32 bits (Yrs), the clock after a client's last struct
+  or deletion too (Yrs keeps a client's next clock in 32 bits: one past it would wrap to 0, and
+  the document would no longer encode what it holds);
 - the update ends exactly where its delete set ends (a v2-encoded update, read as v1, ends early);
 - each client's structs come in one section (Yjs's ``writeClientsStructs`` writes each client once).
 
@@ -42,7 +44,7 @@ T = TypeVar("T")
 
 MAX_NESTING = 1_000  # nesting of values (arrays, objects) inside one item
 MAX_CLIENT = (1 << 53) - 1  # lib0 reads at most 53 bits; Yjs client ids are 32 bits
-MAX_CLOCK = (1 << 32) - 1  # Yrs keeps clocks in 32 bits
+MAX_CLOCK = (1 << 32) - 1  # Yrs keeps clocks, and a client's next clock, in 32 bits
 
 # Item content kinds: the low five bits of an item's info byte (yjs/src/structs/Item.js).
 GC, DELETED, JSON, BINARY, STRING, EMBED, FORMAT, TYPE, ANY, DOC, SKIP = range(11)
@@ -383,7 +385,7 @@ def _read_structs(  # noqa: C901
             if offsets is not None:
                 offsets.append((start, r.pos, start_clock, clock))
             index += 1
-        if clock > MAX_CLOCK + 1:
+        if clock > MAX_CLOCK:
             raise ProtocolError(f"clocks of client {client} pass 32 bits")
         if clock > first:
             held.append((first, clock))
@@ -442,7 +444,7 @@ def _read_delete_set(
             start = r.pos
             clock = r.clock()
             end = clock + r.uint()
-            if end > MAX_CLOCK + 1:
+            if end > MAX_CLOCK:
                 raise ProtocolError("a deletion passes 32-bit clocks")
             # Deleting what neither the update nor the document holds would wait in Yrs.
             if not _within(ranges.get(client), end - 1) and end > facts.needs.get(client, 0):

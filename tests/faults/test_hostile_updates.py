@@ -8,6 +8,7 @@ import httpx
 from pycrdt import Doc, Text
 
 from server.close_codes import CLOSE_1011_RELOADED, CLOSE_4400_BAD_MESSAGE
+from server.protocol import write_var_uint
 from tests.support.rawclient import awareness_update, raw_client
 from tests.support.server import RunningServer
 from tests.support.wait import wait_until
@@ -41,6 +42,33 @@ async def test_an_empty_garbage_collected_range_is_refused(server: RunningServer
     assert "empty garbage-collected" in refused.json()["error"]["message"]
     assert (await post(server, workspace, typed(1, "still fine")[1])).status_code == 200
     assert await text_of(server, workspace) == "still fine"
+
+
+def gc_then_text(client: int, gc_length: int, text: str) -> bytes:
+    """One update: ``client``'s garbage-collected range of ``gc_length`` clocks from 0, then
+    ``text`` in root "t" (Yjs v1: a GC struct, then a string item without origins)."""
+    content = bytes([0x04, 1, 1]) + b"t" + write_var_uint(len(text)) + text.encode()
+    structs = bytes([0]) + write_var_uint(gc_length) + content
+    return bytes([1, 2]) + write_var_uint(client) + bytes([0]) + structs + bytes([0])
+
+
+async def test_a_clock_past_32_bits_is_refused_and_the_highest_one_is_kept(
+    server: RunningServer, workspace: str
+) -> None:
+    # Yrs keeps a client's next clock in 32 bits: structs ending at 2**32 would wrap it to 0, and
+    # the client's next update would be stored beside them in a document that no longer encodes
+    # what it holds.
+    refused = await post(server, workspace, gc_then_text(99, 2**32 - 2, "ab"))
+    assert refused.status_code == 400
+    assert "clocks of client 99 pass 32 bits" in refused.json()["error"]["message"]
+    deletion = bytes([0, 1]) + write_var_uint(99) + bytes([1, 2]) + write_var_uint(2**32 - 2)
+    refused = await post(server, workspace, deletion)
+    assert refused.status_code == 400
+    assert "a deletion passes 32-bit clocks" in refused.json()["error"]["message"]
+    # Ending at 2**32 - 1 fits: kept, and what a new reader is sent holds it.
+    assert (await post(server, workspace, gc_then_text(99, 2**32 - 3, "ab"))).status_code == 200
+    assert (await post(server, workspace, typed(5, "cd")[1])).status_code == 200
+    assert sorted(await text_of(server, workspace)) == sorted("abcd")
 
 
 async def test_a_parent_the_document_lacks_is_refused(server: RunningServer, workspace: str) -> None:
