@@ -33,11 +33,16 @@ APPLY_STRUCTS = 2_000
 # that may split an item of the document (Yrs measures a string item's UTF-16 length again, and
 # finds an offset in it by walking it), time in proportion to that item's length; for one that
 # Yjs may have to place among concurrent items, in proportion to their number. Neither is more
-# than the clock units of all the document's clients together. Measured in
-# benchmarks/long_runs.py: 1.4 ns a unit of ASCII text split, 3 for CJK; 120 ns an item walked.
+# than the clock units of all the document's clients together, nor than the bytes of the updates
+# it was built from (``BYTE_UNITS`` to a byte: a unit of text came as at least one byte of UTF-8,
+# an item or a split as at least one byte of a struct or deletion; a garbage-collected range or
+# deleted content, which never splits at a cost or walks, adds clock units for a few bytes).
+# Measured in benchmarks/long_runs.py: 1.4 ns a unit of ASCII text split, 3 for CJK; 120 ns an
+# item walked.
 STRUCT_SECONDS = 2e-6
 SPLIT_SECONDS = 5e-9
 WALK_SECONDS = 150e-9
+BYTE_UNITS = 2
 # A client's update that could cost more than this is applied in parts of at most this cost
 # (at least one struct),
 PART_SECONDS = 0.002
@@ -157,6 +162,8 @@ class Room:
     Updates accepted in one event-loop turn are relayed together, at the end of the turn, each as
     the message its client sent: framed once for every receiver and written to each in one
     transport write, never back to the connection that sent them.
+
+    ``doc`` was built from stored updates of ``loaded_bytes`` bytes in all (0 for a new one).
     """
 
     def __init__(
@@ -167,6 +174,7 @@ class Room:
         *,
         on_update: Callable[[int, bytes, Callable[[], None]], None],
         on_broken: Callable[[Room], None],
+        loaded_bytes: int,
     ) -> None:
         self.key = key
         self.document_id = document_id
@@ -190,6 +198,9 @@ class Room:
         self.version = 0  # counts the updates applied, so that views of the document can be cached
         # (version, the state vector then as client -> clock, its clocks added up)
         self._state: tuple[int, dict[int, int], int] = (-1, {}, 0)
+        # The bytes of the updates the document holds: those it was loaded from (``loaded_bytes``)
+        # and every one applied since.
+        self._bytes = loaded_bytes
         self._loop = asyncio.get_running_loop()
         self.unload_handle: asyncio.TimerHandle | None = None
 
@@ -297,8 +308,9 @@ class Room:
             raise ProtocolError(
                 f"the update needs {missing}, which the document does not hold: send what it lacks first"
             )
+        units = min(units + facts.length, BYTE_UNITS * (self._bytes + len(update)))
         if facts.structs + facts.deletions > 1 and (
-            update_cost(facts, costs := struct_costs(units + facts.length)) > PART_SECONDS
+            update_cost(facts, costs := struct_costs(units)) > PART_SECONDS
         ):
             await self._apply_in_turns(update, costs, origin, frame, spent)
         else:
@@ -390,6 +402,7 @@ class Room:
             raise ProtocolError(f"invalid Yjs update: {exc}") from None
         self._full_state = self._full_state_step2 = self._step1 = None
         self.version += 1
+        self._bytes += len(update)
 
     def _break(self) -> None:
         """Have the room reloaded from storage, once."""

@@ -139,7 +139,14 @@ class RoomManager:
         stored = await self.store.documents.load(key.workspace_id, key.path)
         doc: Doc[Any] = Doc()
         await load_updates(doc, stored.updates)
-        room = Room(key, stored.id, doc, on_update=self._accept, on_broken=self._reload)
+        room = Room(
+            key,
+            stored.id,
+            doc,
+            on_update=self._accept,
+            on_broken=self._reload,
+            loaded_bytes=sum(map(len, stored.updates)),
+        )
         if self.replication is not None:
             await self.replication.attach(room)
         self.writer.track(stored.id, tail_count=stored.tail_count, tail_bytes=stored.tail_bytes)

@@ -75,6 +75,7 @@ def make_room(doc: Doc, broken: list[Room], document_id: int = DOC_ID) -> Room:
         doc,
         on_update=lambda *_: None,
         on_broken=broken.append,
+        loaded_bytes=len(doc.get_update()),
     )
 
 

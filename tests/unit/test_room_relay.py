@@ -68,6 +68,7 @@ def a_room() -> Room:
         Doc(),
         on_update=lambda _doc, _update, relay: relay(),
         on_broken=lambda _room: None,
+        loaded_bytes=0,
     )
 
 

@@ -14,7 +14,7 @@ from pycrdt import Doc, Text, merge_updates
 from server import room as room_module
 from server.channel import FrameRejected
 from server.close_codes import CLOSE_4429_RATE_LIMITED
-from server.protocol import ProtocolError
+from server.protocol import ProtocolError, write_var_uint
 from server.room import (
     PART_SECONDS,
     STRUCT_SECONDS,
@@ -125,7 +125,14 @@ class Stored:
 def loaded_room(run: bytes, stored: Stored) -> Room:
     doc: Doc[Any] = Doc()
     doc.apply_update(run)
-    return Room(RoomKey("ws-parts", "doc"), 1, doc, on_update=stored, on_broken=lambda _room: None)
+    return Room(
+        RoomKey("ws-parts", "doc"),
+        1,
+        doc,
+        on_update=stored,
+        on_broken=lambda _room: None,
+        loaded_bytes=len(run),
+    )
 
 
 def text(doc: Doc[Any]) -> str:
@@ -245,10 +252,39 @@ def test_one_clients_structs_in_two_sections_are_refused() -> None:
 async def test_an_update_needing_what_the_document_lacks_is_refused_before_anything_is_applied() -> None:
     run, insertions = run_and_insertions(1_000, 3)
     stored = Stored()
-    room = Room(RoomKey("ws-parts", "doc"), 1, Doc(), on_update=stored, on_broken=lambda _room: None)
+    room = Room(
+        RoomKey("ws-parts", "doc"), 1, Doc(), on_update=stored, on_broken=lambda _room: None, loaded_bytes=0
+    )
     with pytest.raises(ProtocolError, match=r"needs \(1, \d+\), which the document does not hold"):
         await room.apply_update(insertions, check_update(insertions))
     assert stored.updates == [] and text(room.doc) == ""
     await room.apply_update(run, check_update(run))
     await room.apply_update(insertions, check_update(insertions))
     assert text(room.doc).count("x") == 3
+
+
+def garbage_collected(client: int, length: int) -> bytes:
+    """One update: ``client``'s garbage-collected range of ``length`` clocks (Yjs v1 GC struct)."""
+    return bytes([1, 1]) + write_var_uint(client) + bytes([0, 0]) + write_var_uint(length) + bytes([0])
+
+
+async def test_a_long_garbage_collected_range_does_not_make_later_updates_weigh_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A range of 2**32 - 1 clocks in 8 bytes: weighed by clock units alone, every later update of
+    # more than one struct would go a struct a turn, and one holding items of length 0 (which
+    # applies only whole) would be refused.
+    monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)  # one part to a turn: a split shows in the log
+    run, insertions = run_and_insertions(1_000, 3)
+    stored = Stored()
+    room = loaded_room(run, stored)
+    gc = garbage_collected(99, 2**32 - 1)
+    await room.apply_update(gc, check_update(gc))
+    await room.apply_update(insertions, check_update(insertions))
+    assert stored.updates == [gc, insertions]
+    empty_items = empty_item_update()
+    await room.apply_update(empty_items, check_update(empty_items))
+    assert stored.updates[-1] == empty_items
+    expected: Doc[Any] = Doc()
+    expected.apply_update(empty_items)
+    assert str(room.doc.get("emoji", type=Text)) == str(expected.get("emoji", type=Text))
