@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -19,7 +20,14 @@ from .connection import Connection
 from .protocol import MessageType, ProtocolError, SyncType
 from .vocabulary import is_workspace_id
 from .ws_frames import Framed, binary_frame
-from .yjs_format import SPLITS, WALKS, UpdateFacts, decode_state_vector, split_update, update_parts_soon
+from .yjs_format import (
+    Costs,
+    UpdateFacts,
+    check_update_soon,
+    decode_state_vector,
+    split_update,
+    update_parts_soon,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +58,36 @@ PART_SECONDS = 0.002
 TURN_SECONDS = 0.005
 
 
-def struct_costs(units: int) -> tuple[float, float, float]:
-    """What one struct may cost at most, in seconds, in a document whose clients' clocks add up
-    to ``units``: one that neither splits nor walks, one that ``SPLITS``, one that ``WALKS``
-    (``yjs_format``); a deletion may split."""
-    return STRUCT_SECONDS, STRUCT_SECONDS + units * SPLIT_SECONDS, STRUCT_SECONDS + units * WALK_SECONDS
+# The lock each loop's updates applied in parts take turns with (``Room.apply_update``).
+_PARTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
-def update_cost(facts: UpdateFacts, costs: tuple[float, float, float]) -> float:
+def _in_parts(loop: asyncio.AbstractEventLoop) -> asyncio.Lock:
+    lock = _PARTS.get(loop)
+    if lock is None:
+        lock = _PARTS[loop] = asyncio.Lock()
+    return lock
+
+
+def struct_costs(units: int) -> Costs:
+    """What one struct or deletion may cost at most, in seconds, in a document of ``units``
+    clock units (``yjs_format.Costs``): a deletion as a split at each end and a walk's step
+    for each unit it covers."""
+    return Costs(
+        plain=STRUCT_SECONDS,
+        split=STRUCT_SECONDS + units * SPLIT_SECONDS,
+        walk=STRUCT_SECONDS + units * WALK_SECONDS,
+        deleted=WALK_SECONDS,
+        units=units,
+    )
+
+
+def update_cost(facts: UpdateFacts, costs: Costs) -> float:
     """What applying an update may cost at most, in seconds, by ``costs`` (``struct_costs``)."""
-    plain = facts.structs - facts.walks - (facts.splits - facts.deletions)
-    return plain * costs[0] + facts.splits * costs[SPLITS] + facts.walks * costs[WALKS]
+    plain = facts.structs - facts.walks - facts.splits
+    structs = plain * costs.plain + facts.splits * costs.split + facts.walks * costs.walk
+    covered = min(facts.deleted, facts.deletions * costs.units)
+    return structs + facts.deletions * costs.deletion_ends + covered * costs.deleted
 
 
 class DocumentBroken(Exception):
@@ -249,15 +276,15 @@ class Room:
         spent: Callable[[float], None] | None = None,
     ) -> None:
         """Handle one message from ``conn`` (``frame``: the message as received), whose payload
-        passed ``yjs_format.check_message`` (``facts``: what it found in an update). Raises
+        passed ``yjs_format.check_message`` (``facts``: what it found in an update; None for
+        one from a client that could not write, which is refused as read-only). Raises
         ``ProtocolError`` for a message the document cannot take; the document and everyone's
         presence are then as they were. ``spent`` is told the seconds an update applied in
         parts has cost so far, after each turn, and may stop it (see ``apply_update``)."""
         if message.type is MessageType.SYNC:
             if message.sync_type is SyncType.STEP1:
                 conn.send(self._sync_step2(message.payload))
-            elif conn.can_write:
-                assert facts is not None
+            elif conn.can_write and facts is not None:  # None: read while it could not write
                 relayable = frame if message.sync_type is SyncType.UPDATE else None
                 await self.apply_update(message.payload, facts, origin=conn, frame=relayable, spent=spent)
             elif message.payload != protocol.EMPTY_UPDATE:
@@ -286,8 +313,10 @@ class Room:
         (``ProtocolError``): Yrs would keep it waiting and fail the update that later fills the gap.
 
         An update whose structs and deletions could cost Yrs more than ``PART_SECONDS`` in this
-        document is applied in parts of at most that cost, ``TURN_SECONDS`` of them to an
-        event-loop turn; what one turn applied is logged and relayed as one update. After each
+        document (weighed for the document: what it holds of the document already counts as the
+        document's) is applied in parts of at most that cost, ``TURN_SECONDS`` of them to an
+        event-loop turn, one such update at a time on the loop (the others wait their turn);
+        what one turn applied is logged and relayed as one update. After each
         turn ``spent`` is told the seconds applying has cost so far; if it raises (the client's
         time allowance, ``FrameRejected``), the rest is not applied and the exception goes on.
 
@@ -308,15 +337,24 @@ class Room:
             raise ProtocolError(
                 f"the update needs {missing}, which the document does not hold: send what it lacks first"
             )
-        units = min(units + facts.length, BYTE_UNITS * (self._bytes + len(update)))
-        if facts.structs + facts.deletions > 1 and (
-            update_cost(facts, costs := struct_costs(units)) > PART_SECONDS
-        ):
-            await self._apply_in_turns(update, costs, origin, frame, spent)
+        costs = struct_costs(min(units + facts.length, BYTE_UNITS * (self._bytes + len(update))))
+        several = facts.structs + facts.deletions > 1
+        weighed, known = facts, None
+        if several and facts.overlaps(clocks):
+            # It holds some of what the document holds: what it names there is the document's,
+            # and may split or walk as anything else of the document does.
+            known = dict(clocks)
+            weighed = await check_update_soon(update, known)
+            if self.broken:
+                raise DocumentBroken("the document was reloaded while an update was read")
+        if several and update_cost(weighed, costs) > PART_SECONDS:
+            # One update in parts at a time on this loop: each holds it TURN_SECONDS a turn.
+            async with _in_parts(self._loop):
+                await self._apply_in_turns(update, costs, origin, frame, spent, known)
         else:
             self._apply(update)
             self._accepted(update, origin, frame)
-        self._advance(facts)
+            self._advance(facts)
 
     def _accepted(self, update: bytes, origin: Connection | None, frame: bytes | None) -> None:
         accepted_at = time.perf_counter()
@@ -333,7 +371,8 @@ class Room:
 
     def _advance(self, facts: UpdateFacts) -> None:
         """A client's update whose needs the document held was applied whole: its clients'
-        clocks move on to the ends of its structs (Yrs integrated them all)."""
+        clocks move on to the ends of its structs (Yrs integrated them all). (After one
+        applied in parts, perhaps not all of them, the state vector is read again.)"""
         version, clocks, units = self._state
         if version + 1 != self.version:  # something else was applied meanwhile
             return
@@ -347,12 +386,13 @@ class Room:
     async def _apply_in_turns(
         self,
         update: bytes,
-        costs: tuple[float, float, float],
+        costs: Costs,
         origin: Connection | None,
         frame: bytes | None,
         spent: Callable[[float], None] | None,
+        known: dict[int, int] | None,
     ) -> None:
-        parts = await update_parts_soon(update)
+        parts = await update_parts_soon(update, known)
         cost = 0.0
         first_turn = True
         while True:

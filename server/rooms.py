@@ -306,7 +306,7 @@ class RoomManager:
                     return
                 started = time.perf_counter()
                 message = decode(frame)
-                facts = await check_message(message)
+                facts = await check_message(message, updates=conn.can_write)
                 if conn.is_closing:  # closed while a large message was being checked
                     return
                 await room.receive(conn, message, frame, facts, spent=check_time)

@@ -36,7 +36,8 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeVar
+from operator import itemgetter
+from typing import NamedTuple, TypeVar
 
 from .protocol import Message, MessageType, ProtocolError, SyncType, read_var_uint
 
@@ -174,8 +175,29 @@ class _Reader:
 # -- updates ---------------------------------------------------------------------------------------
 
 
-# What a struct may cost Yrs besides a constant (UpdateFacts.walks, .splits).
+# What a struct may cost Yrs besides a constant (UpdateFacts.walks, .splits), as indices into
+# ``Costs``.
 WALKS, SPLITS = 2, 1
+
+
+class Costs(NamedTuple):
+    """What applying one struct or deletion may cost at most, in seconds, in a document of
+    ``units`` clock units (``room.struct_costs``)."""
+
+    plain: float  # a struct that neither splits an item nor walks among concurrent ones
+    split: float  # one that may split an item (so may each end of a deletion)
+    walk: float  # one that may walk among concurrent items
+    deleted: float  # each clock unit a deletion covers (Yjs marks each item in its range)
+    units: int  # no item is longer, no walk or deletion passes more items
+
+    @property
+    def deletion_ends(self) -> float:
+        """What a deletion may cost besides the units it covers: a split at each end."""
+        return 2 * self.split - self.plain
+
+    def deletion(self, length: int) -> float:
+        """What deleting a range of ``length`` clock units may cost."""
+        return self.deletion_ends + min(length, self.units) * self.deleted
 
 
 class RootKind(StrEnum):
@@ -210,14 +232,18 @@ class UpdateFacts:
 
     structs: int = 0  # items, garbage-collected and skipped ranges
     deletions: int = 0  # ranges in the delete set
+    deleted: int = 0  # the clock units they cover, together
     length: int = 0  # clock units its structs span (what it adds to the document, at most)
     # client -> the clock the document must have reached for it (its structs continue the
     # client's, their origins and parents, and the items it deletes, outside the update itself)
     needs: dict[int, int] = field(default_factory=dict)
     clocks: dict[int, int] = field(default_factory=dict)  # client -> the clock after its structs
-    # Items Yjs may have to place among concurrent ones (walking them): no origin, or one outside
-    # the update; and items that may split an item of the document (an origin or right origin
-    # outside the update), with the deletions (each may split one too).
+    starts: dict[int, int] = field(default_factory=dict)  # client -> the first clock it holds
+    # Items Yjs may have to place among concurrent ones, walking them: no origin, one outside
+    # what the update brings, or one that other items of the update name too (siblings); and
+    # items that may split an item: one whose origin is not the end of its own client's previous
+    # struct, or that has a right origin. (Read for a document, ``known``, what the update holds
+    # below the document's clocks counts as the document's.)
     walks: int = 0
     splits: int = 0
     # Shared types the update names as parents by id (the first item inserted into a nested
@@ -230,6 +256,10 @@ class UpdateFacts:
             if clock >= state_vector.get(client, 0):
                 return client, clock
         return None
+
+    def overlaps(self, state_vector: dict[int, int]) -> bool:
+        """Whether the update holds structs the document (its state vector) holds already."""
+        return any(start < state_vector.get(client, 0) for client, start in self.starts.items())
 
     def missing_dependency(self, state_vector: dict[int, int]) -> tuple[int, int] | None:
         """The first id the update needs that the document (its state vector) does not hold."""
@@ -251,8 +281,8 @@ class _Sections:
     costs: bytearray = field(default_factory=bytearray)
     structs_end: int = 0
     empty_items: bool = False  # items of length 0 (Yrs writes some), whose successor shares their clock
-    # (client, [(first clock, start offset, end offset)] of each range) of the delete set
-    deletions: list[tuple[int, list[tuple[int, int, int]]]] = field(default_factory=list)
+    # (client, [(first clock, length)] of each range) of the delete set
+    deletions: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
 
 
 def _utf16_length(encoded: bytes) -> int:
@@ -308,16 +338,21 @@ def _read_type_ref(r: _Reader) -> int:
 # One loop over every struct, as Yjs's ``readClientsStructRefs``: this is the hot path of every
 # update a client sends, and splitting it would cost a call per item.
 def _read_structs(  # noqa: C901
-    r: _Reader, facts: UpdateFacts, items: _Items | None, layout: _Sections | None
+    r: _Reader,
+    facts: UpdateFacts,
+    items: _Items | None,
+    layout: _Sections | None,
+    known: dict[int, int] | None = None,
 ) -> dict[int, list[tuple[int, int]]]:
-    """Read the structs; returns the clock ranges each client's hold (without skipped ones)."""
+    """Read the structs; returns the clock ranges each client's hold (without skipped ones).
+    ``known``: the state vector of the document the update is for (see ``UpdateFacts``)."""
     ranges: dict[int, list[tuple[int, int]]] = {}  # client -> clock ranges this update holds
     types: set[tuple[int, int]] = set()  # ids of the shared types it creates
     named_parents: list[tuple[tuple[int, int], tuple[int, int]]] = []  # (parent id, item id)
     named: list[tuple[int, int]] = []  # ids the items name: origins, right origins, parents
     empty_items: set[tuple[int, int]] = set()  # ids of items of length 0 (Yrs writes some)
-    # (index among the structs, origin, right origin) of each item
-    placed: list[tuple[int, tuple[int, int] | None, tuple[int, int] | None]] = []
+    # (index among the structs, its client, clock, origin, right origin) of each item
+    placed: list[tuple[int, int, int, tuple[int, int] | None, tuple[int, int] | None]] = []
     index = 0
     names = layout.names if layout is not None else None
     for _ in range(r.count("client")):
@@ -366,7 +401,7 @@ def _read_structs(  # noqa: C901
                         keyed = True
                 if names is not None:
                     names.append(named[start_named:])
-                placed.append((index, origin, right_origin))
+                placed.append((index, client, clock, origin, right_origin))
                 if items is not None:
                     items.client.append(client)
                     items.clock.append(clock)
@@ -389,6 +424,8 @@ def _read_structs(  # noqa: C901
             raise ProtocolError(f"clocks of client {client} pass 32 bits")
         if clock > first:
             held.append((first, clock))
+        if held:
+            facts.starts[client] = held[0][0]
         facts.clocks[client] = clock
         facts.structs += structs
         facts.length += sum(end - start for start, end in held)
@@ -413,12 +450,20 @@ def _read_structs(  # noqa: C901
             and (client, clock) not in empty_items
         ):
             needs[client] = clock + 1
+    new = ranges if not known else _above(ranges, known)  # what the document lacks
     costs = bytearray(index)
-    for at, origin, right_origin in placed:
-        origin_outside = origin is None or not _within(ranges.get(origin[0]), origin[1])
-        if origin_outside:
+    named_by: dict[tuple[int, int], int] = {}  # an origin -> the first item naming it
+    for at, client, clock, origin, right_origin in placed:
+        if origin is None or not _within(new.get(origin[0]), origin[1]):
             costs[at] = WALKS
-        elif right_origin is not None and not _within(ranges.get(right_origin[0]), right_origin[1]):
+            continue
+        first_named = named_by.setdefault(origin, at)
+        if first_named != at:  # siblings: Yjs places each by walking the others
+            costs[at] = costs[first_named] = WALKS
+        elif right_origin is not None or origin != (client, clock - 1):
+            # It may split an item: its origin's, unless that ends its own client's previous
+            # struct (which, applied in parts, ends what an earlier part merged it into), and
+            # its right origin's.
             costs[at] = SPLITS
     facts.walks = costs.count(WALKS)
     facts.splits = costs.count(SPLITS)
@@ -429,8 +474,25 @@ def _read_structs(  # noqa: C901
     return ranges
 
 
+def _above(
+    ranges: dict[int, list[tuple[int, int]]], known: dict[int, int]
+) -> dict[int, list[tuple[int, int]]]:
+    """``ranges`` (client -> clock ranges) from each client's clock in ``known`` on."""
+    above = {}
+    for client, held in ranges.items():
+        floor = known.get(client, 0)
+        above[client] = [(max(start, floor), end) for start, end in held if end > floor]
+    return above
+
+
 def _within(held: list[tuple[int, int]] | None, clock: int) -> bool:
-    return held is not None and any(start <= clock < end for start, end in held)
+    """Whether ``clock`` lies in one of ``held``'s ranges (``(start, end)``, in clock order)."""
+    if not held:
+        return False
+    if len(held) == 1:
+        return held[0][0] <= clock < held[0][1]
+    at = bisect_right(held, clock, key=itemgetter(0)) - 1
+    return at >= 0 and clock < held[at][1]
 
 
 def _read_delete_set(
@@ -439,28 +501,33 @@ def _read_delete_set(
     for _ in range(r.count("delete set client")):
         client = r.client()
         count = r.count("deletion")
-        offsets: list[tuple[int, int, int]] = []
+        deleted: list[tuple[int, int]] = []
         for _ in range(count):
-            start = r.pos
             clock = r.clock()
-            end = clock + r.uint()
+            length = r.uint()
+            end = clock + length
             if end > MAX_CLOCK:
                 raise ProtocolError("a deletion passes 32-bit clocks")
             # Deleting what neither the update nor the document holds would wait in Yrs.
             if not _within(ranges.get(client), end - 1) and end > facts.needs.get(client, 0):
                 facts.needs[client] = end
+            facts.deleted += length
             if layout is not None:
-                offsets.append((clock, start, r.pos))
+                deleted.append((clock, length))
         facts.deletions += count
-        facts.splits += count
-        if layout is not None and offsets:
-            layout.deletions.append((client, offsets))
+        if layout is not None and deleted:
+            layout.deletions.append((client, deleted))
 
 
-def _read_update(update: bytes, items: _Items | None = None, layout: _Sections | None = None) -> UpdateFacts:
+def _read_update(
+    update: bytes,
+    items: _Items | None = None,
+    layout: _Sections | None = None,
+    known: dict[int, int] | None = None,
+) -> UpdateFacts:
     r = _Reader(update)
     facts = UpdateFacts()
-    ranges = _read_structs(r, facts, items, layout)
+    ranges = _read_structs(r, facts, items, layout, known)
     _read_delete_set(r, facts, layout, ranges)
     if r.remaining:
         raise ProtocolError(
@@ -470,11 +537,12 @@ def _read_update(update: bytes, items: _Items | None = None, layout: _Sections |
     return facts
 
 
-def check_update(update: bytes) -> UpdateFacts:
+def check_update(update: bytes, known: dict[int, int] | None = None) -> UpdateFacts:
     """Refuse (``ProtocolError``) a v1 update that is malformed, or whose counts, nesting,
     client ids or clocks exceed what its bytes and pycrdt can hold (see the module's rules).
-    Returns what the document it is applied to must confirm (``UpdateFacts``)."""
-    return _read_update(update)
+    Returns what the document it is applied to must confirm (``UpdateFacts``); ``known``: that
+    document's state vector, when the update may hold some of what the document holds."""
+    return _read_update(update, known=known)
 
 
 def decode_state_vector(state_vector: bytes) -> dict[int, int]:
@@ -497,21 +565,25 @@ def check_state_vector(state_vector: bytes) -> None:
 
 
 def _causal_order(update: bytes, layout: _Sections, flat: list[tuple[int, int]]) -> list[int]:
-    """The structs (indices into ``flat``: section index, index in it) in an order where each
-    comes after the structs of the update it continues or names (its origin, right origin,
-    parent). A client's structs
-    only name its earlier ones, so the sections' own order is one when no struct names one of a
-    later section; otherwise a depth-first walk."""
+    """The structs (indices into ``flat``: section index, index in it) in the order Yrs
+    integrates an update's clients, highest client id first (Yjs ``integrateStructs``), except
+    that each comes after the structs of the update it continues or names (its origin, right
+    origin, parent). Yjs places siblings (items with one origin) by client id, so that order
+    passes none of them; in the sections' order, each would walk all those before it. A
+    client's structs only name its earlier ones, so that order needs no more when no struct
+    names one of a lower client; otherwise a depth-first walk."""
     sections = layout.sections
     section_of = {client: si for si, (client, _) in enumerate(sections)}
+    first_index = list(itertools.accumulate((len(offsets) for _, offsets in sections), initial=0))
+    by_client = sorted(range(len(sections)), key=lambda si: sections[si][0], reverse=True)
+    order = [index for si in by_client for index in range(first_index[si], first_index[si + 1])]
     names = layout.names
     if all(
-        section_of.get(client, -1) <= si
+        client >= sections[si][0] or client not in section_of
         for (si, _), named in zip(flat, names, strict=True)
         for client, _ in named
     ):
-        return list(range(len(flat)))
-    first_index = list(itertools.accumulate((len(offsets) for _, offsets in sections), initial=0))
+        return order
     starts = [[struct[2] for struct in offsets] for _, offsets in sections]
 
     def struct_at(client: int, clock: int) -> int | None:
@@ -532,15 +604,15 @@ def _causal_order(update: bytes, layout: _Sections, flat: list[tuple[int, int]])
             if named is not None and named != index:
                 yield named
 
-    return _depth_first(len(flat), depends_on)
+    return _depth_first(order, depends_on)
 
 
-def _depth_first(count: int, depends_on: Callable[[int], Iterator[int]]) -> list[int]:
-    """``range(count)`` in an order where each comes after those it ``depends_on`` (a cycle,
-    which Yjs never writes, is broken where the walk meets it)."""
+def _depth_first(roots: list[int], depends_on: Callable[[int], Iterator[int]]) -> list[int]:
+    """``roots`` (``0 .. n - 1`` in some order) in that order, except that each comes after
+    those it ``depends_on`` (a cycle, which Yjs never writes, is broken where the walk meets it)."""
     order: list[int] = []
-    state = bytearray(count)  # 0: not seen, 1: its dependencies being walked, 2: placed
-    for root in range(count):
+    state = bytearray(len(roots))  # 0: not seen, 1: its dependencies being walked, 2: placed
+    for root in roots:
         stack = [root]
         while stack:
             index = stack[-1]
@@ -578,11 +650,11 @@ class UpdateParts:
     ``ProtocolError`` for a malformed update, and for one holding empty items: Yrs writes some
     (when an edit cuts a multi-byte character), their successors share their clocks, and Yrs
     resolves such ids by the order it saw them, so such an update applied in parts is not the
-    update."""
+    update. ``known``: the state vector of the document it is for (see ``UpdateFacts``)."""
 
-    def __init__(self, update: bytes) -> None:
+    def __init__(self, update: bytes, known: dict[int, int] | None = None) -> None:
         layout = _Sections()
-        self.facts = _read_update(update, layout=layout)
+        self.facts = _read_update(update, layout=layout, known=known)
         if layout.empty_items:
             raise ProtocolError("an update holding items of length 0 applies only whole")
         self._update = update
@@ -590,28 +662,30 @@ class UpdateParts:
         self._flat = [(si, k) for si, (_, offsets) in enumerate(layout.sections) for k in range(len(offsets))]
         self._order = _causal_order(update, layout, self._flat)
         self._at = 0  # in the order
-        # (client, (first clock, start offset, end offset)) of each range
-        self._deletions = [(client, deletion) for client, ranges in layout.deletions for deletion in ranges]
-        self._deleted = 0  # ranges taken
+        # (client, first clock, length) of each range not taken yet, the next one first
+        self._deletions = [
+            (client, clock, length)
+            for client, ranges in reversed(layout.deletions)
+            for clock, length in reversed(ranges)
+        ]
 
     @property
     def left(self) -> int:
         """Structs and deletions not yet taken."""
-        return len(self._order) - self._at + len(self._deletions) - self._deleted
+        return len(self._order) - self._at + len(self._deletions)
 
-    def take(self, budget: float, costs: tuple[float, float, float]) -> bytes:
-        """The next part: the structs that fit ``budget`` (at least one) by ``costs`` (what a
-        struct may cost: one that neither splits nor walks, one that ``SPLITS``, one that
-        ``WALKS``; fewer where a client's next struct does not follow its last one in the part),
-        or once the structs are taken the deletions that fit (each may split). Raises
-        ``IndexError`` when nothing is left."""
+    def take(self, budget: float, costs: Costs) -> bytes:
+        """The next part: the structs that fit ``budget`` seconds (at least one) by ``costs``
+        (fewer where a client's next struct does not follow its last one in the part), or once
+        the structs are taken the deletions that fit, a range that does not fit alone cut to
+        what does. Raises ``IndexError`` when nothing is left."""
         if self._at < len(self._order):
             return self._structs(budget, costs)
-        if self._deleted < len(self._deletions):
-            return self._deletes(max(1, int(budget / costs[SPLITS])))
+        if self._deletions:
+            return self._deletes(budget, costs)
         raise IndexError("no part left")
 
-    def _structs(self, budget: float, costs: tuple[float, float, float]) -> bytes:
+    def _structs(self, budget: float, costs: Costs) -> bytes:
         runs: dict[int, list[int]] = {}  # section index -> [first, last] index in it
         classes = self._layout.costs
         spent = 0.0
@@ -639,12 +713,25 @@ class UpdateParts:
         written.append(b"\x00")
         return b"".join(written)
 
-    def _deletes(self, size: int) -> bytes:
-        taken = self._deletions[self._deleted : self._deleted + size]
-        self._deleted += len(taken)
-        clients: dict[int, list[tuple[int, int, int]]] = {}
-        for client, deletion in taken:
-            clients.setdefault(client, []).append(deletion)
+    def _deletes(self, budget: float, costs: Costs) -> bytes:
+        left = self._deletions
+        clients: dict[int, list[tuple[int, int]]] = {}
+        spent = 0.0
+        while left:
+            client, clock, length = left[-1]
+            spent += costs.deletion(length)
+            if spent > budget:
+                if clients:
+                    break
+                # Alone over the budget: the part deletes as many units as the budget covers
+                # (besides its ends, which no cut makes cheaper), the next the rest.
+                fits = max(1, int(budget / costs.deleted)) if costs.deleted else length
+                if fits < length:
+                    left[-1] = (client, clock + fits, length - fits)
+                    clients[client] = [(clock, fits)]
+                    break
+            left.pop()
+            clients.setdefault(client, []).append((clock, length))
         # No structs, then Yjs writeDeleteSet (clients: client, count, ranges).
         return (
             b"\x00"
@@ -653,7 +740,7 @@ class UpdateParts:
                 _var_uint(client)
                 + _var_uint(len(ranges))
                 # in order of clock, as Yjs writes them (Yrs merges others wrongly)
-                + b"".join(self._update[start:end] for _, start, end in sorted(ranges))
+                + b"".join(_var_uint(clock) + _var_uint(length) for clock, length in sorted(ranges))
                 for client, ranges in clients.items()
             )
         )
@@ -666,7 +753,8 @@ def split_update(update: bytes, max_size: int) -> list[bytes]:
     if facts.structs + facts.deletions <= max_size:
         return [update]
     parts = UpdateParts(update)
-    return [parts.take(max_size, (1, 1, 1)) for _ in iter(lambda: parts.left, 0)]
+    each = Costs(plain=1, split=1, walk=1, deleted=0, units=0)  # a struct or deletion counts 1
+    return [parts.take(max_size, each) for _ in iter(lambda: parts.left, 0)]
 
 
 # Larger payloads are read in a worker thread: the event loop gets the interpreter back every few
@@ -674,26 +762,27 @@ def split_update(update: bytes, max_size: int) -> list[bytes]:
 OFF_LOOP_BYTES = 64 * 1024
 
 
-async def check_message(message: Message) -> UpdateFacts | None:
+async def check_message(message: Message, *, updates: bool = True) -> UpdateFacts | None:
     """Check the Yjs payload of a y-websocket message: the state vector of sync step 1, the
-    update of sync step 2 and of an update message (whose ``UpdateFacts`` are returned).
-    Raises ``ProtocolError``."""
+    update of sync step 2 and of an update message (whose ``UpdateFacts`` are returned; not
+    read when ``updates`` is false: from a client that cannot write, an update is refused
+    unread). Raises ``ProtocolError``."""
     if message.type is not MessageType.SYNC:
         return None
     if message.sync_type is SyncType.STEP1:
         await _off_loop(check_state_vector, message.payload)
         return None
-    return await _off_loop(check_update, message.payload)
+    return await _off_loop(check_update, message.payload) if updates else None
 
 
-async def check_update_soon(update: bytes) -> UpdateFacts:
-    """``check_update``, in a worker thread when the update is large."""
-    return await _off_loop(check_update, update)
+async def check_update_soon(update: bytes, known: dict[int, int] | None = None) -> UpdateFacts:
+    """``check_update(update, known)``, in a worker thread when the update is large."""
+    return await _off_loop(lambda payload: check_update(payload, known), update)
 
 
-async def update_parts_soon(update: bytes) -> UpdateParts:
-    """``UpdateParts(update)``, read in a worker thread when the update is large."""
-    return await _off_loop(UpdateParts, update)
+async def update_parts_soon(update: bytes, known: dict[int, int] | None = None) -> UpdateParts:
+    """``UpdateParts(update, known)``, read in a worker thread when the update is large."""
+    return await _off_loop(lambda payload: UpdateParts(payload, known), update)
 
 
 async def _off_loop(check: Callable[[bytes], T], payload: bytes) -> T:

@@ -217,12 +217,23 @@ SPLITS = 1_500
 
 def run_and_splits(kind: str) -> tuple[bytes, bytes, str]:
     """One writer's run of ``RUN`` characters as one update; an update from another client that
-    splits that one string item ``SPLITS`` times (one-character insertions, or deletions, two
-    characters apart back from its end), each split costing Yrs time in proportion to the run;
-    and the text both make."""
+    splits that one string item ``SPLITS`` times, each split costing Yrs time in proportion to
+    the run, and the text both make. The splits are one-character insertions (``insertions``),
+    or deletions (``deletions``), two characters apart back from its end; or insertions from an
+    update that holds the run's clocks again, as a garbage-collected range (``overlap``: read
+    alone, what they name is the update's own)."""
     writer = Doc(client_id=1)
     writer.get("text", type=Text).insert(0, "a" * RUN)
     run = writer.get_update()
+    if kind == "overlap":
+        # Yjs v1: client 1's GC struct over the run, client 99's string items (0x84: with an origin).
+        inserts = b"".join(b"\x84\x01" + write_var_uint(RUN - 2 * i - 2) + b"\x01x" for i in range(SPLITS))
+        update = b"\x02\x01\x01\x00\x00" + write_var_uint(RUN)
+        update += write_var_uint(SPLITS) + b"\x63\x00" + inserts + b"\x00"
+        both = Doc()
+        both.apply_update(run)
+        both.apply_update(update)
+        return run, update, str(both.get("text", type=Text))
     if kind == "insertions":
         other = Doc(client_id=2)
         other.apply_update(run)
@@ -260,7 +271,7 @@ def close_of(ws: Any, timeout: float = 30) -> tuple[int | None, str]:
     return ws.close_code, ws.close_reason or ""
 
 
-@pytest.mark.parametrize("kind", ["insertions", "deletions"])
+@pytest.mark.parametrize("kind", ["insertions", "deletions", "overlap"])
 def test_an_update_splitting_a_long_item_many_times_is_applied_without_holding_the_loop(
     make_settings: Callable[..., Settings], workspace: str, kind: str
 ) -> None:
@@ -331,3 +342,23 @@ def test_an_update_holding_empty_items_that_would_have_to_be_split_is_refused(
         code, reason = close_of(ws)
         assert code == 4400, (code, reason)
         assert "items of length 0" in reason
+
+
+def test_an_update_of_many_ranges_and_deletions_is_read_without_holding_the_loop(
+    make_settings: Callable[..., Settings], workspace: str
+) -> None:
+    # One client's 8,000 ranges (garbage-collected and skipped, one clock each, in turn) and
+    # 10,800 deletions after them, just under the size read on the loop (64 KiB): each deletion
+    # is looked up among the ranges.
+    ranges, deletions = 8_000, 10_800
+    structs = b"\x00\x01\x0a\x01" * ranges
+    update = write_var_uint(1) + write_var_uint(2 * ranges) + b"\x05\x00" + structs
+    update += b"\x01\x05" + write_var_uint(deletions) + (write_var_uint(2 * ranges + 1) + b"\x01") * deletions
+    assert 60_000 < len(update) < 64 * 1024
+    with server_thread(make_settings()) as server, connect(server.doc_url(workspace), max_size=None) as ws:
+        document_from(ws)
+        server.watch.reset()
+        ws.send(create_update_message(update))
+        code, reason = close_of(ws)
+        assert code == 4400 and "needs (5, 16001)" in reason, (code, reason)
+        assert server.watch.longest < 0.100, f"the loop was held {server.watch.longest:.3f} s"

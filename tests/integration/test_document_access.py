@@ -150,6 +150,9 @@ async def test_a_members_next_connection_follows_a_change_of_access(
             await carol.send(create_update_message(attempt.get_update()))
             denied = await carol.next_frame(kind=2)
             assert b"read-only" in denied
+            # A viewer's update is refused unread, whatever it holds (a costly one costs nothing).
+            await carol.send(create_update_message(b"\x05\xff\xff"))
+            assert b"read-only" in await carol.next_frame(kind=2)
         assert (await alice.delete(f"/workspaces/{workspace}")).status_code == 204
         status, _ = await refused_status(auth_server.doc_url(workspace) + f"?token={token('alice')}")
         assert status == 404

@@ -5,6 +5,7 @@ and an update Yrs could only take whole is never split."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ from server.room import (
     struct_costs,
     update_cost,
 )
-from server.yjs_format import check_update, split_update
+from server.yjs_format import UpdateParts, check_update, split_update
 from tests.unit.test_room_load import content, edit_log, one_by_one
 
 
@@ -78,9 +79,12 @@ def test_an_update_holding_an_empty_item_is_refused_rather_than_split() -> None:
 
 
 def test_what_a_struct_may_cost_grows_with_the_documents_clock_units_and_with_what_it_may_do() -> None:
-    assert struct_costs(0) == (STRUCT_SECONDS, STRUCT_SECONDS, STRUCT_SECONDS)
-    plain, splits, walks = struct_costs(10_000)
-    assert plain == STRUCT_SECONDS < splits < walks
+    empty = struct_costs(0)
+    assert (empty.plain, empty.split, empty.walk) == (STRUCT_SECONDS, STRUCT_SECONDS, STRUCT_SECONDS)
+    costs = struct_costs(10_000)
+    assert costs.plain == STRUCT_SECONDS < costs.split < costs.walk
+    # A deletion may split an item at each end, and passes each unit it covers, at most the document's.
+    assert costs.deletion(1) < costs.deletion(10_000) == costs.deletion(2**31)
     # Appends after the update's own structs neither split nor walk; insertions into a run do.
     writer: Doc[Any] = Doc(client_id=1)
     text = writer.get("text", type=Text)
@@ -92,7 +96,7 @@ def test_what_a_struct_may_cost_grows_with_the_documents_clock_units_and_with_wh
     _, insertions = run_and_insertions(10_000, 20)
     facts = check_update(insertions)
     assert facts.walks == 20
-    assert update_cost(facts, struct_costs(10_000)) == 20 * walks
+    assert update_cost(facts, struct_costs(10_000)) == 20 * costs.walk
     assert update_cost(appends, struct_costs(0)) <= PART_SECONDS
 
 
@@ -288,3 +292,124 @@ async def test_a_long_garbage_collected_range_does_not_make_later_updates_weigh_
     expected: Doc[Any] = Doc()
     expected.apply_update(empty_items)
     assert str(room.doc.get("emoji", type=Text)) == str(expected.get("emoji", type=Text))
+
+
+def string_item(
+    origin: tuple[int, int] | None, right_origin: tuple[int, int] | None, content: str, root: str = "t"
+) -> bytes:
+    """A Yjs v1 item holding ``content`` (a string); its parent, a root by name, is written only
+    when it has neither origin."""
+    info = 0x04 | (0x80 if origin else 0) | (0x40 if right_origin else 0)
+    written = bytes([info])
+    for named in (origin, right_origin):
+        if named is not None:
+            written += write_var_uint(named[0]) + write_var_uint(named[1])
+    if origin is None and right_origin is None:
+        written += b"\x01" + write_var_uint(len(root)) + root.encode()
+    return written + write_var_uint(len(content.encode())) + content.encode()
+
+
+def gc_range(length: int) -> bytes:
+    return b"\x00" + write_var_uint(length)
+
+
+def encode_update(sections: dict[int, list[bytes]]) -> bytes:
+    """client -> its structs from clock 0, as a Yjs v1 update with an empty delete set."""
+    written = write_var_uint(len(sections))
+    for client, structs in sections.items():
+        written += write_var_uint(len(structs)) + write_var_uint(client) + b"\x00" + b"".join(structs)
+    return written + b"\x00"
+
+
+def test_what_an_update_names_is_weighed_by_what_yjs_does_with_it() -> None:
+    # Client 1's "abcdef" as one struct, and "g" going on after it; client 2's "x" after its "c",
+    # cutting it; client 3's "y" after the "f" too: a sibling of "g", and Yjs places siblings by
+    # walking each other.
+    sections = {
+        1: [string_item(None, None, "abcdef"), string_item((1, 5), None, "g")],
+        2: [string_item((1, 2), None, "x")],
+        3: [string_item((1, 5), None, "y")],
+    }
+    update = encode_update(sections)
+    facts = check_update(update)
+    assert (facts.walks, facts.splits) == (3, 1)  # "abcdef" (no origin), "g" and "y"; "x"
+    # In parts, clients go highest first, as Yrs integrates them (so siblings pass none of each
+    # other), each struct after what it names: "abcdef", then "y", "x", "g".
+    parts = UpdateParts(update)
+    first_clients = [parts.take(0, struct_costs(0))[2] for _ in range(parts.left)]
+    assert first_clients == [1, 3, 2, 1]
+    alone = check_update(encode_update({1: sections[1]}))
+    assert (alone.walks, alone.splits) == (1, 0)
+
+
+async def test_what_an_update_holds_below_the_documents_clocks_is_weighed_as_the_documents(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The document holds client 1's run; the update holds it again (a garbage-collected range)
+    # and client 99's insertions into it, which read alone name the update's own range.
+    monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)  # one part to a turn: each part is logged
+    writer: Doc[Any] = Doc(client_id=1)
+    writer.get("text", type=Text).insert(0, "a" * 1_000)
+    clocks = {1: 1_000}
+    inserts = [string_item((1, 998 - 2 * i), None, "x") for i in range(20)]
+    update = encode_update({1: [gc_range(1_000)], 99: inserts})
+    alone = check_update(update)
+    assert (alone.walks, alone.splits) == (0, 20)
+    assert alone.overlaps(clocks) and not alone.overlaps({})
+    known = check_update(update, clocks)
+    assert (known.walks, known.splits) == (20, 0)
+    # The room weighs it for its document: in parts.
+    stored = Stored()
+    room = loaded_room(writer.get_update(), stored)
+    await room.apply_update(update, alone)
+    assert len(stored.updates) > 1
+    assert text(room.doc).count("x") == 20
+
+
+async def test_a_deletion_too_costly_for_one_part_is_cut_into_parts_that_make_it_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)  # one part to a turn: each part is logged
+    writer: Doc[Any] = Doc(client_id=5)
+    typed = writer.get("text", type=Text)
+    with writer.transaction():
+        for _ in range(40_000):  # 40,000 items of one character (each typed at the start)
+            typed.insert(0, "x")
+    run = writer.get_update()
+    # The delete set alone: client 5, two ranges of 20,000 units.
+    deletions = b"\x00\x01" + write_var_uint(5) + b"\x02\x00" + write_var_uint(20_000) * 3
+    stored = Stored()
+    room = loaded_room(run, stored)
+    await room.apply_update(deletions, check_update(deletions))
+    # A part covers at most PART_SECONDS / 150 ns units: 13,333.
+    assert len(stored.updates) == 4
+    assert text(room.doc) == ""
+    replayed: Doc[Any] = Doc()
+    for update in [run, *stored.updates]:
+        replayed.apply_update(update)
+    assert text(replayed) == ""
+
+
+async def test_updates_in_parts_take_turns_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each holds the loop for its turns: two at once would hold it twice as long a turn.
+    monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)  # one part to a turn
+    run, insertions = run_and_insertions(100_000, 10)
+    logged: list[int] = []
+    rooms = []
+    for document_id in (1, 2):
+        doc: Doc[Any] = Doc()
+        doc.apply_update(run)
+        rooms.append(
+            Room(
+                RoomKey("ws-parts", f"doc-{document_id}"),
+                document_id,
+                doc,
+                on_update=lambda document, _update, relay: (logged.append(document), relay()),
+                on_broken=lambda _room: None,
+                loaded_bytes=len(run),
+            )
+        )
+    await asyncio.gather(*(room.apply_update(insertions, check_update(insertions)) for room in rooms))
+    assert len(logged) > 2
+    assert logged == sorted(logged, key=logged.index)  # one document's parts, then the other's
+    assert all(text(room.doc).count("x") == 10 for room in rooms)
