@@ -33,7 +33,7 @@ import time
 from pycrdt import Doc, Text, write_var_uint
 
 from server.room import PART_SECONDS, struct_costs
-from server.yjs_format import SPLITS, WALKS, UpdateParts
+from server.yjs_format import UpdateParts
 
 RUNS = [0, 250_000, 1_000_000, 4_000_000]
 SPLIT_RUNS = [250_000, 1_000_000, 4_000_000]
@@ -179,11 +179,12 @@ def main() -> None:
         if kind == "walk":
             initial, units = at_the_start(range(1_000, 1_000 + run)), run
             update = at_the_start(range(2**31, 2**31 + args.splits))
-            bound = struct_costs(units)[WALKS]
+            bound = struct_costs(units).walk
         else:
             initial, units = run_document(run, char)
             update = splitting_update(units, args.splits, kind)
-            bound = struct_costs(units)[WALKS if kind == "insertions" else SPLITS]
+            costs = struct_costs(units)
+            bound = costs.walk if kind == "insertions" else costs.deletion(1)  # one-character ranges
         whole, in_parts, longest = applied(initial, update, units, args.repeats)
         each = whole / args.splits
         print(

@@ -190,7 +190,9 @@ class Room:
     the message its client sent: framed once for every receiver and written to each in one
     transport write, never back to the connection that sent them.
 
-    ``doc`` was built from stored updates of ``loaded_bytes`` bytes in all (0 for a new one).
+    ``doc`` was built from stored updates of ``loaded_bytes`` bytes in all (0 for a new one);
+    ``clocks``: its state vector (client -> clock), if read already (a document of many clients
+    takes long to read: its loader reads it off the event loop).
     """
 
     def __init__(
@@ -202,6 +204,7 @@ class Room:
         on_update: Callable[[int, bytes, Callable[[], None]], None],
         on_broken: Callable[[Room], None],
         loaded_bytes: int,
+        clocks: dict[int, int] | None = None,
     ) -> None:
         self.key = key
         self.document_id = document_id
@@ -225,6 +228,8 @@ class Room:
         self.version = 0  # counts the updates applied, so that views of the document can be cached
         # (version, the state vector then as client -> clock, its clocks added up)
         self._state: tuple[int, dict[int, int], int] = (-1, {}, 0)
+        if clocks is not None:
+            self._state = (0, clocks, sum(clocks.values()))
         # The bytes of the updates the document holds: those it was loaded from (``loaded_bytes``)
         # and every one applied since.
         self._bytes = loaded_bytes
@@ -354,7 +359,7 @@ class Room:
         else:
             self._apply(update)
             self._accepted(update, origin, frame)
-            self._advance(facts)
+            self._advance(facts.clocks)
 
     def _accepted(self, update: bytes, origin: Connection | None, frame: bytes | None) -> None:
         accepted_at = time.perf_counter()
@@ -369,14 +374,15 @@ class Room:
             self._state = (self.version, clocks, sum(clocks.values()))
         return self._state
 
-    def _advance(self, facts: UpdateFacts) -> None:
-        """A client's update whose needs the document held was applied whole: its clients'
-        clocks move on to the ends of its structs (Yrs integrated them all). (After one
-        applied in parts, perhaps not all of them, the state vector is read again.)"""
+    def _advance(self, reached: dict[int, int], applied: int = 1) -> None:
+        """``applied`` updates whose needs the document held were applied since the state
+        vector was last current, reaching ``reached`` (client -> clock: Yrs integrated all they
+        hold): their clients' clocks move on. If anything else was applied meanwhile, the state
+        vector is read again when next needed."""
         version, clocks, units = self._state
-        if version + 1 != self.version:  # something else was applied meanwhile
+        if version + applied != self.version:
             return
-        for client, clock in facts.clocks.items():
+        for client, clock in reached.items():
             before = clocks.get(client, 0)
             if clock > before:
                 clocks[client] = clock
@@ -404,8 +410,16 @@ class Room:
             applied: list[bytes] = []
             while parts.left and (not applied or time.perf_counter() - turn_started < TURN_SECONDS):
                 piece = parts.take(PART_SECONDS, costs)
-                self._apply(piece)
+                try:
+                    self._apply(piece)
+                except ProtocolError:
+                    # Yrs refused a part (the whole was checked: not expected). What was applied
+                    # before it stays the document's: stored and relayed.
+                    if applied:
+                        self._accepted(merge_updates(*applied), origin, None)
+                    raise
                 applied.append(piece)
+            self._advance(parts.clocks, len(applied))
             cost += time.perf_counter() - turn_started
             if first_turn and not parts.left:  # all in one turn: the update as it came
                 self._accepted(update, origin, frame)

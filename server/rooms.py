@@ -33,7 +33,7 @@ from .persistence import UpdateWriter
 from .protocol import KEEPALIVE, ProtocolError, decode
 from .replication import Replication
 from .room import DocumentBroken, Room, RoomKey, load_updates
-from .yjs_format import check_message
+from .yjs_format import check_message, decode_state_vector
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,8 @@ class RoomManager:
         stored = await self.store.documents.load(key.workspace_id, key.path)
         doc: Doc[Any] = Doc()
         await load_updates(doc, stored.updates)
+        # In a worker thread: the loop gets the interpreter back every few milliseconds meanwhile.
+        clocks = await asyncio.to_thread(lambda: decode_state_vector(doc.get_state()))
         room = Room(
             key,
             stored.id,
@@ -146,6 +148,7 @@ class RoomManager:
             on_update=self._accept,
             on_broken=self._reload,
             loaded_bytes=sum(map(len, stored.updates)),
+            clocks=clocks,
         )
         if self.replication is not None:
             await self.replication.attach(room)

@@ -11,6 +11,9 @@ So an update or state vector that comes from outside is read here first, and ref
 ``ProtocolError`` unless:
 
 - every count and length fits in the bytes that remain (each element takes at least one byte);
+- strings are UTF-8 (Yrs reads them strictly, and would fail part-way through the update);
+- no item holds ContentJSON (Yjs writes ContentAny since version 13; Yrs reads one string more
+  than ContentJSON's count, so the bytes after it would mean to Yrs what no check read);
 - values nest at most ``MAX_NESTING`` levels;
 - client ids fit 53 bits (lib0) and clocks 32 bits (Yrs), the clock after a client's last struct
   or deletion too (Yrs keeps a client's next clock in 32 bits: one past it would wrap to 0, and
@@ -123,6 +126,16 @@ class _Reader:
     def skip_buffer(self) -> None:
         self.skip(self.uint())
 
+    def string(self) -> bytes:
+        """lib0 ``readVarString``, which Yrs reads as strict UTF-8 (and fails on otherwise)."""
+        text = self.buffer()
+        if not text.isascii():
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProtocolError("a string is not valid UTF-8") from None
+        return text
+
     def client(self) -> int:
         client = self.uint()
         if client > MAX_CLIENT:
@@ -152,7 +165,9 @@ class _Reader:
                 self.skip_int()
             elif kind in _ANY_FIXED_SIZE:
                 self.skip(_ANY_FIXED_SIZE[kind])
-            elif kind in (119, 116):  # string, Uint8Array
+            elif kind == 119:  # string
+                self.string()
+            elif kind == 116:  # Uint8Array
                 self.skip_buffer()
             elif kind == 118 or kind == 117:  # object (key, value pairs), array
                 size = self.count("object" if kind == 118 else "array")
@@ -169,7 +184,7 @@ class _Reader:
             container = open_containers[-1]
             container[0] -= 1
             if container[1]:
-                self.skip_buffer()  # the key of the next value
+                self.string()  # the key of the next value
 
 
 # -- updates ---------------------------------------------------------------------------------------
@@ -237,7 +252,7 @@ class UpdateFacts:
     # client -> the clock the document must have reached for it (its structs continue the
     # client's, their origins and parents, and the items it deletes, outside the update itself)
     needs: dict[int, int] = field(default_factory=dict)
-    clocks: dict[int, int] = field(default_factory=dict)  # client -> the clock after its structs
+    clocks: dict[int, int] = field(default_factory=dict)  # client -> the clock after what it holds
     starts: dict[int, int] = field(default_factory=dict)  # client -> the first clock it holds
     # Items Yjs may have to place among concurrent ones, walking them: no origin, one outside
     # what the update brings, or one that other items of the update name too (siblings); and
@@ -287,7 +302,7 @@ class _Sections:
 
 def _utf16_length(encoded: bytes) -> int:
     """Yjs counts text in UTF-16 code units."""
-    return len(encoded.decode("utf-8", "replace").encode("utf-16-le")) // 2
+    return len(encoded.decode("utf-8").encode("utf-16-le")) // 2
 
 
 def _read_content(r: _Reader, kind: int, items: _Items | None) -> int:
@@ -295,7 +310,7 @@ def _read_content(r: _Reader, kind: int, items: _Items | None) -> int:
     length = 1
     ref = None
     if kind == STRING:
-        text = r.buffer()
+        text = r.string()
         length = len(text) if text.isascii() else _utf16_length(text)
     elif kind == DELETED:
         length = r.uint()
@@ -304,18 +319,20 @@ def _read_content(r: _Reader, kind: int, items: _Items | None) -> int:
         for _ in range(length):
             r.skip_any()
     elif kind == FORMAT:
-        r.skip_buffer()  # the attribute
-        r.skip_buffer()  # its value, as JSON
-    elif kind in (EMBED, BINARY):
-        r.skip_buffer()  # JSON, or the bytes
+        r.string()  # the attribute
+        r.string()  # its value, as JSON
+    elif kind == EMBED:
+        r.string()  # JSON
+    elif kind == BINARY:
+        r.skip_buffer()
     elif kind == TYPE:
         ref = _read_type_ref(r)
     elif kind == JSON:
-        length = r.count("JSON value")
-        for _ in range(length):
-            r.skip_buffer()
+        # Yjs has written ContentAny since version 13, and Yrs reads one string more than the
+        # count says: such bytes mean something else to Yrs than to any reader checking them.
+        raise ProtocolError("JSON item content (ContentJSON) is not supported; Yjs writes ContentAny")
     elif kind == DOC:
-        r.skip_buffer()  # the subdocument's guid
+        r.string()  # the subdocument's guid
         r.skip_any()  # its options
     else:
         raise ProtocolError(f"unknown item content {kind}")
@@ -331,7 +348,7 @@ def _read_type_ref(r: _Reader) -> int:
     if ref > TYPE_XML_TEXT:
         raise ProtocolError(f"unknown shared type {ref}")
     if ref in (TYPE_XML_ELEMENT, TYPE_XML_HOOK):
-        r.skip_buffer()
+        r.string()
     return ref
 
 
@@ -391,13 +408,13 @@ def _read_structs(  # noqa: C901
                 if not info & (_BIT_ORIGIN | _BIT_RIGHT_ORIGIN):
                     # The parent is written only when it cannot be taken from a neighbour.
                     if r.uint() == 1:
-                        parent = r.buffer().decode("utf-8", "replace")
+                        parent = r.string().decode("utf-8")
                     else:
                         parent = r.item_id()
                         named_parents.append((parent, (client, clock)))
                         named.append(parent)
                     if info & _BIT_PARENT_SUB:
-                        r.skip_buffer()
+                        r.string()
                         keyed = True
                 if names is not None:
                     names.append(named[start_named:])
@@ -424,9 +441,9 @@ def _read_structs(  # noqa: C901
             raise ProtocolError(f"clocks of client {client} pass 32 bits")
         if clock > first:
             held.append((first, clock))
-        if held:
+        if held:  # a skipped range at the end holds nothing: the client's clock stays
             facts.starts[client] = held[0][0]
-        facts.clocks[client] = clock
+            facts.clocks[client] = held[-1][1]
         facts.structs += structs
         facts.length += sum(end - start for start, end in held)
         if layout is not None and offsets is not None:
@@ -662,6 +679,8 @@ class UpdateParts:
         self._flat = [(si, k) for si, (_, offsets) in enumerate(layout.sections) for k in range(len(offsets))]
         self._order = _causal_order(update, layout, self._flat)
         self._at = 0  # in the order
+        # client -> the clock after what the parts taken so far hold of it
+        self.clocks: dict[int, int] = {}
         # (client, first clock, length) of each range not taken yet, the next one first
         self._deletions = [
             (client, clock, length)
@@ -707,6 +726,9 @@ class UpdateParts:
         written = [_var_uint(len(runs))]
         for si, (first, last) in runs.items():
             client, offsets = sections[si]
+            held = next((k for k in range(last, first - 1, -1) if update[offsets[k][0]] & 0x1F != SKIP), None)
+            if held is not None:
+                self.clocks[client] = max(self.clocks.get(client, 0), offsets[held][3])
             written += (_var_uint(last - first + 1), _var_uint(client), _var_uint(offsets[first][2]))
             written.append(update[offsets[first][0] : offsets[last][1]])
         # Yjs writeStructs (count, client, first clock, structs) and an empty delete set.

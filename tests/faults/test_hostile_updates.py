@@ -71,6 +71,24 @@ async def test_a_clock_past_32_bits_is_refused_and_the_highest_one_is_kept(
     assert sorted(await text_of(server, workspace)) == sorted("abcd")
 
 
+async def test_content_yrs_would_read_otherwise_than_it_was_checked_is_refused(
+    server: RunningServer, workspace: str
+) -> None:
+    # ContentJSON (Yrs reads one string more than its count: the bytes after it would be read as
+    # structs nobody checked), and a string that is not UTF-8 (Yrs fails on it part-way).
+    root = bytes([1, 1]) + b"t"  # no origins: the parent, a root by name
+    cases = {
+        bytes([1, 1, 7, 0, 0x02]) + root + bytes([1, 1]) + b"1" + bytes([0]): "ContentJSON",
+        bytes([1, 1, 7, 0, 0x04]) + root + bytes([2, 0xFF, 0xFE, 0]): "not valid UTF-8",
+    }
+    for update, reason in cases.items():
+        refused = await post(server, workspace, update)
+        assert refused.status_code == 400
+        assert reason in refused.json()["error"]["message"]
+    assert (await post(server, workspace, typed(7, "fine")[1])).status_code == 200
+    assert await text_of(server, workspace) == "fine"
+
+
 async def test_a_parent_the_document_lacks_is_refused(server: RunningServer, workspace: str) -> None:
     honest, hello = typed(555, "hello")
     assert (await post(server, workspace, hello)).status_code == 200

@@ -413,3 +413,68 @@ async def test_updates_in_parts_take_turns_one_at_a_time(monkeypatch: pytest.Mon
     assert len(logged) > 2
     assert logged == sorted(logged, key=logged.index)  # one document's parts, then the other's
     assert all(text(room.doc).count("x") == 10 for room in rooms)
+
+
+async def test_a_skipped_range_at_the_end_of_a_clients_structs_does_not_move_its_clock() -> None:
+    # Client 5's "a", then a skipped range of 1,000: Yrs holds (5, 0) only. Were its clock taken
+    # to be 1,001, an item at (5, 500) would pass as continuing it, and wait in Yrs.
+    update = encode_update({5: [string_item(None, None, "a"), b"\x0a" + write_var_uint(1_000)]})
+    facts = check_update(update)
+    assert facts.clocks == {5: 1}
+    stored = Stored()
+    room = Room(
+        RoomKey("ws-parts", "doc"), 1, Doc(), on_update=stored, on_broken=lambda _room: None, loaded_bytes=0
+    )
+    await room.apply_update(update, facts)
+    later = b"\x01\x01\x05" + write_var_uint(500) + string_item((5, 499), None, "b") + b"\x00"
+    with pytest.raises(ProtocolError, match=r"needs \(5, 499\)"):
+        await room.apply_update(later, check_update(later))
+
+
+async def test_the_state_vector_follows_the_parts_and_is_not_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)  # one part to a turn
+    run, insertions = run_and_insertions(100_000, 10)
+    stored = Stored()
+    room = loaded_room(run, stored)
+    await room.apply_update(insertions, check_update(insertions))
+    assert len(stored.updates) > 1
+    # Reading a document of many clients' state vector takes long: not after every update in parts.
+
+    def read_again(_state: bytes) -> dict[int, int]:
+        raise AssertionError("the state vector was read again")
+
+    monkeypatch.setattr(room_module, "decode_state_vector", read_again)
+    writer: Doc[Any] = Doc(client_id=3)
+    writer.apply_update(room.doc.get_update())
+    before = writer.get_state()
+    writer.get("text", type=Text).insert(0, "y")
+    await room.apply_update(writer.get_update(before), check_update(writer.get_update(before)))
+    assert text(room.doc).startswith("y")
+
+
+async def test_a_part_yrs_refuses_leaves_what_was_applied_before_it_stored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run, insertions = run_and_insertions(100_000, 10)
+    stored = Stored()
+    room = loaded_room(run, stored)
+    applied = 0
+    apply = room._apply
+
+    def refuse_the_third(update: bytes) -> None:
+        nonlocal applied
+        applied += 1
+        if applied == 3:
+            raise ProtocolError("invalid Yjs update: cannot decode")
+        apply(update)
+
+    monkeypatch.setattr(room, "_apply", refuse_the_third)
+    with pytest.raises(ProtocolError):
+        await room.apply_update(insertions, check_update(insertions))
+    assert len(stored.updates) == 1  # the two parts before it, as one update
+    replayed: Doc[Any] = Doc()
+    for update in [run, *stored.updates]:
+        replayed.apply_update(update)
+    assert text(replayed) == text(room.doc) and text(room.doc).count("x") == 2
