@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -21,8 +22,10 @@ from .protocol import MessageType, ProtocolError, SyncType
 from .vocabulary import is_workspace_id
 from .ws_frames import Framed, binary_frame
 from .yjs_format import (
+    OFF_LOOP_BYTES,
     Costs,
     UpdateFacts,
+    check_update,
     check_update_soon,
     decode_state_vector,
     split_update,
@@ -436,10 +439,19 @@ class Room:
 
     def apply_remote(self, update: bytes) -> None:
         """Apply an update another instance accepted (and stores): relay it to every
-        connection here, without storing it again."""
+        connection here, without storing it again. The state vector follows it when it is
+        small and all it needs is here (else it is read again when next needed)."""
         if update == protocol.EMPTY_UPDATE:
             return
+        facts = None
+        if self._state[0] == self.version and len(update) <= OFF_LOOP_BYTES:
+            with contextlib.suppress(ProtocolError):
+                facts = check_update(update)
+            if facts is not None and facts.missing_dependency(self._state[1]) is not None:
+                facts = None
         self._apply(update)
+        if facts is not None:
+            self._advance(facts.clocks)
         self._relay(update, None, None, None)
 
     def _apply(self, update: bytes) -> None:

@@ -478,3 +478,29 @@ async def test_a_part_yrs_refuses_leaves_what_was_applied_before_it_stored(
     for update in [run, *stored.updates]:
         replayed.apply_update(update)
     assert text(replayed) == text(room.doc) and text(room.doc).count("x") == 2
+
+
+async def test_the_state_vector_follows_another_instances_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    stored = Stored()
+    room = Room(
+        RoomKey("ws-parts", "doc"), 1, Doc(), on_update=stored, on_broken=lambda _room: None, loaded_bytes=0
+    )
+    local: Doc[Any] = Doc(client_id=1)
+    local.get("text", type=Text).insert(0, "a")
+    await room.apply_update(local.get_update(), check_update(local.get_update()))
+    remote: Doc[Any] = Doc(client_id=2)
+    remote.apply_update(local.get_update())
+    before = remote.get_state()
+    remote.get("text", type=Text).insert(1, "b")
+    room.apply_remote(remote.get_update(before))
+
+    def read_again(_state: bytes) -> dict[int, int]:
+        raise AssertionError("the state vector was read again")
+
+    monkeypatch.setattr(room_module, "decode_state_vector", read_again)
+    before = local.get_state()
+    local.apply_update(remote.get_update())
+    local.get("text", type=Text).insert(2, "c")
+    update = local.get_update(before)
+    await room.apply_update(update, check_update(update))  # needs (2, 0): known from the remote update
+    assert text(room.doc) == "abc"
