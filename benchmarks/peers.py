@@ -194,7 +194,14 @@ class LoadGroup:
     """Node worker processes (``loadgen.mjs``) holding the clients of one run between them."""
 
     def __init__(
-        self, peer: Peer, specs: list[dict[str, Any]], rooms: int, per_room: int, procs: int, cpus: str
+        self,
+        peer: Peer,
+        specs: list[dict[str, Any]],
+        rooms: int,
+        per_room: int,
+        procs: int,
+        cpus: str,
+        client: str = "ws",
     ):
         self.procs: list[subprocess.Popen[str]] = []
         base = random.randrange(1, 2**20) * 2**16
@@ -209,6 +216,7 @@ class LoadGroup:
             self.procs.append(process)
             config = {
                 "framing": peer.framing,
+                "client": client,
                 "clients": specs[w::procs],
                 "rooms": rooms,
                 "perRoom": per_room,
@@ -261,8 +269,8 @@ def percentile_ms(hist: list[int], p: float) -> float | None:
     return None
 
 
-def merged_hist(replies: list[dict[str, Any]]) -> list[int]:
-    return [sum(column) for column in zip(*(r["hist"] for r in replies), strict=True)]
+def merged_hist(replies: list[dict[str, Any]], key: str = "hist") -> list[int]:
+    return [sum(column) for column in zip(*(r[key] for r in replies), strict=True)]
 
 
 def fanout_specs(peer: Peer, rooms: int, per_room: int) -> list[dict[str, Any]]:
@@ -421,7 +429,7 @@ def joins_once(name: str, args: argparse.Namespace, database_url: str) -> dict[s
         specs = join_specs(peer, args.joins)
         time.sleep(1)
         rss_before = peer.server.rss()
-        group = LoadGroup(peer, specs, rooms, per_room, args.procs, args.load_cpus)
+        group = LoadGroup(peer, specs, rooms, per_room, args.procs, args.load_cpus, args.join_client)
         try:
             cpu_before = sum(peer.cpu_seconds())
             replies = group.ask({"cmd": "connect", "batch": max(1, 100 // args.procs)})
@@ -433,6 +441,7 @@ def joins_once(name: str, args: argparse.Namespace, database_url: str) -> dict[s
         connected = sum(r["connected"] for r in replies)
         seconds = max(r["seconds"] for r in replies)
         hist = merged_hist(replies)
+        opened = merged_hist(replies, "open_hist")
         return {
             "server": peer.name,
             "connected": connected,
@@ -440,6 +449,8 @@ def joins_once(name: str, args: argparse.Namespace, database_url: str) -> dict[s
             "joins_per_second": connected / seconds,
             "sync_p50_ms": percentile_ms(hist, 0.5),
             "sync_p99_ms": percentile_ms(hist, 0.99),
+            "open_p50_ms": percentile_ms(opened, 0.5),
+            "open_p99_ms": percentile_ms(opened, 0.99),
             "loadgen_cpu": max(r["cpu_seconds"] for r in replies) / seconds,
             "server_cpu": cpu / seconds,
             "server_cpu_ms_per_join": cpu / max(1, connected) * 1000,
@@ -682,7 +693,9 @@ def profile(spec: str, args: argparse.Namespace, database_url: str) -> None:
     try:
         peer.new_workspace()
         if spec == "joins":
-            group = LoadGroup(peer, join_specs(peer, args.joins), 50, 100, args.procs, args.load_cpus)
+            group = LoadGroup(
+                peer, join_specs(peer, args.joins), 50, 100, args.procs, args.load_cpus, args.join_client
+            )
             try:
                 spy = _py_spy(peer.server.process.pid, args.duration, out)
                 time.sleep(1)  # py-spy attaches
@@ -737,6 +750,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--load-cpus", default="1")
     parser.add_argument("--joins", type=int, default=5000)
     parser.add_argument("--join-repeats", type=int, default=3)
+    parser.add_argument(
+        "--join-client",
+        choices=("light", "ws"),
+        default="light",
+        help="the joins' WebSocket client: loadgen.mjs's own on a bare socket, or the ws package's",
+    )
     parser.add_argument("--restart-updates", type=int, default=10_000)
     parser.add_argument(
         "--restart-compact-after",
@@ -905,15 +924,17 @@ def render(report: dict[str, Any]) -> str:
         )
         lines += [
             "",
-            "| server | clients joined | joins/s | vs best Node | sync p50 / p99 | load generator CPU "
-            "| server CPU (ms per join) | RSS before / after | RSS per idle connection |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| server | clients joined | joins/s | vs best Node | sync p50 / p99 | 101 p50 / p99 "
+            "| load generator CPU | server CPU (ms per join) | RSS before / after "
+            "| RSS per idle connection |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, j in joins_report.items():
             ratio = f"{j['joins_per_second'] / best_rate:.2f}x" if best_rate else "-"
+            opened = f"{j['open_p50_ms']:.1f} / {j['open_p99_ms']:.1f} ms" if "open_p50_ms" in j else "-"
             lines.append(
                 f"| {name} | {j['connected']:.0f} | {j['joins_per_second']:,.0f} | {ratio} | "
-                f"{j['sync_p50_ms']:.1f} / {j['sync_p99_ms']:.1f} ms | {j['loadgen_cpu']:.0%} | "
+                f"{j['sync_p50_ms']:.1f} / {j['sync_p99_ms']:.1f} ms | {opened} | {j['loadgen_cpu']:.0%} | "
                 f"{j['server_cpu']:.0%} ({j['server_cpu_ms_per_join']:.2f}) | "
                 f"{j['rss_before_mb']:.1f} / {j['rss_after_mb']:.1f} MB | {j['kb_per_connection']:.1f} KB |"
             )

@@ -6,7 +6,8 @@
 //
 // One worker process serves some of the clients of one run; benchmarks/peers.py starts one or more.
 // Standard input, one JSON line each:
-//   {framing: "yws" | "hocuspocus", clients: [{url, doc, room, index}], rooms, perRoom, clientIdBase}
+//   {framing: "yws" | "hocuspocus", client: "ws" | "light", clients: [{url, doc, room, index}], rooms,
+//    perRoom, clientIdBase}
 //   {cmd: "connect", batch}                    connect and sync every client, `batch` at a time
 //   {cmd: "run", rate, startUs, durationMs, drainMs}   one load step (rate: updates/s per room)
 //   {cmd: "close"}
@@ -15,6 +16,9 @@
 import WebSocket from 'ws'
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
+import crypto from 'node:crypto'
+import { EventEmitter } from 'node:events'
+import net from 'node:net'
 import readline from 'node:readline'
 
 const nowUs = () => Number(process.hrtime.bigint() / 1000n)
@@ -50,6 +54,140 @@ function encodeInsert (clientId, clock, text) {
   return encoding.toUint8Array(e)
 }
 
+const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11' // RFC 6455 section 1.3
+let maskPool = Buffer.alloc(0)
+let maskAt = 0
+
+function nextMask () {
+  if (maskAt + 4 > maskPool.length) { maskPool = crypto.randomBytes(4096); maskAt = 0 }
+  maskAt += 4
+  return maskPool.subarray(maskAt - 4, maskAt)
+}
+
+// A WebSocket client (RFC 6455) on a bare TCP socket, with the part of `ws`'s interface used here
+// (events open, message, error, close; send, close, readyState): the opening handshake (the 101 and
+// its Sec-WebSocket-Accept checked), masked frames out, unmasked frames in (fragments joined; pings
+// answered; a close answered and reported with its code). No extensions, no subprotocol. A join costs
+// the generator a fraction of what `ws` costs (an HTTP client request, stream objects, parsers), so
+// that a join storm measures the server rather than the generator.
+class LightWebSocket extends EventEmitter {
+  constructor (url) {
+    super()
+    const u = new URL(url)
+    const key = crypto.randomBytes(16).toString('base64')
+    this.accept = crypto.createHash('sha1').update(key + GUID).digest('base64')
+    this.readyState = 0
+    this.buf = null
+    this.fragments = null
+    this.closeCode = null
+    const sock = net.connect({ host: u.hostname, port: Number(u.port), noDelay: true })
+    this.sock = sock
+    sock.on('connect', () => sock.write(
+      `GET ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\nUpgrade: websocket\r\n` +
+      `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`
+    ))
+    sock.on('data', (data) => this.onData(data))
+    sock.on('error', (err) => this.emit('error', err))
+    sock.on('close', () => {
+      if (this.readyState === 3) return
+      this.readyState = 3
+      this.emit('close', this.closeCode ?? 1006)
+    })
+  }
+
+  fail (message) {
+    this.emit('error', new Error(message))
+    this.readyState = 3
+    this.sock.destroy()
+  }
+
+  onData (data) {
+    let buf = this.buf ? Buffer.concat([this.buf, data]) : data
+    if (this.readyState === 0) {
+      const end = buf.indexOf('\r\n\r\n')
+      if (end < 0) { this.buf = buf; return }
+      const lines = buf.toString('latin1', 0, end).split('\r\n')
+      buf = buf.subarray(end + 4)
+      if (!/^HTTP\/1\.1 101 /.test(lines[0])) return this.fail(`unexpected response: ${lines[0]}`)
+      const accept = lines.find((line) => /^sec-websocket-accept:/i.test(line))
+      if (!accept || accept.slice(accept.indexOf(':') + 1).trim() !== this.accept) {
+        return this.fail('wrong Sec-WebSocket-Accept')
+      }
+      this.readyState = 1
+      this.emit('open')
+    }
+    while (buf.length >= 2 && this.readyState !== 3) {
+      const b0 = buf[0]
+      const b1 = buf[1]
+      if (b1 & 0x80) return this.fail('a masked frame from the server')
+      let length = b1 & 0x7f
+      let at = 2
+      if (length === 126) {
+        if (buf.length < 4) break
+        length = buf.readUInt16BE(2); at = 4
+      } else if (length === 127) {
+        if (buf.length < 10) break
+        length = Number(buf.readBigUInt64BE(2)); at = 10
+      }
+      if (buf.length < at + length) break
+      const payload = buf.subarray(at, at + length)
+      buf = buf.subarray(at + length)
+      const opcode = b0 & 0x0f
+      if (opcode === 0 || ((opcode === 1 || opcode === 2) && !(b0 & 0x80))) {
+        this.fragments = opcode === 0 ? [...(this.fragments ?? []), payload] : [payload]
+        if (opcode === 0 && b0 & 0x80) {
+          const message = Buffer.concat(this.fragments)
+          this.fragments = null
+          this.emit('message', message)
+        }
+      } else if (opcode === 1 || opcode === 2) {
+        this.emit('message', payload)
+      } else if (opcode === 8) {
+        this.closeCode = payload.length >= 2 ? payload.readUInt16BE(0) : 1005
+        if (this.readyState === 1) this.frame(8, payload.subarray(0, 2))
+        this.readyState = 2
+        this.sock.end()
+      } else if (opcode === 9) {
+        this.frame(10, payload)
+      }
+    }
+    this.buf = buf.length ? buf : null
+  }
+
+  frame (opcode, data) {
+    const length = data.length
+    const at = length < 126 ? 6 : length < 65536 ? 8 : 14
+    const out = Buffer.allocUnsafe(at + length)
+    out[0] = 0x80 | opcode
+    if (length < 126) {
+      out[1] = 0x80 | length
+    } else if (length < 65536) {
+      out[1] = 0x80 | 126; out.writeUInt16BE(length, 2)
+    } else {
+      out[1] = 0x80 | 127; out.writeBigUInt64BE(BigInt(length), 2)
+    }
+    const mask = nextMask()
+    mask.copy(out, at - 4)
+    for (let i = 0; i < length; i++) out[at + i] = data[i] ^ mask[i & 3]
+    this.sock.write(out)
+  }
+
+  send (data) {
+    if (this.readyState === 1) this.frame(2, data)
+  }
+
+  close () {
+    if (this.readyState === 1) {
+      this.frame(8, Buffer.from([0x03, 0xe8])) // 1000
+      this.readyState = 2
+      this.sock.end()
+    } else if (this.readyState === 0) {
+      this.readyState = 3
+      this.sock.destroy()
+    }
+  }
+}
+
 class Client {
   constructor (spec, slot) {
     this.spec = spec
@@ -79,10 +217,13 @@ class Client {
     this.startedUs = nowUs()
     return new Promise((resolve) => {
       this.onSynced = resolve
-      const ws = new WebSocket(this.spec.url, { perMessageDeflate: false })
+      const ws = config.client === 'light'
+        ? new LightWebSocket(this.spec.url)
+        : new WebSocket(this.spec.url, { perMessageDeflate: false })
       this.ws = ws
       ws.binaryType = 'nodebuffer'
       ws.on('open', () => {
+        this.openUs = nowUs() - this.startedUs
         if (this.prefix) {
           // Hocuspocus: the provider authenticates each document first (token, may be empty).
           ws.send(this.frame(2, (e) => { encoding.writeVarUint(e, 0); encoding.writeVarString(e, '') }))
@@ -144,7 +285,7 @@ class Client {
   // Presence, as a provider renews it (every 15 s by default; here every AWARENESS_MS): servers
   // may close connections that send nothing for a while (Hocuspocus: after 30 s).
   renewAwareness () {
-    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return
+    if (!this.ws || this.ws.readyState !== 1) return // OPEN
     this.awarenessClock = (this.awarenessClock ?? 0) + 1
     const state = JSON.stringify({ user: { name: `c${this.spec.index}` } })
     const update = encoding.createEncoder()
@@ -169,6 +310,7 @@ let step = null
 async function connectAll (batch) {
   const stats = { errors: [], closes: [] }
   const hist = new Array(BUCKETS).fill(0)
+  const openHist = new Array(BUCKETS).fill(0) // the 101
   const cpu0 = process.cpuUsage()
   const t0 = nowUs()
   let failed = 0
@@ -177,8 +319,10 @@ async function connectAll (batch) {
     const group = clients.slice(i, i + batch)
     const results = await Promise.all(group.map((c) => c.connect(stats)))
     for (let k = 0; k < group.length; k++) {
-      if (results[k]) hist[bucketOf(group[k].syncUs)]++
-      else failed++
+      if (results[k]) {
+        hist[bucketOf(group[k].syncUs)]++
+        openHist[bucketOf(group[k].openUs)]++
+      } else failed++
     }
   }
   const seconds = (nowUs() - t0) / 1e6
@@ -192,6 +336,7 @@ async function connectAll (batch) {
     failed,
     seconds,
     hist,
+    open_hist: openHist,
     cpu_seconds: (cpu.user + cpu.system) / 1e6,
     errors: stats.errors.slice(0, 3),
     closes: stats.closes.slice(0, 5)
