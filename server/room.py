@@ -422,7 +422,9 @@ class Room:
                         self._accepted(merge_updates(*applied), origin, None)
                     raise
                 applied.append(piece)
-            self._advance(parts.clocks, len(applied))
+            # The clients of this turn's parts only: a turn's work must not grow with the update's.
+            reached, parts.clocks = parts.clocks, {}
+            self._advance(reached, len(applied))
             cost += time.perf_counter() - turn_started
             if first_turn and not parts.left:  # all in one turn: the update as it came
                 self._accepted(update, origin, frame)

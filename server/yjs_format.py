@@ -679,7 +679,7 @@ class UpdateParts:
         self._flat = [(si, k) for si, (_, offsets) in enumerate(layout.sections) for k in range(len(offsets))]
         self._order = _causal_order(update, layout, self._flat)
         self._at = 0  # in the order
-        # client -> the clock after what the parts taken so far hold of it
+        # client -> the clock after what the parts taken hold of it (since its taker cleared it)
         self.clocks: dict[int, int] = {}
         # (client, first clock, length) of each range not taken yet, the next one first
         self._deletions = [

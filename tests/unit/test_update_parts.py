@@ -504,3 +504,28 @@ async def test_the_state_vector_follows_another_instances_updates(monkeypatch: p
     update = local.get_update(before)
     await room.apply_update(update, check_update(update))  # needs (2, 0): known from the remote update
     assert text(room.doc) == "abc"
+
+
+async def test_each_turn_advances_the_state_vector_by_its_own_clients_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 3,000 clients of one garbage-collected struct each: a turn's work must not grow with the
+    # clients of the turns before it (at a million clients, that was a minute of turns).
+    monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)  # one part to a turn
+    update = encode_update({client: [gc_range(1)] for client in range(1_000, 4_000)})
+    stored = Stored()
+    room = Room(
+        RoomKey("ws-parts", "doc"), 1, Doc(), on_update=stored, on_broken=lambda _room: None, loaded_bytes=0
+    )
+    advanced: list[int] = []
+    advance = room._advance
+
+    def counted(reached: dict[int, int], applied: int = 1) -> None:
+        advanced.append(len(reached))
+        advance(reached, applied)
+
+    monkeypatch.setattr(room, "_advance", counted)
+    await room.apply_update(update, check_update(update))
+    assert len(advanced) == len(stored.updates) > 1
+    assert sum(advanced) == 3_000
+    assert room._state_vector()[1] == {client: 1 for client in range(1_000, 4_000)}
