@@ -139,6 +139,25 @@ def loaded_room(run: bytes, stored: Stored) -> Room:
     )
 
 
+def new_room(stored: Stored) -> Room:
+    return Room(
+        RoomKey("ws-parts", "doc"), 1, Doc(), on_update=stored, on_broken=lambda _room: None, loaded_bytes=0
+    )
+
+
+def replayed(*updates: bytes) -> str:
+    """The text of a document built from ``updates``, in order."""
+    doc: Doc[Any] = Doc()
+    for update in updates:
+        doc.apply_update(update)
+    return text(doc)
+
+
+def read_again(_state: bytes) -> dict[int, int]:
+    """In place of ``decode_state_vector``, in a room that should not need it."""
+    raise AssertionError("the state vector was read again")
+
+
 def text(doc: Doc[Any]) -> str:
     return str(doc.get("text", type=Text))
 
@@ -181,10 +200,7 @@ async def test_each_turn_is_logged_as_one_update_and_the_time_allowance_stops_th
     # Three turns, each logged; nothing after the allowance ran out; what is logged is the room.
     assert len(stored.updates) == 3
     assert costs == sorted(costs) and costs[0] > 0
-    replayed: Doc[Any] = Doc()
-    for update in [run, *stored.updates]:
-        replayed.apply_update(update)
-    assert text(replayed) == text(room.doc)
+    assert replayed(run, *stored.updates) == text(room.doc)
     assert 0 < text(room.doc).count("x") < 40
 
 
@@ -261,9 +277,7 @@ def test_one_clients_structs_in_two_sections_are_refused() -> None:
 async def test_an_update_needing_what_the_document_lacks_is_refused_before_anything_is_applied() -> None:
     run, insertions = run_and_insertions(1_000, 3)
     stored = Stored()
-    room = Room(
-        RoomKey("ws-parts", "doc"), 1, Doc(), on_update=stored, on_broken=lambda _room: None, loaded_bytes=0
-    )
+    room = new_room(stored)
     with pytest.raises(ProtocolError, match=r"needs \(1, \d+\), which the document does not hold"):
         await room.apply_update(insertions, check_update(insertions))
     assert stored.updates == [] and text(room.doc) == ""
@@ -389,10 +403,7 @@ async def test_a_deletion_too_costly_for_one_part_is_cut_into_parts_that_make_it
     # A part covers at most PART_SECONDS / 150 ns units: 13,333.
     assert len(stored.updates) == 4
     assert text(room.doc) == ""
-    replayed: Doc[Any] = Doc()
-    for update in [run, *stored.updates]:
-        replayed.apply_update(update)
-    assert text(replayed) == ""
+    assert replayed(run, *stored.updates) == ""
 
 
 async def test_updates_in_parts_take_turns_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -427,9 +438,7 @@ async def test_a_skipped_range_at_the_end_of_a_clients_structs_does_not_move_its
     facts = check_update(update)
     assert facts.clocks == {5: 1}
     stored = Stored()
-    room = Room(
-        RoomKey("ws-parts", "doc"), 1, Doc(), on_update=stored, on_broken=lambda _room: None, loaded_bytes=0
-    )
+    room = new_room(stored)
     await room.apply_update(update, facts)
     later = b"\x01\x01\x05" + write_var_uint(500) + string_item((5, 499), None, "b") + b"\x00"
     with pytest.raises(ProtocolError, match=r"needs \(5, 499\)"):
@@ -446,9 +455,6 @@ async def test_the_state_vector_follows_the_parts_and_is_not_read_again(
     await room.apply_update(insertions, check_update(insertions))
     assert len(stored.updates) > 1
     # Reading a document of many clients' state vector takes long: not after every update in parts.
-
-    def read_again(_state: bytes) -> dict[int, int]:
-        raise AssertionError("the state vector was read again")
 
     monkeypatch.setattr(room_module, "decode_state_vector", read_again)
     writer: Doc[Any] = Doc(client_id=3)
@@ -479,17 +485,12 @@ async def test_a_part_yrs_refuses_leaves_what_was_applied_before_it_stored(
     with pytest.raises(ProtocolError):
         await room.apply_update(insertions, check_update(insertions))
     assert len(stored.updates) == 1  # the two parts before it, as one update
-    replayed: Doc[Any] = Doc()
-    for update in [run, *stored.updates]:
-        replayed.apply_update(update)
-    assert text(replayed) == text(room.doc) and text(room.doc).count("x") == 2
+    assert replayed(run, *stored.updates) == text(room.doc) and text(room.doc).count("x") == 2
 
 
 async def test_the_state_vector_follows_another_instances_updates(monkeypatch: pytest.MonkeyPatch) -> None:
     stored = Stored()
-    room = Room(
-        RoomKey("ws-parts", "doc"), 1, Doc(), on_update=stored, on_broken=lambda _room: None, loaded_bytes=0
-    )
+    room = new_room(stored)
     local: Doc[Any] = Doc(client_id=1)
     local.get("text", type=Text).insert(0, "a")
     await room.apply_update(local.get_update(), check_update(local.get_update()))
@@ -498,9 +499,6 @@ async def test_the_state_vector_follows_another_instances_updates(monkeypatch: p
     before = remote.get_state()
     remote.get("text", type=Text).insert(1, "b")
     room.apply_remote(remote.get_update(before))
-
-    def read_again(_state: bytes) -> dict[int, int]:
-        raise AssertionError("the state vector was read again")
 
     monkeypatch.setattr(room_module, "decode_state_vector", read_again)
     before = local.get_state()
@@ -519,9 +517,7 @@ async def test_each_turn_advances_the_state_vector_by_its_own_clients_only(
     monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)  # one part to a turn
     update = encode_update({client: [gc_range(1)] for client in range(1_000, 4_000)})
     stored = Stored()
-    room = Room(
-        RoomKey("ws-parts", "doc"), 1, Doc(), on_update=stored, on_broken=lambda _room: None, loaded_bytes=0
-    )
+    room = new_room(stored)
     advanced: list[int] = []
     advance = room._advance
 
