@@ -345,24 +345,24 @@ class Room:
             raise ProtocolError(
                 f"the update needs {missing}, which the document does not hold: send what it lacks first"
             )
-        costs = struct_costs(min(units + facts.length, BYTE_UNITS * (self._bytes + len(update))))
-        several = facts.structs + facts.deletions > 1
-        weighed, known = facts, None
-        if several and facts.overlaps(clocks):
-            # It holds some of what the document holds: what it names there is the document's,
-            # and may split or walk as anything else of the document does.
-            known = dict(clocks)
-            weighed = await check_update_soon(update, known)
-            if self.broken:
-                raise DocumentBroken("the document was reloaded while an update was read")
-        if several and update_cost(weighed, costs) > PART_SECONDS:
-            # One update in parts at a time on this loop: each holds it TURN_SECONDS a turn.
-            async with _in_parts(self._loop):
-                await self._apply_in_turns(update, costs, origin, frame, spent, known)
-        else:
-            self._apply(update)
-            self._accepted(update, origin, frame)
-            self._advance(facts.clocks)
+        if facts.structs + facts.deletions > 1:  # one struct or deletion is applied whole
+            costs = struct_costs(min(units + facts.length, BYTE_UNITS * (self._bytes + len(update))))
+            weighed, known = facts, None
+            if facts.overlaps(clocks):
+                # It holds some of what the document holds: what it names there is the document's,
+                # and may split or walk as anything else of the document does.
+                known = dict(clocks)
+                weighed = await check_update_soon(update, known)
+                if self.broken:
+                    raise DocumentBroken("the document was reloaded while an update was read")
+            if update_cost(weighed, costs) > PART_SECONDS:
+                # One update in parts at a time on this loop: each holds it TURN_SECONDS a turn.
+                async with _in_parts(self._loop):
+                    await self._apply_in_turns(update, costs, origin, frame, spent, known)
+                return
+        self._apply(update)
+        self._accepted(update, origin, frame)
+        self._advance(facts.clocks)
 
     def _accepted(self, update: bytes, origin: Connection | None, frame: bytes | None) -> None:
         accepted_at = time.perf_counter()

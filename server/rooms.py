@@ -33,7 +33,7 @@ from .persistence import UpdateWriter
 from .protocol import KEEPALIVE, ProtocolError, decode
 from .replication import Replication
 from .room import DocumentBroken, Room, RoomKey, load_updates
-from .yjs_format import check_message, decode_state_vector
+from .yjs_format import OFF_LOOP_BYTES, check_message, decode_state_vector
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +139,19 @@ class RoomManager:
         stored = await self.store.documents.load(key.workspace_id, key.path)
         doc: Doc[Any] = Doc()
         await load_updates(doc, stored.updates)
-        # In a worker thread: the loop gets the interpreter back every few milliseconds meanwhile.
-        clocks = await asyncio.to_thread(lambda: decode_state_vector(doc.get_state()))
+        # A large document's state vector (it may hold many clients) in a worker thread: the loop
+        # gets the interpreter back every few milliseconds meanwhile. A small one's when needed.
+        loaded_bytes = sum(map(len, stored.updates))
+        clocks = None
+        if loaded_bytes > OFF_LOOP_BYTES:
+            clocks = await asyncio.to_thread(lambda: decode_state_vector(doc.get_state()))
         room = Room(
             key,
             stored.id,
             doc,
             on_update=self._accept,
             on_broken=self._reload,
-            loaded_bytes=sum(map(len, stored.updates)),
+            loaded_bytes=loaded_bytes,
             clocks=clocks,
         )
         if self.replication is not None:
