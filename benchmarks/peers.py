@@ -362,7 +362,13 @@ def fanout_shape(peers: list[Peer], shape: str, args: argparse.Namespace) -> dic
         for peer in peers:
             peer.new_workspace()
             group = LoadGroup(
-                peer, fanout_specs(peer, rooms, per_room), rooms, per_room, args.procs, args.load_cpus
+                peer,
+                fanout_specs(peer, rooms, per_room),
+                rooms,
+                per_room,
+                args.procs,
+                args.load_cpus,
+                args.fanout_client,
             )
             groups[peer.name] = group
             replies = group.ask({"cmd": "connect", "batch": 10})
@@ -755,6 +761,12 @@ def parse_args() -> argparse.Namespace:
         choices=("light", "ws"),
         default="light",
         help="the joins' WebSocket client: loadgen.mjs's own on a bare socket, or the ws package's",
+    )
+    parser.add_argument(
+        "--fanout-client",
+        choices=("light", "ws"),
+        default="light",
+        help="the fan-out clients' WebSocket client (as --join-client)",
     )
     parser.add_argument("--restart-updates", type=int, default=10_000)
     parser.add_argument(

@@ -20,7 +20,7 @@ from .close_codes import CloseCode
 from .connection import Connection
 from .protocol import MessageType, ProtocolError, SyncType
 from .vocabulary import is_workspace_id
-from .ws_frames import Framed, binary_frame
+from .ws_frames import Framed
 from .yjs_format import (
     OFF_LOOP_BYTES,
     Costs,
@@ -622,17 +622,13 @@ class Room:
             metrics.fanned_out(accepted)
 
     def _relay_many(self, pending: list[tuple[Connection | None, bytes, bytes | None, float | None]]) -> None:
-        messages = [frame or protocol.sync_update(update) for _, update, frame, _ in pending]
-        frames = [binary_frame(message) for message in messages]
-        everything = Framed(messages, b"".join(frames))
-        senders = {entry[0] for entry in pending}
+        everything = Framed([frame or protocol.sync_update(update) for _, update, frame, _ in pending])
+        own: dict[Connection | None, list[int]] = {}  # each sender's updates, by index in ``pending``
+        for i, entry in enumerate(pending):
+            own.setdefault(entry[0], []).append(i)
         for conn in self.connections:
-            if conn not in senders:
+            if conn not in own:
                 conn.send(everything)
-        for sender in senders:
-            if sender is None or sender not in self.connections:
-                continue
-            others = [i for i, entry in enumerate(pending) if entry[0] is not sender]
-            if others:
-                wire = b"".join([frames[i] for i in others])
-                sender.send(Framed([messages[i] for i in others], wire))
+        for sender, indices in own.items():
+            if sender is not None and len(indices) < len(pending) and sender in self.connections:
+                sender.send(everything.without(indices))

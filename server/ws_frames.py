@@ -20,6 +20,7 @@ from __future__ import annotations
 import email.utils
 import http
 from collections.abc import Callable
+from itertools import accumulate
 
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState, PayloadTooBig, ProtocolError
@@ -288,14 +289,45 @@ class Framed:
     frames back to back (``binary_frame``; server frames are unmasked, so the bytes are the same
     for every receiver, RFC 6455 5.1), ``messages`` the messages themselves, for a channel that
     frames what it sends, ``payload_bytes`` their total size (counted once, not per receiver).
-    ``len()`` is the size of ``wire``."""
+    ``len()`` is the size of ``wire``. ``without`` gives the same messages less some of them
+    (a sender's own, which it is not sent back) from slices of ``wire``, not framed again."""
 
-    __slots__ = ("messages", "payload_bytes", "wire")
+    __slots__ = ("_starts", "messages", "payload_bytes", "wire")
 
-    def __init__(self, messages: list[bytes], wire: bytes | None = None) -> None:
+    def __init__(
+        self, messages: list[bytes], wire: bytes | None = None, payload_bytes: int | None = None
+    ) -> None:
         self.messages = messages
-        self.wire = b"".join(map(binary_frame, messages)) if wire is None else wire
-        self.payload_bytes = sum(map(len, messages))
+        self._starts: list[int] | None = None  # where each message's frame starts in ``wire``
+        if wire is None:
+            frames = list(map(binary_frame, messages))
+            wire = b"".join(frames)
+            self._starts = list(accumulate(map(len, frames), initial=0))
+        self.wire = wire
+        self.payload_bytes = sum(map(len, messages)) if payload_bytes is None else payload_bytes
 
     def __len__(self) -> int:
         return len(self.wire)
+
+    def without(self, skip: list[int]) -> Framed:
+        """These messages but those at the indices ``skip`` (ascending, at least one kept): a
+        slice of ``wire`` and of ``messages`` per run of kept messages, so the Python steps grow
+        with ``len(skip)``, not with the messages kept."""
+        starts = self._starts
+        if starts is None:
+            starts = self._starts = list(accumulate((len(binary_frame(m)) for m in self.messages), initial=0))
+        wire = memoryview(self.wire)
+        messages = self.messages
+        kept_wire: list[memoryview] = []
+        kept: list[bytes] = []
+        dropped = 0
+        at = 0
+        for i in skip:
+            if i > at:
+                kept_wire.append(wire[starts[at] : starts[i]])
+                kept += messages[at:i]
+            dropped += len(messages[i])
+            at = i + 1
+        kept_wire.append(wire[starts[at] :])
+        kept += messages[at:]
+        return Framed(kept, b"".join(kept_wire), self.payload_bytes - dropped)

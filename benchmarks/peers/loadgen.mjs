@@ -15,7 +15,6 @@
 // its presence (an awareness update) every 10 s, as providers do.
 import WebSocket from 'ws'
 import * as encoding from 'lib0/encoding'
-import * as decoding from 'lib0/decoding'
 import crypto from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import net from 'node:net'
@@ -102,12 +101,13 @@ class LightWebSocket extends EventEmitter {
   }
 
   onData (data) {
-    let buf = this.buf ? Buffer.concat([this.buf, data]) : data
+    const buf = this.buf ? Buffer.concat([this.buf, data]) : data
+    let pos = 0
     if (this.readyState === 0) {
       const end = buf.indexOf('\r\n\r\n')
       if (end < 0) { this.buf = buf; return }
       const lines = buf.toString('latin1', 0, end).split('\r\n')
-      buf = buf.subarray(end + 4)
+      pos = end + 4
       if (!/^HTTP\/1\.1 101 /.test(lines[0])) return this.fail(`unexpected response: ${lines[0]}`)
       const accept = lines.find((line) => /^sec-websocket-accept:/i.test(line))
       if (!accept || accept.slice(accept.indexOf(':') + 1).trim() !== this.accept) {
@@ -116,42 +116,52 @@ class LightWebSocket extends EventEmitter {
       this.readyState = 1
       this.emit('open')
     }
-    while (buf.length >= 2 && this.readyState !== 3) {
-      const b0 = buf[0]
-      const b1 = buf[1]
+    // Frames are read in place (offsets into the chunk, no view per frame); every message of a
+    // chunk arrived at the same time, read once.
+    const t = nowUs()
+    while (buf.length - pos >= 2 && this.readyState !== 3) {
+      const b0 = buf[pos]
+      const b1 = buf[pos + 1]
       if (b1 & 0x80) return this.fail('a masked frame from the server')
       let length = b1 & 0x7f
-      let at = 2
+      let at = pos + 2
       if (length === 126) {
-        if (buf.length < 4) break
-        length = buf.readUInt16BE(2); at = 4
+        if (buf.length < pos + 4) break
+        length = buf.readUInt16BE(pos + 2); at = pos + 4
       } else if (length === 127) {
-        if (buf.length < 10) break
-        length = Number(buf.readBigUInt64BE(2)); at = 10
+        if (buf.length < pos + 10) break
+        length = Number(buf.readBigUInt64BE(pos + 2)); at = pos + 10
       }
-      if (buf.length < at + length) break
-      const payload = buf.subarray(at, at + length)
-      buf = buf.subarray(at + length)
+      const end = at + length
+      if (buf.length < end) break
+      pos = end
       const opcode = b0 & 0x0f
       if (opcode === 0 || ((opcode === 1 || opcode === 2) && !(b0 & 0x80))) {
+        const payload = buf.subarray(at, end)
         this.fragments = opcode === 0 ? [...(this.fragments ?? []), payload] : [payload]
         if (opcode === 0 && b0 & 0x80) {
           const message = Buffer.concat(this.fragments)
           this.fragments = null
-          this.emit('message', message)
+          this.deliver(message, 0, message.length, t)
         }
       } else if (opcode === 1 || opcode === 2) {
-        this.emit('message', payload)
+        this.deliver(buf, at, end, t)
       } else if (opcode === 8) {
-        this.closeCode = payload.length >= 2 ? payload.readUInt16BE(0) : 1005
-        if (this.readyState === 1) this.frame(8, payload.subarray(0, 2))
+        this.closeCode = length >= 2 ? buf.readUInt16BE(at) : 1005
+        if (this.readyState === 1) this.frame(8, buf.subarray(at, at + Math.min(2, length)))
         this.readyState = 2
         this.sock.end()
       } else if (opcode === 9) {
-        this.frame(10, payload)
+        this.frame(10, buf.subarray(at, end))
       }
     }
-    this.buf = buf.length ? buf : null
+    this.buf = pos < buf.length ? buf.subarray(pos) : null
+  }
+
+  // A message: to `onmessage(buf, start, end, arrivedUs)` when set, else as a 'message' event.
+  deliver (buf, start, end, t) {
+    if (this.onmessage) this.onmessage(buf, start, end, t)
+    else this.emit('message', buf.subarray(start, end))
   }
 
   frame (opcode, data) {
@@ -221,6 +231,8 @@ class Client {
         ? new LightWebSocket(this.spec.url)
         : new WebSocket(this.spec.url, { perMessageDeflate: false })
       this.ws = ws
+      if (ws instanceof LightWebSocket) ws.onmessage = (buf, start, end, t) => this.onMessage(buf, start, end, t)
+      else ws.on('message', (data) => this.onMessage(data, 0, data.length, nowUs()))
       ws.binaryType = 'nodebuffer'
       ws.on('open', () => {
         this.openUs = nowUs() - this.startedUs
@@ -230,33 +242,32 @@ class Client {
         }
         ws.send(this.frame(0, (e) => { encoding.writeVarUint(e, 0); encoding.writeVarUint8Array(e, new Uint8Array([0])) }))
       })
-      ws.on('message', (data) => this.onMessage(data))
       ws.on('error', (err) => { stats.errors.push(String(err)); resolve(false) })
       ws.on('close', (code) => { if (!this.closing) stats.closes.push(code); resolve(false) })
     })
   }
 
-  onMessage (buf) {
-    let pos = 0
+  // A message from the server: buf[start, end), arrived at `t` (us).
+  onMessage (buf, start, end, t) {
+    let pos = start
     if (this.prefix) {
-      const d = decoding.createDecoder(buf)
-      decoding.readVarString(d)
-      pos = d.pos
+      // Hocuspocus: the document's name first, a var-string (lib0: length as a var-uint).
+      let length = 0; let shift = 0; let b = 0
+      do { b = buf[pos++]; length += (b & 0x7f) * 2 ** shift; shift += 7 } while (b & 0x80)
+      pos += length
     }
     if (buf[pos] !== 0) return // awareness, auth, sync status
     const sub = buf[pos + 1]
-    if (sub === 2) this.scan(buf, pos + 2)
+    if (sub === 2) this.scan(buf, pos + 2, end, t)
     else if (sub === 1 && this.onSynced) {
-      this.syncUs = nowUs() - this.startedUs
+      this.syncUs = t - this.startedUs
       this.onSynced(true)
       this.onSynced = null
     }
   }
 
-  scan (buf, from) {
+  scan (buf, from, end, t) {
     // Markers `~sender.seq.sentUs~` are plain ASCII inside the update: read them before any Yjs work.
-    const t = nowUs()
-    const end = buf.length
     let i = buf.indexOf(TILDE, from)
     while (i !== -1 && i < end) {
       let j = i + 1

@@ -101,6 +101,27 @@ async def test_one_turn_of_updates_reaches_every_other_connection_in_order_witho
     assert str(room.doc.get("t", type=Text)) != ""  # and the document holds all three
 
 
+async def test_a_sender_of_several_updates_in_a_turn_gets_everyone_elses_in_order() -> None:
+    room = a_room()
+    (a, a_channel), (b, b_channel), (_, c_channel) = [await joined(room) for _ in range(3)]
+    # a, a, b, server, a, b, a: runs of a sender's own at the start, in the middle and at the end.
+    order = [a, a, b, None, a, b, a]
+    frames = []
+    for n, origin in enumerate(order):
+        update = an_update(30 + n, f"u{n}")
+        frame = protocol.sync_update(update)
+        frames.append(frame)
+        await room.apply_update(update, check_update(update), origin=origin, frame=frame if origin else None)
+    await until_written(a_channel, b_channel, c_channel)
+
+    assert messages_of(c_channel.sent) == frames
+    assert messages_of(a_channel.sent) == [f for f, o in zip(frames, order, strict=True) if o is not a]
+    assert messages_of(b_channel.sent) == [f for f, o in zip(frames, order, strict=True) if o is not b]
+    for channel in (a_channel, b_channel, c_channel):
+        (sent,) = channel.sent  # one write each
+        assert isinstance(sent, Framed) and sent.payload_bytes == sum(map(len, sent.messages))
+
+
 async def test_a_lone_update_is_relayed_as_its_client_sent_it() -> None:
     room = a_room()
     (a, a_channel), (_, b_channel), (_, c_channel) = [await joined(room) for _ in range(3)]

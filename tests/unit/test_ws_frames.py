@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidState, ProtocolError
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from server.ws_frames import ServerFrames, binary_frame
+from server.ws_frames import Framed, ServerFrames, binary_frame
 
 CLOSE_CODES = [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1009, 1011, 1012, 1015, 2999, 3000, 4999, 5000]
 
@@ -177,3 +177,18 @@ def test_a_frame_over_the_limit_fails_as_soon_as_its_header_is_read() -> None:
     assert str(frames.parser_exc) == "frame with 2000 bytes exceeds limit of 1000 bytes"
     frames.receive_data(client_frame(0x82, b"later"))
     assert frames.events_received() == []  # nothing is read after a failure
+
+
+@given(
+    st.lists(st.binary(max_size=300) | st.just(b"x" * 70_000), min_size=1, max_size=12),
+    st.data(),
+)
+@settings(max_examples=200)
+def test_framed_without_some_messages_is_them_framed_anew(messages: list[bytes], data: st.DataObject) -> None:
+    skip = data.draw(st.sets(st.integers(0, len(messages) - 1), max_size=len(messages) - 1).map(sorted))
+    kept = [m for i, m in enumerate(messages) if i not in skip]
+    for framed in (Framed(messages), Framed(messages, b"".join(map(binary_frame, messages)))):
+        less = framed.without(skip)
+        assert less.messages == kept
+        assert less.wire == b"".join(map(binary_frame, kept))
+        assert less.payload_bytes == sum(map(len, kept))
