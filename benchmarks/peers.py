@@ -62,7 +62,7 @@ from benchmarks.fanout import RESULTS, ROOT, Server, free_port, wait_for_port
 from server.auth import mint_token
 
 PEERS = Path(__file__).resolve().parent / "peers"
-LADDER = [10, 20, 40, 70, 100, 150, 250, 400, 600, 900, 1300, 2000, 3000, 4500, 6750, 9000]
+LADDER = [10, 20, 40, 70, 100, 150, 250, 400, 600, 900, 1300, 2000, 3000, 4500, 6750, 9000, 11000, 13500]
 SHAPES = {"10x10": (10, 10), "1x100": (1, 100), "100x10": (100, 10)}
 SERVER_NAMES = ["y-websocket", "hocuspocus", "relay", "ours"]
 NODE_PEERS = ("y-websocket", "hocuspocus")
@@ -201,7 +201,7 @@ class LoadGroup:
         per_room: int,
         procs: int,
         cpus: str,
-        client: str = "ws",
+        client: str,
     ):
         self.procs: list[subprocess.Popen[str]] = []
         base = random.randrange(1, 2**20) * 2**16
@@ -716,7 +716,7 @@ def profile(spec: str, args: argparse.Namespace, database_url: str) -> None:
             shape, rate = spec.split(":")
             rooms, per_room = SHAPES[shape]
             specs = fanout_specs(peer, rooms, per_room)
-            group = LoadGroup(peer, specs, rooms, per_room, args.procs, args.load_cpus)
+            group = LoadGroup(peer, specs, rooms, per_room, args.procs, args.load_cpus, args.fanout_client)
             try:
                 group.ask({"cmd": "connect", "batch": 10})
                 run_step(peer, group, int(rate), 2.0, args.drain)  # warm up
