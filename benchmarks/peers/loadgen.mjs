@@ -256,7 +256,7 @@ class Client {
       do { b = buf[pos++]; length += (b & 0x7f) * 2 ** shift; shift += 7 } while (b & 0x80)
       pos += length
     }
-    if (buf[pos] !== 0) return // awareness, auth, sync status
+    if (pos + 1 >= end || buf[pos] !== 0) return // awareness, auth, sync status (or too short)
     const sub = buf[pos + 1]
     if (sub === 2) this.scan(buf, pos + 2, end, t)
     else if (sub === 1 && this.onSynced) {
