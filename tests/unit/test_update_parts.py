@@ -139,6 +139,17 @@ def loaded_room(run: bytes, stored: Stored) -> Room:
     )
 
 
+def one_part_a_turn(
+    monkeypatch: pytest.MonkeyPatch, run_length: int, count: int
+) -> tuple[bytes, bytes, Stored, Room]:
+    """``run_and_insertions(run_length, count)``, and a room loaded with the run that applies an
+    update in parts one part a turn (each part logged on its own): (run, insertions, log, room)."""
+    monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)
+    run, insertions = run_and_insertions(run_length, count)
+    stored = Stored()
+    return run, insertions, stored, loaded_room(run, stored)
+
+
 def new_room(stored: Stored) -> Room:
     return Room(
         RoomKey("ws-parts", "doc"), 1, Doc(), on_update=stored, on_broken=lambda _room: None, loaded_bytes=0
@@ -183,10 +194,7 @@ async def test_an_update_applied_within_one_turn_is_logged_and_relayed_as_it_cam
 async def test_each_turn_is_logged_as_one_update_and_the_time_allowance_stops_the_rest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)  # one part to a turn
-    run, insertions = run_and_insertions(100_000, 40)
-    stored = Stored()
-    room = loaded_room(run, stored)
+    run, insertions, stored, room = one_part_a_turn(monkeypatch, 100_000, 40)
     costs: list[float] = []
 
     def spent(seconds: float) -> None:
@@ -205,10 +213,7 @@ async def test_each_turn_is_logged_as_one_update_and_the_time_allowance_stops_th
 
 
 async def test_a_room_reloaded_between_turns_stops_the_update(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)
-    run, insertions = run_and_insertions(100_000, 40)
-    stored = Stored()
-    room = loaded_room(run, stored)
+    _, insertions, stored, room = one_part_a_turn(monkeypatch, 100_000, 40)
 
     def break_room(_seconds: float) -> None:
         room.broken = True
@@ -297,10 +302,7 @@ async def test_a_long_garbage_collected_range_does_not_make_later_updates_weigh_
     # A range of 2**32 - 1 clocks in 8 bytes: weighed by clock units alone, every later update of
     # more than one struct would go a struct a turn, and one holding items of length 0 (which
     # applies only whole) would be refused.
-    monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)  # one part to a turn: a split shows in the log
-    run, insertions = run_and_insertions(1_000, 3)
-    stored = Stored()
-    room = loaded_room(run, stored)
+    _, insertions, stored, room = one_part_a_turn(monkeypatch, 1_000, 3)
     gc = garbage_collected(99, 2**32 - 1)
     await room.apply_update(gc, check_update(gc))
     await room.apply_update(insertions, check_update(insertions))
@@ -448,10 +450,7 @@ async def test_a_skipped_range_at_the_end_of_a_clients_structs_does_not_move_its
 async def test_the_state_vector_follows_the_parts_and_is_not_read_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(room_module, "TURN_SECONDS", 0.0)  # one part to a turn
-    run, insertions = run_and_insertions(100_000, 10)
-    stored = Stored()
-    room = loaded_room(run, stored)
+    _, insertions, stored, room = one_part_a_turn(monkeypatch, 100_000, 10)
     await room.apply_update(insertions, check_update(insertions))
     assert len(stored.updates) > 1
     # Reading a document of many clients' state vector takes long: not after every update in parts.
