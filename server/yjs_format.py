@@ -554,11 +554,81 @@ def _read_update(
     return facts
 
 
+def _one_item(update: bytes) -> UpdateFacts | None:
+    """What ``_read_update`` finds in the update a Yjs client sends for one edit: one client,
+    one item with a left and/or a right origin (so no parent is written), no deletions. Read
+    in a few steps, without the bookkeeping that many structs need; None, never an error, for
+    any other update, and for one that ``_read_update`` would refuse or that names its own
+    range: those are left to it."""
+    last = len(update) - 1  # the delete set: no clients
+    if last < 5 or update[0] != 1 or update[1] != 1 or update[last] != 0:
+        return None
+    try:
+        client, pos = read_var_uint(update, 2)
+        clock, pos = read_var_uint(update, pos)
+        info = update[pos]
+        kind = info & 0x1F
+        if kind in (GC, SKIP) or not info & (_BIT_ORIGIN | _BIT_RIGHT_ORIGIN):
+            return None
+        origin = right_origin = None
+        pos += 1
+        if info & _BIT_ORIGIN:
+            origin_client, pos = read_var_uint(update, pos)
+            origin_clock, pos = read_var_uint(update, pos)
+            origin = origin_client, origin_clock
+        if info & _BIT_RIGHT_ORIGIN:
+            right_client, pos = read_var_uint(update, pos)
+            right_clock, pos = read_var_uint(update, pos)
+            right_origin = right_client, right_clock
+        if kind == STRING:
+            size, pos = read_var_uint(update, pos)
+            text = update[pos : pos + size]
+            pos += size
+            length = size if text.isascii() else _utf16_length(text)
+        else:
+            r = _Reader(update)
+            r.pos = pos
+            length = _read_content(r, kind, None)
+            pos = r.pos
+    except (ProtocolError, IndexError, UnicodeDecodeError):
+        return None
+    end = clock + length
+    if pos != last or not length or client > MAX_CLIENT or end > MAX_CLOCK:
+        return None
+    needs = _one_item_needs(client, clock, end, origin, right_origin)
+    if needs is None:
+        return None
+    # Its origin is outside the update: Yjs may walk concurrent items to place it.
+    return UpdateFacts(1, 0, 0, length, needs, {client: end}, {client: clock}, 1, 0, [])
+
+
+def _one_item_needs(
+    client: int, clock: int, end: int, *names: tuple[int, int] | None
+) -> dict[int, int] | None:
+    """``UpdateFacts.needs`` of one item of ``client`` from ``clock`` to ``end`` naming
+    ``names`` (its origins); None if one is out of range or inside the item itself."""
+    needs = {client: clock} if clock else {}
+    for named in names:
+        if named is not None:
+            named_client, named_clock = named
+            if named_client > MAX_CLIENT or named_clock > MAX_CLOCK:
+                return None
+            if named_client == client and clock <= named_clock < end:
+                return None
+            if named_clock >= needs.get(named_client, 0):
+                needs[named_client] = named_clock + 1
+    return needs
+
+
 def check_update(update: bytes, known: dict[int, int] | None = None) -> UpdateFacts:
     """Refuse (``ProtocolError``) a v1 update that is malformed, or whose counts, nesting,
     client ids or clocks exceed what its bytes and pycrdt can hold (see the module's rules).
     Returns what the document it is applied to must confirm (``UpdateFacts``); ``known``: that
     document's state vector, when the update may hold some of what the document holds."""
+    if known is None:
+        facts = _one_item(update)
+        if facts is not None:
+            return facts
     return _read_update(update, known=known)
 
 
